@@ -1,0 +1,127 @@
+//! The demo: a real session over the sample readings shipped in the repo.
+//!
+//! Each line of `samples/readings.txt` is one item. The handler turns a
+//! reading into a JSON document, the way an uplink handler would before
+//! sending it; malformed lines fail for good (they would go to the
+//! dead-letter sink), and a simulated flaky uplink makes some first attempts
+//! fail so the retry policy shows. Two workers, commits every 5 outcomes, a
+//! 10 s deadline, a circuit breaker.
+//!
+//! Run: cargo run --release --example demo [-- path/to/readings.txt]
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lote::commit::MemoryCommitter;
+use lote::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
+use lote::source::VecSource;
+use lote::{CallContext, Failure, Item, Session, SessionConfig, Status};
+
+/// Parses `sensor=NAME celsius=VALUE` into a JSON document.
+fn to_json(line: &str) -> Result<String, String> {
+    let mut sensor = None;
+    let mut celsius = None;
+    for field in line.split_whitespace() {
+        match field.split_once('=') {
+            Some(("sensor", name)) => sensor = Some(name),
+            Some(("celsius", value)) => {
+                celsius = Some(
+                    value
+                        .parse::<f64>()
+                        .map_err(|_| format!("celsius is not a number: {value:?}"))?,
+                )
+            }
+            _ => return Err(format!("unexpected field {field:?}")),
+        }
+    }
+    let sensor = sensor.ok_or("no sensor= field")?;
+    let celsius = celsius.ok_or("no celsius= field")?;
+    Ok(format!("{{\"sensor\":\"{sensor}\",\"celsius\":{celsius}}}"))
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "samples/readings.txt".to_string());
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    let items = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| Item::new(format!("line-{}", n + 1), line.as_bytes().to_vec()));
+    let source = Arc::new(VecSource::new(items));
+    let committer = Arc::new(MemoryCommitter::acking(source.clone()));
+
+    let handler = Arc::new(|ctx: &CallContext<'_>, item: &Item| {
+        let line = std::str::from_utf8(&item.payload).map_err(|_| Failure::fatal("not UTF-8"))?;
+        let document = to_json(line).map_err(Failure::fatal)?;
+        // A flaky uplink: every third item's first attempt times out.
+        let n: u32 = item.id.trim_start_matches("line-").parse().unwrap_or(0);
+        if n % 3 == 0 && ctx.attempt() == 1 {
+            return Err(Failure::retryable("uplink timed out"));
+        }
+        std::thread::sleep(Duration::from_millis(20)); // the upload itself
+        Ok(document)
+    });
+
+    let policy = CallPolicy {
+        retry: RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            jitter: 0.2,
+        },
+        breaker: Some(Arc::new(Breaker::new(BreakerConfig {
+            failures: 5,
+            open_for: Duration::from_secs(2),
+            half_open_probes: 1,
+        }))),
+        when_open: WhenOpen::Wait,
+        timeout: Some(Duration::from_secs(2)),
+    };
+    let config = SessionConfig {
+        threads: 2,
+        chunk: 5,
+        max_items: 500,
+        deadline: Some(Duration::from_secs(10)),
+        ..SessionConfig::default()
+    };
+    let metrics = Arc::new(lote::metrics::Metrics::new());
+    let summary = Session::new(config, source.clone(), handler, committer.clone())
+        .policy(policy)
+        .metrics(metrics.clone())
+        .run()?;
+
+    println!("{summary}");
+    println!("commits (chunk sizes): {:?}", committer.chunk_sizes());
+    let mut outcomes = committer.outcomes();
+    outcomes.sort_by_key(|o| o.item.id.trim_start_matches("line-").parse::<u32>().unwrap_or(0));
+    for outcome in &outcomes {
+        match outcome.status {
+            Status::Done => println!(
+                "  {:8} done    attempts={} {}",
+                outcome.item.id,
+                outcome.attempts,
+                outcome.output.as_deref().unwrap_or("")
+            ),
+            status => println!(
+                "  {:8} {:7} attempts={} {}",
+                outcome.item.id,
+                status.as_str(),
+                outcome.attempts,
+                outcome.error.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    let m = metrics.snapshot();
+    println!(
+        "retries={} handler p50={}µs p99={}µs end-to-end p99={}µs",
+        m.retries,
+        m.handler_time.p50.as_micros(),
+        m.handler_time.p99.as_micros(),
+        m.end_to_end.p99.as_micros()
+    );
+    Ok(())
+}

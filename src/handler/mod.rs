@@ -1,0 +1,169 @@
+//! Handlers: what runs one item. A handler gets the item and a
+//! [`CallContext`] (attempt number, the per-call deadline, whether lote is in a
+//! hurry) and returns the output or a [`Failure`] that says whether a retry
+//! could help.
+//!
+//! Any `Fn(&CallContext, &Item) -> Result<String, Failure>` closure is a
+//! handler; so are the kinds in this folder, one file each.
+
+mod noop;
+
+pub use noop::Noop;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::item::{Item, Priority};
+use crate::session::StopHandle;
+
+/// Processes one item. Called from worker threads with no lock held; one
+/// handler value serves every worker, so it must be `Sync`.
+pub trait Handler: Send + Sync {
+    /// Runs one attempt. `ctx` says which attempt it is and how long it may
+    /// take; a long-running handler should check [`CallContext::should_stop`].
+    fn handle(&self, ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure>;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&CallContext<'_>, &Item) -> Result<String, Failure> + Send + Sync,
+{
+    fn handle(&self, ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure> {
+        self(ctx, item)
+    }
+}
+
+/// What a handler knows about the call it is in.
+pub struct CallContext<'a> {
+    item: &'a Item,
+    attempt: u32,
+    deadline: Option<Instant>,
+    stop: &'a StopHandle,
+}
+
+impl<'a> CallContext<'a> {
+    /// A context for `attempt` (1-based) of `item`, cut off at `deadline`.
+    pub fn new(item: &'a Item, attempt: u32, deadline: Option<Instant>, stop: &'a StopHandle) -> Self {
+        CallContext {
+            item,
+            attempt,
+            deadline,
+            stop,
+        }
+    }
+
+    /// The item's id.
+    pub fn item_id(&self) -> &str {
+        &self.item.id
+    }
+
+    /// The key a downstream uses to recognise a repeat of this item (the id).
+    pub fn idempotency_key(&self) -> &str {
+        &self.item.id
+    }
+
+    /// The item's priority.
+    pub fn priority(&self) -> Priority {
+        self.item.priority
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When this call should be over (the handler's `timeout`), if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline (`None` without one; zero once past).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// True once the call's deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// True once lote is in a hurry (a second stop signal): cut work short.
+    pub fn is_cancelled(&self) -> bool {
+        self.stop.is_hurrying()
+    }
+
+    /// True if the handler should give up now: cancelled or past its deadline.
+    pub fn should_stop(&self) -> bool {
+        self.is_cancelled() || self.expired()
+    }
+
+    /// The stop handle, for handlers that wait (they can sleep on it and wake
+    /// at once on a stop).
+    pub fn stop_handle(&self) -> &StopHandle {
+        self.stop
+    }
+}
+
+/// Whether retrying a failed attempt could help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Transient (a timeout, 429, 503, a dead uplink): retried per policy, and
+    /// counted by the circuit breaker.
+    Retryable,
+    /// The item itself is bad (400, a listed exit code): never retried, and
+    /// not held against the downstream's health.
+    Fatal,
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+    /// The downstream's own word on when to try again (HTTP Retry-After).
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Failure {
+            kind: FailureKind::Retryable,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure no retry can fix.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Failure {
+            kind: FailureKind::Fatal,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A call that ran past its deadline (retryable).
+    pub fn timed_out(after: Duration) -> Self {
+        Failure::retryable(format!("timed out after {}ms", after.as_millis()))
+    }
+
+    /// The same failure with the downstream's Retry-After hint.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// True if a retry could help.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == FailureKind::Retryable
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}

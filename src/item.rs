@@ -1,0 +1,111 @@
+//! What flows through lote: an [`Item`] in, an [`Outcome`] out.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// Ordering key of a work item: a lower number is more urgent (seed 003:
+/// 1 before 2 before 5). Items of equal priority leave in arrival order.
+pub type Priority = i32;
+
+/// The priority an item gets when its source says nothing.
+pub const DEFAULT_PRIORITY: Priority = 100;
+
+/// One unit of work, as a source yields it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Unique within its source; also the idempotency key handed to handlers
+    /// and the primary key of the outcome record.
+    pub id: String,
+    /// Lower is more urgent.
+    pub priority: Priority,
+    /// Opaque bytes for the handler (an exec handler's stdin, an HTTP body).
+    pub payload: Vec<u8>,
+}
+
+impl Item {
+    /// An item with the default priority.
+    pub fn new(id: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Item {
+            id: id.into(),
+            priority: DEFAULT_PRIORITY,
+            payload: payload.into(),
+        }
+    }
+
+    /// The same item with another priority.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+impl fmt::Debug for Item {
+    // Payloads can be large or binary: show their size, not their bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Item")
+            .field("id", &self.id)
+            .field("priority", &self.priority)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// How an item's processing ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// The handler succeeded; `output` holds what it returned.
+    Done,
+    /// The handler failed for good (fatal error or retries exhausted); the
+    /// item goes to the dead-letter sink.
+    Failed,
+    /// Already done in an earlier run (exactly-once): not run again.
+    Skipped,
+    /// Not taken: a stop, an open breaker or a full queue handed it back to
+    /// its source, where it stays pending.
+    Returned,
+}
+
+impl Status {
+    /// The lowercase name used in records, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+            Status::Returned => "returned",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The record of one processed item, committed in chunks by the workers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The item itself: sinks need its id, acknowledgements may need more,
+    /// and a dead-lettered item must be requeueable from its record.
+    pub item: Item,
+    pub status: Status,
+    /// How many times the handler ran (0 for skipped items).
+    pub attempts: u32,
+    /// What the handler returned, for `Done`.
+    pub output: Option<String>,
+    /// The last error, for `Failed`.
+    pub error: Option<String>,
+    pub started_at: SystemTime,
+    pub finished_at: SystemTime,
+    /// Wall time from the first attempt's start to the outcome, retries and
+    /// their back-off included.
+    pub duration: Duration,
+}
+
+impl Outcome {
+    /// The item's id.
+    pub fn id(&self) -> &str {
+        &self.item.id
+    }
+}

@@ -1,0 +1,55 @@
+//! # lote
+//!
+//! A small, synchronous, thread-based engine that moves work items from a
+//! **source**, through N worker threads and a **handler**, and commits each
+//! item's **outcome** in chunks. No async runtime: OS threads pull from a
+//! Mutex + Condvar binary-heap priority queue whose control lane lets a `Stop`
+//! overtake all queued work and makes `EndOfData` leave last.
+//!
+//! # Layout
+//!
+//! The folders follow an item's way through the house:
+//! source → queue → worker → handler → commit.
+//!
+//! - [`item`]: [`Item`] (id, priority, payload) and [`Outcome`] (status,
+//!   attempts, output or error, timings).
+//! - [`source`]: the [`Source`] trait (yield items, take back the ones not
+//!   processed, receive acknowledgements) and [`source::VecSource`], an
+//!   in-memory source for tests, examples and benchmarks.
+//! - [`queue`]: [`WorkQueue`], the bounded priority queue and its messages
+//!   (`Stop < Work(priority, seq) < EndOfData`), with the five `when_full`
+//!   modes. Nothing else lives there.
+//! - [`session`]: one run of seed 003's producer/consumer: the producer
+//!   thread, the workers, the deadline thread, the [`StopHandle`] that stops
+//!   them, and the [`SessionSummary`] a session returns.
+//! - [`handler`]: the [`Handler`] trait, its [`CallContext`] and [`Failure`];
+//!   closures are handlers; [`handler::Noop`].
+//! - [`policy`]: what runs around a handler: [`policy::RetryPolicy`]
+//!   (exponential back-off with jitter), [`policy::Breaker`] (a lock-free
+//!   circuit breaker), the per-call timeout, and the loop that applies them.
+//! - [`commit`]: the [`Committer`] trait that receives the workers' chunks,
+//!   and [`commit::MemoryCommitter`], which keeps them in memory.
+//! - [`metrics`]: counters on atomics and latency histograms (queue wait,
+//!   handler time, end to end) with p50/p90/p99.
+//! - `sync` (private): the Mutex/Condvar/atomics in use, swapped for loom's
+//!   under `--cfg loom`.
+//!
+//! ARCHITECTURE.md beside Cargo.toml has the threads (who starts each, who
+//! stops it) and the life of an item.
+
+pub mod commit;
+pub mod handler;
+pub mod item;
+pub mod metrics;
+pub mod policy;
+pub mod queue;
+pub mod session;
+pub mod source;
+mod sync;
+
+pub use commit::Committer;
+pub use handler::{CallContext, Failure, FailureKind, Handler};
+pub use item::{Item, Outcome, Priority, Status};
+pub use queue::{Message, PushError, QueueConfig, WhenFull, WorkQueue};
+pub use session::{EndReason, Session, SessionConfig, SessionSummary, StopHandle, StopLevel, StopReason};
+pub use source::Source;

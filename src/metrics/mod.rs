@@ -1,0 +1,226 @@
+//! Counters on atomics, latency histograms, and the events that move them.
+//!
+//! Every event that matters to an operator is one method on [`Metrics`]: it
+//! changes the counter and writes the log line together, so the two never
+//! drift apart (the Vector habit). All counters are statistics only: nothing
+//! else is synchronised through them, so every access is `Relaxed`.
+
+mod histogram;
+
+pub use histogram::{Histogram, HistogramSnapshot};
+
+use std::time::Duration;
+
+use crate::handler::Failure;
+use crate::policy::Transition;
+use crate::source::ReturnReason;
+use crate::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(
+    /// Relaxed everywhere: a statistic, read only for reporting.
+    AtomicU64,
+);
+
+impl Counter {
+    pub fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down (workers busy).
+#[derive(Debug, Default)]
+pub struct Gauge(
+    /// Relaxed everywhere: a statistic, read only for reporting.
+    AtomicU64,
+);
+
+impl Gauge {
+    pub fn new() -> Self {
+        Gauge(AtomicU64::new(0))
+    }
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The engine's counters and histograms. One per daemon (shared by its
+/// sessions through an `Arc`), so counts are cumulative like Prometheus
+/// counters; a [`crate::SessionSummary`] carries the per-session counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Items taken from the source.
+    pub pulled: Counter,
+    /// Items queued for the workers.
+    pub queued: Counter,
+    /// Outcomes by status.
+    pub done: Counter,
+    pub failed: Counter,
+    pub skipped: Counter,
+    pub returned: Counter,
+    /// Retries scheduled (attempts after the first).
+    pub retries: Counter,
+    /// Handler calls that panicked (each fails its item only).
+    pub panics: Counter,
+    /// Handler calls that ran past their timeout.
+    pub timeouts: Counter,
+    /// Times a breaker opened (or reopened after a failed probe).
+    pub breaker_opens: Counter,
+    /// Chunks the committer refused.
+    pub commit_errors: Counter,
+    /// Failed pulls, give-backs or acknowledgements.
+    pub source_errors: Counter,
+    /// Workers inside a handler call now.
+    pub busy_workers: Gauge,
+    /// From queued to popped by a worker.
+    pub queue_wait: Histogram,
+    /// One handler call (one attempt).
+    pub handler_time: Histogram,
+    /// From pulled to outcome, retries included.
+    pub end_to_end: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A retry of `id` is scheduled after `delay`.
+    pub fn retry_scheduled(&self, id: &str, attempt: u32, delay: Duration, failure: &Failure) {
+        self.retries.inc();
+        log::debug!(
+            "item {id}: attempt {attempt} failed ({failure}); retrying in {}ms",
+            delay.as_millis()
+        );
+    }
+
+    /// The handler panicked while running `id`.
+    pub fn handler_panicked(&self, id: &str, message: &str) {
+        self.panics.inc();
+        log::error!("item {id}: handler panicked: {message}; the item fails, the worker carries on");
+    }
+
+    /// A call ran past its timeout.
+    pub fn call_timed_out(&self, id: &str, elapsed: Duration, timeout: Duration) {
+        self.timeouts.inc();
+        log::warn!(
+            "item {id}: handler took {}ms, past its timeout of {}ms",
+            elapsed.as_millis(),
+            timeout.as_millis()
+        );
+    }
+
+    /// The breaker changed state.
+    pub fn breaker_moved(&self, transition: Transition, failures: u32, open_for: Duration) {
+        match transition {
+            Transition::Opened => {
+                self.breaker_opens.inc();
+                log::warn!(
+                    "circuit breaker opened after {failures} consecutive failures; pausing calls for {}ms",
+                    open_for.as_millis()
+                );
+            }
+            Transition::Reopened => {
+                self.breaker_opens.inc();
+                log::warn!(
+                    "circuit breaker probe failed; open again for {}ms",
+                    open_for.as_millis()
+                );
+            }
+            Transition::Closed => log::info!("circuit breaker closed: probe succeeded"),
+        }
+    }
+
+    /// An item is done.
+    pub fn item_done(&self, end_to_end: Duration) {
+        self.done.inc();
+        self.end_to_end.record(end_to_end);
+    }
+
+    /// An item failed for good.
+    pub fn item_failed(&self, id: &str, attempts: u32, error: &str, end_to_end: Duration) {
+        self.failed.inc();
+        self.end_to_end.record(end_to_end);
+        log::warn!("item {id}: failed after {attempts} attempt(s): {error}");
+    }
+
+    /// `n` items went back to their source untouched.
+    pub fn items_returned(&self, n: usize, reason: ReturnReason) {
+        if n == 0 {
+            return;
+        }
+        self.returned.add(n as u64);
+        log::info!("{n} item(s) returned to the source ({reason})");
+    }
+
+    /// The committer refused a chunk of `n` outcomes.
+    pub fn commit_failed(&self, n: usize, error: &dyn std::fmt::Display) {
+        self.commit_errors.inc();
+        log::error!("committing {n} outcome(s) failed: {error}; they stay unacknowledged and will run again");
+    }
+
+    /// A source call failed.
+    pub fn source_failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.source_errors.inc();
+        log::error!("source: {what} failed: {error}");
+    }
+
+    /// A copy of every counter and histogram now.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            pulled: self.pulled.get(),
+            queued: self.queued.get(),
+            done: self.done.get(),
+            failed: self.failed.get(),
+            skipped: self.skipped.get(),
+            returned: self.returned.get(),
+            retries: self.retries.get(),
+            panics: self.panics.get(),
+            timeouts: self.timeouts.get(),
+            breaker_opens: self.breaker_opens.get(),
+            commit_errors: self.commit_errors.get(),
+            source_errors: self.source_errors.get(),
+            busy_workers: self.busy_workers.get(),
+            queue_wait: self.queue_wait.snapshot(),
+            handler_time: self.handler_time.snapshot(),
+            end_to_end: self.end_to_end.snapshot(),
+        }
+    }
+}
+
+/// Every counter and histogram at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    pub pulled: u64,
+    pub queued: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub returned: u64,
+    pub retries: u64,
+    pub panics: u64,
+    pub timeouts: u64,
+    pub breaker_opens: u64,
+    pub commit_errors: u64,
+    pub source_errors: u64,
+    pub busy_workers: u64,
+    pub queue_wait: HistogramSnapshot,
+    pub handler_time: HistogramSnapshot,
+    pub end_to_end: HistogramSnapshot,
+}

@@ -1,0 +1,190 @@
+//! The loop that runs one item through its handler under the call policy:
+//! breaker admission, the per-call timeout, retries with back-off.
+//!
+//! Invariants:
+//! - A breaker-rejected item is never attempted and never counted as failed:
+//!   with `when_open: skip` it is returned to its source, with `wait` the
+//!   worker pauses until a probe is allowed or a stop comes.
+//! - Every wait here (back-off, breaker pause) is a sleep on the stop handle:
+//!   a stop wakes it at once and the item goes back to its source.
+//! - A panicking handler fails that item only; the panic is caught here and
+//!   the worker carries on.
+//! - Only retryable failures count against the breaker; a fatal failure says
+//!   the item is bad, not the downstream, and leaves the breaker as it was.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Breaker, Permit, RetryPolicy};
+use crate::handler::{CallContext, Failure, Handler};
+use crate::item::Item;
+use crate::metrics::Metrics;
+use crate::session::StopHandle;
+use crate::source::ReturnReason;
+
+/// What a worker does with an item while the breaker is open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenOpen {
+    /// Pause until a probe is allowed (a stop ends the pause).
+    #[default]
+    Wait,
+    /// Return the item to its source for a later session.
+    Skip,
+}
+
+/// The policies one handler runs under.
+#[derive(Clone, Debug, Default)]
+pub struct CallPolicy {
+    pub retry: RetryPolicy,
+    /// Shared by every worker (and, in a daemon, every session).
+    pub breaker: Option<Arc<Breaker>>,
+    pub when_open: WhenOpen,
+    /// Per-call (per-attempt) deadline given to the handler's context.
+    pub timeout: Option<Duration>,
+}
+
+/// How an item's calls ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Done {
+        output: String,
+        attempts: u32,
+    },
+    Failed {
+        error: String,
+        attempts: u32,
+    },
+    /// Not finished, to be handed back to the source untouched.
+    Returned {
+        reason: ReturnReason,
+        attempts: u32,
+    },
+}
+
+impl CallPolicy {
+    /// A policy with no retry, no breaker and no timeout.
+    pub fn plain() -> Self {
+        CallPolicy {
+            retry: RetryPolicy::none(),
+            ..CallPolicy::default()
+        }
+    }
+
+    /// Runs `item` through `handler` until done, failed for good, or returned.
+    pub fn call(&self, handler: &dyn Handler, item: &Item, stop: &StopHandle, metrics: &Metrics) -> Verdict {
+        let mut attempts = 0;
+        loop {
+            let permit = match self.admit(stop) {
+                Ok(permit) => permit,
+                Err(reason) => return Verdict::Returned { reason, attempts },
+            };
+            attempts += 1;
+            let failure = match self.attempt(handler, item, attempts, stop, metrics) {
+                Ok(output) => {
+                    if let Some(permit) = permit {
+                        self.note(permit.success(), metrics);
+                    }
+                    return Verdict::Done { output, attempts };
+                }
+                Err(failure) => failure,
+            };
+            if !failure.is_retryable() {
+                // The item is bad, not the downstream: let the permit go
+                // without a verdict on the downstream's health.
+                drop(permit);
+                return Verdict::Failed {
+                    error: failure.message,
+                    attempts,
+                };
+            }
+            if let Some(permit) = permit {
+                self.note(permit.failure(), metrics);
+            }
+            if !self.retry.allows_retry_after(attempts) {
+                let error = if attempts > 1 {
+                    format!("{} (gave up after {attempts} attempts)", failure.message)
+                } else {
+                    failure.message
+                };
+                return Verdict::Failed { error, attempts };
+            }
+            let delay = self.retry.delay(attempts, failure.retry_after);
+            metrics.retry_scheduled(&item.id, attempts, delay, &failure);
+            if stop.sleep(delay) {
+                return Verdict::Returned {
+                    reason: ReturnReason::Stopped,
+                    attempts,
+                };
+            }
+        }
+    }
+
+    /// One handler call under the timeout, with panics caught.
+    fn attempt(
+        &self,
+        handler: &dyn Handler,
+        item: &Item,
+        attempt: u32,
+        stop: &StopHandle,
+        metrics: &Metrics,
+    ) -> Result<String, Failure> {
+        let started = Instant::now();
+        let deadline = self.timeout.and_then(|t| started.checked_add(t));
+        let ctx = CallContext::new(item, attempt, deadline, stop);
+        metrics.busy_workers.inc();
+        let result = catch_unwind(AssertUnwindSafe(|| handler.handle(&ctx, item)));
+        metrics.busy_workers.dec();
+        let elapsed = started.elapsed();
+        metrics.handler_time.record(elapsed);
+        if let Some(timeout) = self.timeout.filter(|t| elapsed > *t) {
+            metrics.call_timed_out(&item.id, elapsed, timeout);
+        }
+        result.unwrap_or_else(|panic| {
+            let message = panic_message(panic.as_ref());
+            metrics.handler_panicked(&item.id, &message);
+            Err(Failure::fatal(format!("handler panicked: {message}")))
+        })
+    }
+
+    /// Waits for the breaker to let a call through. `Ok(None)`: no breaker.
+    fn admit(&self, stop: &StopHandle) -> Result<Option<Permit<'_>>, ReturnReason> {
+        let Some(breaker) = self.breaker.as_deref() else {
+            return Ok(None);
+        };
+        loop {
+            if stop.is_stopping() {
+                return Err(ReturnReason::Stopped);
+            }
+            match breaker.try_acquire() {
+                Ok(permit) => return Ok(Some(permit)),
+                Err(rejected) => match self.when_open {
+                    WhenOpen::Skip => return Err(ReturnReason::BreakerOpen),
+                    WhenOpen::Wait => {
+                        if stop.sleep(rejected.retry_in) {
+                            return Err(ReturnReason::Stopped);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn note(&self, transition: Option<super::Transition>, metrics: &Metrics) {
+        if let (Some(transition), Some(breaker)) = (transition, self.breaker.as_deref()) {
+            metrics.breaker_moved(transition, breaker.config().failures, breaker.config().open_for);
+        }
+    }
+}
+
+/// The text of a panic payload (`panic!("...")` gives a `&str` or `String`).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic payload".to_string()
+    }
+}

@@ -1,0 +1,986 @@
+//! [`WorkQueue`]: the bounded priority queue between the producer and the
+//! workers, and its [`Message`]s. Nothing else lives here.
+//!
+//! Messages leave in the order `Stop < Work(priority, seq) < EndOfData`
+//! (seed 003: `-1` first, `ENDP` last). A lower priority number is more
+//! urgent; equal priorities leave in arrival order (`seq`).
+//!
+//! # Invariants
+//!
+//! - **Capacity counts work only.** `work.len() <= capacity` after every
+//!   operation. `Stop` and `EndOfData` live in two counters beside the heap:
+//!   they are accepted at once whatever the fill level, even once the queue is
+//!   closed, and are never dropped or evicted.
+//! - **The control lane overtakes.** `pop` returns a pending `Stop` before any
+//!   work, and an `EndOfData` only once no work is left. Each control message
+//!   is returned exactly once (one per worker is the session's contract).
+//! - **Nothing vanishes.** An item that cannot be queued, or that is evicted to
+//!   make room, is handed back to the caller (`PushError`, `Ok(Some(evicted))`,
+//!   [`BatchPush`]) and counted in [`QueueStats`]; the caller returns it to its
+//!   source.
+//! - **Closed means closed to work.** After [`WorkQueue::close`], pushes of
+//!   work fail with `Closed` and hand the item back; queued work can still be
+//!   popped or taken back with [`WorkQueue::take_work`].
+//! - **No lost wake-ups.** A thread waits only inside a `while` on its
+//!   condition, having registered itself in `waiting_*` under the lock;
+//!   every change that could satisfy a waiter notifies it (see `readable`
+//!   and `writable`).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::item::Priority;
+use crate::sync::{wait_maybe_until, Condvar, Mutex, MutexGuard};
+
+/// What a worker pops.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<T> {
+    /// Stop now, cleanly: finish nothing more, commit, exit.
+    Stop,
+    /// One work item.
+    Work(T),
+    /// Nothing is left: commit, exit.
+    EndOfData,
+}
+
+/// What a push does when the queue already holds `capacity` work items
+/// (SPEC §3.1, `queue.when_full`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenFull {
+    /// The producer waits for room, up to `block_timeout` if one is set.
+    #[default]
+    Block,
+    /// Evict the earliest-arrived queued item to make room.
+    DropOldest,
+    /// Evict the latest-arrived queued item to make room.
+    DropNewest,
+    /// Discard the incoming item.
+    DropWrite,
+    /// Refuse the incoming item (an HTTP ingest answers 503 + Retry-After).
+    Reject,
+}
+
+impl WhenFull {
+    /// The config spelling (`drop_oldest`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenFull::Block => "block",
+            WhenFull::DropOldest => "drop_oldest",
+            WhenFull::DropNewest => "drop_newest",
+            WhenFull::DropWrite => "drop_write",
+            WhenFull::Reject => "reject",
+        }
+    }
+}
+
+/// How a queue is sized and what it does when full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Most work items queued at once (control messages do not count). ≥ 1.
+    pub capacity: usize,
+    pub when_full: WhenFull,
+    /// With `Block`: how long a push may wait for room; `None` = forever (or
+    /// until the queue is closed).
+    pub block_timeout: Option<Duration>,
+}
+
+impl QueueConfig {
+    /// A blocking queue of `capacity` work items with no timeout.
+    pub fn new(capacity: usize) -> Self {
+        QueueConfig {
+            capacity,
+            when_full: WhenFull::Block,
+            block_timeout: None,
+        }
+    }
+
+    /// The same config with another full mode.
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// The same config with a block timeout.
+    pub fn block_timeout(mut self, timeout: Duration) -> Self {
+        self.block_timeout = Some(timeout);
+        self
+    }
+}
+
+impl Default for QueueConfig {
+    /// SPEC §4: capacity 1024, `block`, no timeout.
+    fn default() -> Self {
+        QueueConfig::new(1024)
+    }
+}
+
+/// Why a work item was not queued. Every variant hands the item back.
+#[derive(PartialEq, Eq)]
+pub enum PushError<T> {
+    /// `reject`: the queue is full.
+    Rejected(T),
+    /// `drop_write`: the queue is full and the incoming item was discarded.
+    Dropped(T),
+    /// `block` with a timeout: no room came in time.
+    TimedOut(T),
+    /// The queue is closed to work (a stop is under way).
+    Closed(T),
+}
+
+impl<T> PushError<T> {
+    /// The item that was not queued.
+    pub fn into_inner(self) -> T {
+        match self {
+            PushError::Rejected(item)
+            | PushError::Dropped(item)
+            | PushError::TimedOut(item)
+            | PushError::Closed(item) => item,
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PushError::Rejected(_) => "queue full (reject)",
+            PushError::Dropped(_) => "queue full (drop_write)",
+            PushError::TimedOut(_) => "queue full (block timeout)",
+            PushError::Closed(_) => "queue closed",
+        }
+    }
+}
+
+impl<T> fmt::Debug for PushError<T> {
+    // Like crossbeam's TrySendError: do not require `T: Debug`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PushError({})", self.reason())
+    }
+}
+
+impl<T> fmt::Display for PushError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl<T> std::error::Error for PushError<T> {}
+
+/// What a batch push did with the items it could not simply queue.
+#[derive(Debug)]
+pub struct BatchPush<T> {
+    /// How many of the batch's items were queued.
+    pub queued: usize,
+    /// Queued items evicted to make room (`drop_oldest`, `drop_newest`).
+    pub evicted: Vec<T>,
+    /// Batch items that were not queued, each with the reason.
+    pub refused: Vec<PushError<T>>,
+}
+
+impl<T> BatchPush<T> {
+    fn new() -> Self {
+        BatchPush {
+            queued: 0,
+            evicted: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// True if every item was queued and nothing was evicted.
+    pub fn is_clean(&self) -> bool {
+        self.evicted.is_empty() && self.refused.is_empty()
+    }
+}
+
+/// A snapshot of the queue's state and lifetime counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Work items queued now.
+    pub len: usize,
+    pub capacity: usize,
+    /// True if a work push would be accepted without waiting or dropping.
+    pub can_push: bool,
+    pub closed: bool,
+    /// Control messages waiting (stops + ends).
+    pub control: usize,
+    /// Work items ever queued.
+    pub pushed: u64,
+    /// Work items ever popped.
+    pub popped: u64,
+    /// Items dropped by `drop_oldest`, `drop_newest` or `drop_write`.
+    pub dropped: u64,
+    /// Items refused by `reject`.
+    pub rejected: u64,
+    /// Items refused because a blocking push timed out.
+    pub timed_out: u64,
+    /// Most work items ever queued at once.
+    pub high_water: usize,
+}
+
+/// The bounded priority queue. `Sync`: share it by reference or `Arc`.
+pub struct WorkQueue<T> {
+    capacity: usize,
+    when_full: WhenFull,
+    block_timeout: Option<Duration>,
+    /// Protects everything that changes: the heap, the control counters, the
+    /// closed flag, the waiter counts and the statistics.
+    state: Mutex<State<T>>,
+    /// Consumers wait here for a message. Notified by every push of work or
+    /// control (one notification per item, up to the number of waiters).
+    readable: Condvar,
+    /// Blocked producers wait here for room. Notified by every pop of work
+    /// and by `take_work` while producers wait, and by `close` (all).
+    writable: Condvar,
+}
+
+struct State<T> {
+    work: BinaryHeap<Entry<T>>,
+    /// Pending `Stop` messages.
+    stops: usize,
+    /// Pending `EndOfData` messages.
+    ends: usize,
+    closed: bool,
+    /// Arrival counter: orders equal priorities and finds oldest/newest.
+    next_seq: u64,
+    /// Consumers inside `readable.wait`.
+    waiting_consumers: usize,
+    /// Producers inside `writable.wait`.
+    waiting_producers: usize,
+    pushed: u64,
+    popped: u64,
+    dropped: u64,
+    rejected: u64,
+    timed_out: u64,
+    high_water: usize,
+}
+
+/// A queued work item with its ordering key.
+struct Entry<T> {
+    priority: Priority,
+    seq: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Entry<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.priority, self.seq) == (other.priority, other.seq)
+    }
+}
+
+impl<T> Eq for Entry<T> {}
+
+impl<T> PartialOrd for Entry<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T> Ord for Entry<T> {
+    // BinaryHeap pops the greatest: the greatest entry is the one with the
+    // lowest (priority, seq), i.e. the most urgent and then the oldest.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.priority, other.seq).cmp(&(self.priority, self.seq))
+    }
+}
+
+/// Where a push stands after looking at the fill level.
+enum Room<T> {
+    /// Queue it (after an eviction, which is handed back).
+    Queue(Option<T>),
+    /// Wait for room (`block`).
+    Wait,
+    /// Refuse it, with this error.
+    Refuse(PushError<T>),
+}
+
+impl<T> State<T> {
+    fn is_full(&self, capacity: usize) -> bool {
+        self.work.len() >= capacity
+    }
+
+    fn insert(&mut self, priority: Priority, item: T) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.work.push(Entry { priority, seq, item });
+        self.pushed += 1;
+        self.high_water = self.high_water.max(self.work.len());
+    }
+
+    /// Removes the queued item with the lowest (oldest) or highest (newest)
+    /// arrival number. O(n), but only ever on a full queue in a drop mode.
+    fn evict(&mut self, oldest: bool) -> Option<T> {
+        let mut entries = std::mem::take(&mut self.work).into_vec();
+        let index = if oldest {
+            entries.iter().enumerate().min_by_key(|(_, e)| e.seq).map(|(i, _)| i)
+        } else {
+            entries.iter().enumerate().max_by_key(|(_, e)| e.seq).map(|(i, _)| i)
+        };
+        let evicted = index.map(|i| entries.swap_remove(i).item);
+        self.work = BinaryHeap::from(entries);
+        if evicted.is_some() {
+            self.dropped += 1;
+        }
+        evicted
+    }
+
+    /// Decides what a push of one work item does now.
+    fn room_for(&mut self, capacity: usize, when_full: WhenFull, item: T) -> (Room<T>, Option<T>) {
+        if self.closed {
+            return (Room::Refuse(PushError::Closed(item)), None);
+        }
+        if !self.is_full(capacity) {
+            return (Room::Queue(None), Some(item));
+        }
+        match when_full {
+            WhenFull::Block => (Room::Wait, Some(item)),
+            WhenFull::DropOldest => {
+                let evicted = self.evict(true);
+                (Room::Queue(evicted), Some(item))
+            }
+            WhenFull::DropNewest => {
+                let evicted = self.evict(false);
+                (Room::Queue(evicted), Some(item))
+            }
+            WhenFull::DropWrite => {
+                self.dropped += 1;
+                (Room::Refuse(PushError::Dropped(item)), None)
+            }
+            WhenFull::Reject => {
+                self.rejected += 1;
+                (Room::Refuse(PushError::Rejected(item)), None)
+            }
+        }
+    }
+}
+
+impl<T> WorkQueue<T> {
+    /// An empty, open queue. A capacity of 0 is raised to 1 (config
+    /// validation rejects 0 before it gets here).
+    pub fn new(config: QueueConfig) -> Self {
+        WorkQueue {
+            capacity: config.capacity.max(1),
+            when_full: config.when_full,
+            block_timeout: config.block_timeout,
+            state: Mutex::new(State {
+                work: BinaryHeap::with_capacity(config.capacity.clamp(1, 64 * 1024)),
+                stops: 0,
+                ends: 0,
+                closed: false,
+                next_seq: 0,
+                waiting_consumers: 0,
+                waiting_producers: 0,
+                pushed: 0,
+                popped: 0,
+                dropped: 0,
+                rejected: 0,
+                timed_out: 0,
+                high_water: 0,
+            }),
+            readable: Condvar::new(),
+            writable: Condvar::new(),
+        }
+    }
+
+    /// The most work items the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Queues one work item.
+    ///
+    /// `Ok(None)`: queued. `Ok(Some(evicted))`: queued, and `evicted` was
+    /// pushed out to make room (`drop_oldest` / `drop_newest`); it must go
+    /// back to its source. `Err(e)`: not queued; `e.into_inner()` is the item.
+    pub fn push(&self, priority: Priority, item: T) -> Result<Option<T>, PushError<T>> {
+        let deadline = self.block_deadline();
+        let mut state = self.state.lock();
+        let mut item = item;
+        loop {
+            let (room, kept) = state.room_for(self.capacity, self.when_full, item);
+            match room {
+                Room::Queue(evicted) => {
+                    state.insert(priority, kept.expect("room_for keeps a queued item"));
+                    let wake = state.waiting_consumers > 0;
+                    drop(state);
+                    if wake {
+                        self.readable.notify_one();
+                    }
+                    return Ok(evicted);
+                }
+                Room::Refuse(error) => return Err(error),
+                Room::Wait => {
+                    item = kept.expect("room_for keeps an item to wait with");
+                    // Woken by a pop, `take_work` or `close` (see `writable`).
+                    let timed_out;
+                    state.waiting_producers += 1;
+                    (state, timed_out) = wait_maybe_until(&self.writable, state, deadline);
+                    state.waiting_producers -= 1;
+                    if timed_out && state.is_full(self.capacity) && !state.closed {
+                        state.timed_out += 1;
+                        return Err(PushError::TimedOut(item));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a batch of work items, in order, taking the lock once per run
+    /// of free space instead of once per item. Drains `batch`.
+    ///
+    /// With `block`, waits for room as often as needed (each wait bounded by
+    /// `block_timeout`); what could not be queued comes back in `refused`.
+    pub fn push_batch(&self, batch: &mut Vec<(Priority, T)>) -> BatchPush<T> {
+        let mut result = BatchPush::new();
+        if batch.is_empty() {
+            return result;
+        }
+        let mut items = batch.drain(..);
+        let mut state = self.state.lock();
+        let mut queued_now = 0usize;
+        while let Some((priority, item)) = items.next() {
+            let mut item = item;
+            loop {
+                let (room, kept) = state.room_for(self.capacity, self.when_full, item);
+                match room {
+                    Room::Queue(evicted) => {
+                        state.insert(priority, kept.expect("room_for keeps a queued item"));
+                        queued_now += 1;
+                        result.queued += 1;
+                        result.evicted.extend(evicted);
+                        break;
+                    }
+                    Room::Refuse(error) => {
+                        result.refused.push(error);
+                        break;
+                    }
+                    Room::Wait => {
+                        item = kept.expect("room_for keeps an item to wait with");
+                        // Let consumers at what we queued before we sleep.
+                        self.wake_consumers(&state, std::mem::take(&mut queued_now));
+                        let deadline = self.block_deadline();
+                        let timed_out;
+                        state.waiting_producers += 1;
+                        (state, timed_out) = wait_maybe_until(&self.writable, state, deadline);
+                        state.waiting_producers -= 1;
+                        if timed_out && state.is_full(self.capacity) && !state.closed {
+                            // Give up on this item and the rest of the batch:
+                            // one timeout means the consumers are stuck.
+                            state.timed_out += 1 + items.len() as u64;
+                            result.refused.push(PushError::TimedOut(item));
+                            result
+                                .refused
+                                .extend(items.by_ref().map(|(_, i)| PushError::TimedOut(i)));
+                            self.wake_consumers(&state, queued_now);
+                            return result;
+                        }
+                    }
+                }
+            }
+        }
+        self.wake_consumers(&state, queued_now);
+        result
+    }
+
+    /// Queues `n` `Stop` messages. They overtake all work; always accepted,
+    /// even on a full or closed queue.
+    pub fn push_stop(&self, n: usize) {
+        let mut state = self.state.lock();
+        state.stops += n;
+        drop(state);
+        self.readable.notify_all();
+    }
+
+    /// Queues `n` `EndOfData` messages. They leave only after all work;
+    /// always accepted, even on a full or closed queue.
+    pub fn push_end_of_data(&self, n: usize) {
+        let mut state = self.state.lock();
+        state.ends += n;
+        drop(state);
+        self.readable.notify_all();
+    }
+
+    /// Takes the next message, waiting as long as it takes.
+    pub fn pop(&self) -> Message<T> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(message) = self.take_one(&mut state) {
+                return message;
+            }
+            // Woken by any push (see `readable`).
+            state.waiting_consumers += 1;
+            state = self.readable.wait(state);
+            state.waiting_consumers -= 1;
+        }
+    }
+
+    /// Takes the next message, waiting until `deadline` at most.
+    pub fn pop_until(&self, deadline: Instant) -> Option<Message<T>> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(message) = self.take_one(&mut state) {
+                return Some(message);
+            }
+            // Woken by any push (see `readable`).
+            let timed_out;
+            state.waiting_consumers += 1;
+            (state, timed_out) = self.readable.wait_until(state, deadline);
+            state.waiting_consumers -= 1;
+            if timed_out {
+                return self.take_one(&mut state);
+            }
+        }
+    }
+
+    /// Takes the next message if there is one, without waiting.
+    pub fn try_pop(&self) -> Option<Message<T>> {
+        let mut state = self.state.lock();
+        self.take_one(&mut state)
+    }
+
+    /// Waits for at least one message, then appends to `out` either exactly
+    /// one control message (`Stop` first; `EndOfData` once no work is left) or
+    /// up to `max` work items in order.
+    pub fn pop_batch(&self, max: usize, out: &mut Vec<Message<T>>) {
+        let max = max.max(1);
+        let mut state = self.state.lock();
+        loop {
+            if state.stops > 0 || state.work.is_empty() {
+                if let Some(message) = self.take_one(&mut state) {
+                    out.push(message);
+                    return;
+                }
+            } else {
+                let n = max.min(state.work.len());
+                for _ in 0..n {
+                    let entry = state.work.pop().expect("n <= len");
+                    out.push(Message::Work(entry.item));
+                }
+                state.popped += n as u64;
+                let wake = state.waiting_producers > 0;
+                drop(state);
+                if wake {
+                    self.writable.notify_all();
+                }
+                return;
+            }
+            // Woken by any push (see `readable`).
+            state.waiting_consumers += 1;
+            state = self.readable.wait(state);
+            state.waiting_consumers -= 1;
+        }
+    }
+
+    /// Closes the queue to work: later work pushes fail with `Closed`, and
+    /// producers waiting for room wake and get their items back. Control
+    /// messages are still accepted; queued work can still be popped.
+    pub fn close(&self) {
+        let mut state = self.state.lock();
+        state.closed = true;
+        drop(state);
+        self.writable.notify_all();
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Removes and returns every queued work item, most urgent first (to
+    /// return them to their source at a stop). Control messages stay.
+    pub fn take_work(&self) -> Vec<T> {
+        let mut state = self.state.lock();
+        let entries = std::mem::take(&mut state.work).into_sorted_vec();
+        let wake = state.waiting_producers > 0;
+        drop(state);
+        if wake {
+            self.writable.notify_all();
+        }
+        // into_sorted_vec is ascending by `Ord`, and our greatest is the
+        // most urgent: reverse to hand back most urgent first.
+        entries.into_iter().rev().map(|e| e.item).collect()
+    }
+
+    /// Work items queued now.
+    pub fn len(&self) -> usize {
+        self.state.lock().work.len()
+    }
+
+    /// True if no work is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A consistent snapshot of the state and counters (one lock).
+    pub fn stats(&self) -> QueueStats {
+        let state = self.state.lock();
+        QueueStats {
+            len: state.work.len(),
+            capacity: self.capacity,
+            can_push: !state.closed && !state.is_full(self.capacity),
+            closed: state.closed,
+            control: state.stops + state.ends,
+            pushed: state.pushed,
+            popped: state.popped,
+            dropped: state.dropped,
+            rejected: state.rejected,
+            timed_out: state.timed_out,
+            high_water: state.high_water,
+        }
+    }
+
+    fn block_deadline(&self) -> Option<Instant> {
+        self.block_timeout.and_then(|t| Instant::now().checked_add(t))
+    }
+
+    /// The control lane first, then work, then end of data.
+    fn take_one(&self, state: &mut MutexGuard<'_, State<T>>) -> Option<Message<T>> {
+        if state.stops > 0 {
+            state.stops -= 1;
+            return Some(Message::Stop);
+        }
+        if let Some(entry) = state.work.pop() {
+            state.popped += 1;
+            if state.waiting_producers > 0 {
+                self.writable.notify_one();
+            }
+            return Some(Message::Work(entry.item));
+        }
+        if state.ends > 0 {
+            state.ends -= 1;
+            return Some(Message::EndOfData);
+        }
+        None
+    }
+
+    /// Wakes up to `queued` waiting consumers after `queued` items arrived.
+    fn wake_consumers(&self, state: &State<T>, queued: usize) {
+        let waiting = state.waiting_consumers;
+        if queued == 0 || waiting == 0 {
+            return;
+        }
+        if queued >= waiting {
+            self.readable.notify_all();
+        } else {
+            for _ in 0..queued {
+                self.readable.notify_one();
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for WorkQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkQueue")
+            .field("when_full", &self.when_full)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    fn queue(capacity: usize, when_full: WhenFull) -> WorkQueue<u32> {
+        WorkQueue::new(QueueConfig::new(capacity).when_full(when_full))
+    }
+
+    fn drain(q: &WorkQueue<u32>) -> Vec<Message<u32>> {
+        std::iter::from_fn(|| q.try_pop()).collect()
+    }
+
+    #[test]
+    fn lower_priority_number_leaves_first_and_ties_keep_arrival_order() {
+        let q = queue(16, WhenFull::Block);
+        for (priority, id) in [(5, 1), (1, 2), (5, 3), (2, 4), (1, 5)] {
+            q.push(priority, id).unwrap();
+        }
+        let order: Vec<_> = drain(&q);
+        assert_eq!(
+            order,
+            vec![
+                Message::Work(2),
+                Message::Work(5),
+                Message::Work(4),
+                Message::Work(1),
+                Message::Work(3)
+            ]
+        );
+    }
+
+    #[test]
+    fn stop_overtakes_work_and_end_of_data_waits_for_it() {
+        let q = queue(4, WhenFull::Block);
+        q.push_end_of_data(1);
+        q.push(1, 10).unwrap();
+        q.push_stop(1);
+        q.push(0, 11).unwrap();
+        assert_eq!(
+            drain(&q),
+            vec![Message::Stop, Message::Work(11), Message::Work(10), Message::EndOfData]
+        );
+    }
+
+    #[test]
+    fn control_messages_are_accepted_when_full_or_closed() {
+        let q = queue(1, WhenFull::Reject);
+        q.push(0, 1).unwrap();
+        q.close();
+        q.push_stop(2);
+        q.push_end_of_data(2);
+        assert_eq!(q.stats().control, 4);
+        assert_eq!(q.len(), 1);
+        assert!(matches!(q.push(0, 2), Err(PushError::Closed(2))));
+    }
+
+    #[test]
+    fn each_full_mode_hands_back_the_right_item() {
+        let q = queue(2, WhenFull::DropOldest);
+        q.push(9, 1).unwrap();
+        q.push(0, 2).unwrap();
+        assert_eq!(
+            q.push(5, 3).unwrap(),
+            Some(1),
+            "drop_oldest evicts the earliest arrival"
+        );
+
+        let q = queue(2, WhenFull::DropNewest);
+        q.push(9, 1).unwrap();
+        q.push(0, 2).unwrap();
+        assert_eq!(q.push(5, 3).unwrap(), Some(2), "drop_newest evicts the latest arrival");
+        assert_eq!(drain(&q), vec![Message::Work(3), Message::Work(1)]);
+
+        let q = queue(1, WhenFull::DropWrite);
+        q.push(0, 1).unwrap();
+        assert!(matches!(q.push(0, 2), Err(PushError::Dropped(2))));
+        assert_eq!(q.stats().dropped, 1);
+
+        let q = queue(1, WhenFull::Reject);
+        q.push(0, 1).unwrap();
+        assert!(matches!(q.push(0, 2), Err(PushError::Rejected(2))));
+        assert_eq!(q.stats().rejected, 1);
+
+        let q = WorkQueue::new(QueueConfig::new(1).block_timeout(Duration::from_millis(20)));
+        q.push(0, 1).unwrap();
+        assert!(matches!(q.push(0, 2), Err(PushError::TimedOut(2))));
+        assert_eq!(q.stats().timed_out, 1);
+    }
+
+    #[test]
+    fn blocked_push_resumes_when_a_consumer_makes_room() {
+        let q = Arc::new(queue(1, WhenFull::Block));
+        q.push(0, 1).unwrap();
+        let producer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || q.push(0, 2))
+        };
+        thread::sleep(Duration::from_millis(20));
+        assert_eq!(q.pop(), Message::Work(1));
+        assert!(producer.join().unwrap().is_ok());
+        assert_eq!(q.pop(), Message::Work(2));
+    }
+
+    #[test]
+    fn close_wakes_a_blocked_producer_with_its_item() {
+        let q = Arc::new(queue(1, WhenFull::Block));
+        q.push(0, 1).unwrap();
+        let producer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || q.push(0, 2))
+        };
+        thread::sleep(Duration::from_millis(20));
+        q.close();
+        assert!(matches!(producer.join().unwrap(), Err(PushError::Closed(2))));
+    }
+
+    #[test]
+    fn batch_push_blocks_for_room_and_keeps_order() {
+        let q = Arc::new(queue(2, WhenFull::Block));
+        let consumer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    match q.pop() {
+                        Message::Work(x) => got.push(x),
+                        _ => return got,
+                    }
+                }
+            })
+        };
+        let mut batch: Vec<(Priority, u32)> = (0..100).map(|i| (0, i)).collect();
+        let result = q.push_batch(&mut batch);
+        assert!(result.is_clean());
+        assert_eq!(result.queued, 100);
+        q.push_end_of_data(1);
+        assert_eq!(consumer.join().unwrap(), (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batch_push_in_reject_mode_hands_back_the_overflow() {
+        let q = queue(3, WhenFull::Reject);
+        let mut batch: Vec<(Priority, u32)> = (0..5).map(|i| (0, i)).collect();
+        let result = q.push_batch(&mut batch);
+        assert_eq!(result.queued, 3);
+        let refused: Vec<u32> = result.refused.into_iter().map(PushError::into_inner).collect();
+        assert_eq!(refused, vec![3, 4]);
+    }
+
+    #[test]
+    fn pop_batch_returns_one_control_message_or_work_in_order() {
+        let q = queue(16, WhenFull::Block);
+        for i in 0..5 {
+            q.push(0, i).unwrap();
+        }
+        let mut out = Vec::new();
+        q.pop_batch(3, &mut out);
+        assert_eq!(out, vec![Message::Work(0), Message::Work(1), Message::Work(2)]);
+        q.push_stop(1);
+        out.clear();
+        q.pop_batch(3, &mut out);
+        assert_eq!(out, vec![Message::Stop]);
+        q.push_end_of_data(1);
+        out.clear();
+        q.pop_batch(8, &mut out);
+        assert_eq!(out, vec![Message::Work(3), Message::Work(4)]);
+        out.clear();
+        q.pop_batch(8, &mut out);
+        assert_eq!(out, vec![Message::EndOfData]);
+    }
+
+    #[test]
+    fn take_work_returns_everything_most_urgent_first() {
+        let q = queue(8, WhenFull::Block);
+        for (p, id) in [(3, 30), (1, 10), (2, 20), (1, 11)] {
+            q.push(p, id).unwrap();
+        }
+        q.push_stop(1);
+        assert_eq!(q.take_work(), vec![10, 11, 20, 30]);
+        assert_eq!(q.pop(), Message::Stop);
+    }
+
+    #[test]
+    fn stats_count_and_remember_the_high_water_mark() {
+        let q = queue(4, WhenFull::Block);
+        for i in 0..3 {
+            q.push(0, i).unwrap();
+        }
+        q.pop();
+        let stats = q.stats();
+        assert_eq!((stats.len, stats.pushed, stats.popped, stats.high_water), (2, 3, 1, 3));
+        assert!(stats.can_push);
+    }
+
+    #[test]
+    fn pop_until_gives_up_at_the_deadline() {
+        let q = queue(4, WhenFull::Block);
+        assert_eq!(q.pop_until(Instant::now() + Duration::from_millis(10)), None);
+    }
+
+    /// One operation of the property test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push(Priority),
+        Stop,
+        End,
+        Pop,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..4i32).prop_map(Op::Push),
+            1 => Just(Op::Stop),
+            1 => Just(Op::End),
+            4 => Just(Op::Pop),
+        ]
+    }
+
+    fn mode() -> impl Strategy<Value = WhenFull> {
+        prop_oneof![
+            Just(WhenFull::DropOldest),
+            Just(WhenFull::DropNewest),
+            Just(WhenFull::DropWrite),
+            Just(WhenFull::Reject),
+        ]
+    }
+
+    /// The obviously-correct model: a list of (priority, arrival) searched
+    /// linearly, and two control counters.
+    #[derive(Default)]
+    struct Model {
+        work: Vec<(Priority, u32)>,
+        stops: usize,
+        ends: usize,
+    }
+
+    impl Model {
+        fn pop(&mut self) -> Option<Message<u32>> {
+            if self.stops > 0 {
+                self.stops -= 1;
+                return Some(Message::Stop);
+            }
+            if let Some(i) = (0..self.work.len()).min_by_key(|&i| self.work[i]) {
+                return Some(Message::Work(self.work.remove(i).1));
+            }
+            if self.ends > 0 {
+                self.ends -= 1;
+                return Some(Message::EndOfData);
+            }
+            None
+        }
+
+        /// What pushing `id` at `priority` does when `capacity` is reached.
+        fn push(&mut self, capacity: usize, mode: WhenFull, priority: Priority, id: u32) -> Result<Option<u32>, u32> {
+            if self.work.len() < capacity {
+                self.work.push((priority, id));
+                return Ok(None);
+            }
+            // Ids are handed out in arrival order, so the smallest id queued
+            // is the oldest arrival and the largest the newest.
+            let by_arrival = |w: &Vec<(Priority, u32)>, oldest: bool| {
+                let ids = w.iter().enumerate().map(|(i, (_, id))| (*id, i));
+                if oldest { ids.min() } else { ids.max() }.map(|(_, i)| i)
+            };
+            match mode {
+                WhenFull::DropOldest | WhenFull::DropNewest => {
+                    let i = by_arrival(&self.work, mode == WhenFull::DropOldest).unwrap();
+                    let evicted = self.work.remove(i).1;
+                    self.work.push((priority, id));
+                    Ok(Some(evicted))
+                }
+                _ => Err(id),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn pops_follow_class_priority_arrival_and_full_modes_follow_their_rule(
+            ops in proptest::collection::vec(op(), 1..200),
+            capacity in 1usize..6,
+            mode in mode(),
+        ) {
+            let q = queue(capacity, mode);
+            let mut model = Model::default();
+            let mut next_id = 0u32;
+            for op in ops {
+                match op {
+                    Op::Push(priority) => {
+                        let id = next_id;
+                        next_id += 1;
+                        let real = q.push(priority, id).map_err(PushError::into_inner);
+                        prop_assert_eq!(real, model.push(capacity, mode, priority, id));
+                    }
+                    Op::Stop => { q.push_stop(1); model.stops += 1; }
+                    Op::End => { q.push_end_of_data(1); model.ends += 1; }
+                    Op::Pop => prop_assert_eq!(q.try_pop(), model.pop()),
+                }
+                prop_assert!(q.len() <= capacity);
+            }
+            prop_assert_eq!(drain(&q), std::iter::from_fn(|| model.pop()).collect::<Vec<_>>());
+        }
+    }
+}

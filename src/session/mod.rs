@@ -1,0 +1,379 @@
+//! A session (SPEC §3.2, seed 003): one producer, `threads` workers and, if a
+//! deadline is set, a deadline thread, around one [`WorkQueue`].
+//!
+//! # Threads
+//!
+//! | thread   | started by      | stopped by                                         |
+//! |----------|-----------------|----------------------------------------------------|
+//! | producer | [`Session::run`] | source drained / `max_items` / source error, or a stop (queue closed) |
+//! | worker×N | [`Session::run`] | the `EndOfData` or `Stop` message it pops          |
+//! | deadline | [`Session::run`] | the deadline (it then stops the session), a stop, or the session's end |
+//!
+//! All of them are scoped threads: `run` joins every one before it returns.
+//!
+//! # Stopping
+//!
+//! The session's [`StopHandle`] is a child of the one given to it (a daemon's
+//! signal handle), so a signal stops the session and the deadline stops only
+//! this session. On the first stop, a listener pushes one `Stop` per worker
+//! (they overtake all queued work) and closes the queue (which wakes a
+//! producer blocked on a full queue). Workers finish the item in hand,
+//! commit, and exit; `run` then takes the work still queued and gives it back
+//! to the source untouched.
+
+mod producer;
+mod shutdown;
+mod summary;
+mod worker;
+
+pub use shutdown::{StopHandle, StopLevel, StopReason, Subscription};
+pub use summary::{EndReason, SessionSummary};
+
+use std::fmt;
+use std::sync::{Arc, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::commit::Committer;
+use crate::handler::Handler;
+use crate::item::Item;
+use crate::metrics::{Counter, Metrics};
+use crate::policy::CallPolicy;
+use crate::queue::{QueueConfig, WorkQueue};
+use crate::source::{ReturnReason, Source};
+use producer::{Producer, ProducerEnd};
+use worker::Worker;
+
+/// The knobs of one session (seed 003's `threads`, `chunk`, `lote`, `timer`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Worker threads (≥ 1).
+    pub threads: usize,
+    /// Each worker commits every `chunk` outcomes (≥ 1).
+    pub chunk: usize,
+    /// Most items taken from the source in one session; 0 = no limit.
+    pub max_items: usize,
+    /// Stop the session this long after it starts.
+    pub deadline: Option<Duration>,
+    pub queue: QueueConfig,
+    /// Items asked of the source per pull, pushed under one queue lock.
+    pub pull_batch: usize,
+    /// How long the producer waits before polling an idle stream source.
+    pub poll_interval: Duration,
+}
+
+impl Default for SessionConfig {
+    /// SPEC §4's example: 4 threads, chunk 50, no item limit, no deadline,
+    /// the default queue; pulls of 64; idle polls every second.
+    fn default() -> Self {
+        SessionConfig {
+            threads: 4,
+            chunk: 50,
+            max_items: 0,
+            deadline: None,
+            queue: QueueConfig::default(),
+            pull_batch: 64,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Checks the combinations a session cannot run with.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        let bad = |what: &str| Err(SessionError::Config(what.to_string()));
+        if self.threads == 0 {
+            return bad("threads is 0: a session needs at least 1 worker thread");
+        }
+        if self.chunk == 0 {
+            return bad("chunk is 0: workers commit every `chunk` outcomes, so it must be at least 1");
+        }
+        if self.queue.capacity == 0 {
+            return bad("queue capacity is 0: the queue must hold at least 1 item");
+        }
+        if self.pull_batch == 0 {
+            return bad("pull_batch is 0: the producer must ask for at least 1 item at a time");
+        }
+        if self.deadline == Some(Duration::ZERO) {
+            return bad("deadline is 0: omit it for no deadline, or give a positive duration");
+        }
+        Ok(())
+    }
+}
+
+/// Why a session could not run.
+#[derive(Debug)]
+pub enum SessionError {
+    /// The configuration is impossible; the message says what to change.
+    Config(String),
+    /// A thread could not be started (the OS refused).
+    Spawn(std::io::Error),
+    /// A lote thread panicked: a bug in lote, not in a handler.
+    ThreadPanicked(String),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Config(why) => write!(f, "invalid session config: {why}"),
+            SessionError::Spawn(e) => write!(f, "could not start a session thread: {e}"),
+            SessionError::ThreadPanicked(which) => write!(f, "the {which} thread panicked (a bug in lote)"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// A work item on its way through the queue, with its timestamps.
+pub(crate) struct Job {
+    pub item: Item,
+    /// When the producer took it from the source (end-to-end latency).
+    pub pulled_at: Instant,
+    /// When it entered the queue (queue-wait latency).
+    pub queued_at: Instant,
+}
+
+impl Job {
+    fn new(item: Item, now: Instant) -> Self {
+        Job {
+            item,
+            pulled_at: now,
+            queued_at: now,
+        }
+    }
+}
+
+/// This session's own counts (the shared [`Metrics`] are cumulative).
+#[derive(Default)]
+pub(crate) struct SessionCounts {
+    pub pulled: Counter,
+    pub done: Counter,
+    pub failed: Counter,
+    pub skipped: Counter,
+    pub returned: Counter,
+    pub commits: Counter,
+    pub commit_errors: Counter,
+}
+
+/// One producer/consumer run over a source, ready to [`run`](Session::run).
+pub struct Session {
+    config: SessionConfig,
+    source: Arc<dyn Source>,
+    handler: Arc<dyn Handler>,
+    committer: Arc<dyn Committer>,
+    policy: CallPolicy,
+    stop: StopHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl Session {
+    /// A session with no retry, no breaker and no timeout, its own stop
+    /// handle and its own metrics; change them with the builder methods.
+    pub fn new(
+        config: SessionConfig,
+        source: Arc<dyn Source>,
+        handler: Arc<dyn Handler>,
+        committer: Arc<dyn Committer>,
+    ) -> Self {
+        Session {
+            config,
+            source,
+            handler,
+            committer,
+            policy: CallPolicy::plain(),
+            stop: StopHandle::new(),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Runs handler calls under `policy` (retry, breaker, timeout).
+    pub fn policy(mut self, policy: CallPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Stops when `stop` does (the session stops a child of it, so its own
+    /// deadline does not stop `stop`).
+    pub fn stop_handle(mut self, stop: StopHandle) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Counts into `metrics` (shared with whoever reports them).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Runs the session to its end and returns what happened.
+    pub fn run(&self) -> Result<SessionSummary, SessionError> {
+        self.config.validate()?;
+        let started = Instant::now();
+        let threads = self.config.threads;
+        let queue: Arc<WorkQueue<Job>> = Arc::new(WorkQueue::new(self.config.queue.clone()));
+        let stop = self.stop.child();
+        // The session's end also ends the deadline thread's sleep.
+        let over = stop.child();
+        let counts = SessionCounts::default();
+
+        // On the first stop (a handle can jump straight to Hurry, so not
+        // only on Stopping): one Stop per worker, and no more work in.
+        let stopper = {
+            let queue = Arc::clone(&queue);
+            let once = Once::new();
+            stop.on_change(move |level| {
+                if level >= StopLevel::Stopping {
+                    once.call_once(|| {
+                        queue.push_stop(threads);
+                        queue.close();
+                    });
+                }
+            })
+        };
+
+        let outcome = thread::scope(|scope| -> Result<ProducerEnd, SessionError> {
+            let deadline = match self.config.deadline {
+                Some(after) => {
+                    let (stop, over) = (&stop, &over);
+                    Some(spawn(scope, "lote-deadline", move || {
+                        deadline_thread(stop, over, started, after)
+                    })?)
+                }
+                None => None,
+            };
+            let mut workers = Vec::with_capacity(threads);
+            for index in 0..threads {
+                let worker = Worker {
+                    index,
+                    queue: &queue,
+                    source: self.source.as_ref(),
+                    handler: self.handler.as_ref(),
+                    committer: self.committer.as_ref(),
+                    policy: &self.policy,
+                    stop: &stop,
+                    metrics: &self.metrics,
+                    counts: &counts,
+                    chunk: self.config.chunk,
+                };
+                match spawn(scope, &format!("lote-worker-{index}"), move || worker.run()) {
+                    Ok(handle) => workers.push(handle),
+                    Err(e) => {
+                        // Stop what started; the scope joins it.
+                        stop.stop(StopReason::Requested);
+                        over.stop(StopReason::Requested);
+                        return Err(e);
+                    }
+                }
+            }
+            let producer = Producer {
+                source: self.source.as_ref(),
+                queue: &queue,
+                stop: &stop,
+                metrics: &self.metrics,
+                counts: &counts,
+                max_items: self.config.max_items,
+                workers: threads,
+                batch: self.config.pull_batch,
+                poll_interval: self.config.poll_interval,
+            };
+            let producer = spawn(scope, "lote-producer", move || producer.run());
+            let producer = match producer {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    stop.stop(StopReason::Requested);
+                    over.stop(StopReason::Requested);
+                    return Err(e);
+                }
+            };
+
+            let mut panicked = None;
+            let end = match producer.map(|p| p.join()) {
+                Some(Ok(end)) => end,
+                _ => {
+                    // The producer died: stop the workers so nothing waits forever.
+                    stop.stop(StopReason::Requested);
+                    panicked = Some("producer");
+                    ProducerEnd::Stopped
+                }
+            };
+            for worker in workers {
+                if worker.join().is_err() {
+                    stop.stop(StopReason::Requested);
+                    panicked = Some("worker");
+                }
+            }
+            over.stop(StopReason::Requested);
+            if let Some(deadline) = deadline {
+                if deadline.join().is_err() {
+                    panicked = Some("deadline");
+                }
+            }
+            match panicked {
+                Some(which) => Err(SessionError::ThreadPanicked(which.to_string())),
+                None => Ok(end),
+            }
+        });
+        drop(stopper);
+
+        // Work still queued after a stop goes back untouched.
+        let left: Vec<Item> = queue.take_work().into_iter().map(|job| job.item).collect();
+        if !left.is_empty() {
+            counts.returned.add(left.len() as u64);
+            self.metrics.items_returned(left.len(), ReturnReason::Stopped);
+            if let Err(error) = self.source.give_back(left, ReturnReason::Stopped) {
+                self.metrics.source_failed("giving queued items back", &error);
+            }
+        }
+        if let Err(error) = self.committer.finish() {
+            counts.commit_errors.inc();
+            self.metrics.commit_failed(0, &error);
+        }
+        let producer_end = outcome?;
+
+        let end = match (stop.reason(), producer_end) {
+            (Some(StopReason::Deadline), _) => EndReason::Deadline,
+            (Some(_), _) => EndReason::Stopped,
+            (None, ProducerEnd::Drained) => EndReason::Drained,
+            (None, ProducerEnd::MaxItems) => EndReason::MaxItems,
+            (None, ProducerEnd::SourceFailed(why)) => EndReason::SourceFailed(why),
+            (None, ProducerEnd::Stopped) => EndReason::Stopped,
+        };
+        let summary = SessionSummary {
+            end,
+            pulled: counts.pulled.get(),
+            done: counts.done.get(),
+            failed: counts.failed.get(),
+            skipped: counts.skipped.get(),
+            returned: counts.returned.get(),
+            commits: counts.commits.get(),
+            commit_errors: counts.commit_errors.get(),
+            elapsed: started.elapsed(),
+        };
+        log::info!("{summary}");
+        Ok(summary)
+    }
+}
+
+/// Sleeps until the deadline, then stops the session. Ends early when the
+/// session stops or ends (`over` is a child of `stop`, stopped at the end).
+fn deadline_thread(stop: &StopHandle, over: &StopHandle, started: Instant, after: Duration) {
+    let Some(at) = started.checked_add(after) else {
+        over.wait_for_stop();
+        return;
+    };
+    if !over.sleep_until(at) {
+        log::warn!("deadline of {}ms reached: stopping the session", after.as_millis());
+        stop.stop(StopReason::Deadline);
+    }
+}
+
+fn spawn<'scope, 'env, T: Send + 'scope>(
+    scope: &'scope thread::Scope<'scope, 'env>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> Result<thread::ScopedJoinHandle<'scope, T>, SessionError> {
+    thread::Builder::new()
+        .name(name.to_string())
+        .spawn_scoped(scope, f)
+        .map_err(SessionError::Spawn)
+}

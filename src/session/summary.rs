@@ -1,0 +1,92 @@
+//! What a session returns: counts per outcome and why it ended.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The source had nothing left.
+    Drained,
+    /// `max_items` items were taken (the source may have more).
+    MaxItems,
+    /// The session's deadline passed; items still queued went back.
+    Deadline,
+    /// A stop was asked for (signal or API); items still queued went back.
+    Stopped,
+    /// The source failed; the message says how. What was queued still ran.
+    SourceFailed(String),
+}
+
+impl EndReason {
+    /// A short name for logs and status files.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndReason::Drained => "drained",
+            EndReason::MaxItems => "max_items",
+            EndReason::Deadline => "deadline",
+            EndReason::Stopped => "stopped",
+            EndReason::SourceFailed(_) => "source_failed",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::SourceFailed(why) => write!(f, "source failed: {why}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// The counts of one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub end: EndReason,
+    /// Items taken from the source.
+    pub pulled: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    /// Items handed back to the source untouched (stop, breaker, full queue).
+    pub returned: u64,
+    /// Chunks handed to the committer.
+    pub commits: u64,
+    /// Chunks the committer refused (their items stay unacknowledged).
+    pub commit_errors: u64,
+    pub elapsed: Duration,
+}
+
+impl SessionSummary {
+    /// Items that reached an outcome (done, failed or skipped).
+    pub fn processed(&self) -> u64 {
+        self.done + self.failed + self.skipped
+    }
+
+    /// True if every item taken is accounted for: processed or returned.
+    pub fn balanced(&self) -> bool {
+        self.processed() + self.returned == self.pulled
+    }
+}
+
+impl fmt::Display for SessionSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "session ended ({}) after {}ms: {} pulled, {} done, {} failed, {} skipped, {} returned, {} commits",
+            self.end,
+            self.elapsed.as_millis(),
+            self.pulled,
+            self.done,
+            self.failed,
+            self.skipped,
+            self.returned,
+            self.commits
+        )?;
+        if self.commit_errors > 0 {
+            write!(f, " ({} refused)", self.commit_errors)?;
+        }
+        Ok(())
+    }
+}

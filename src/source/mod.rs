@@ -1,0 +1,104 @@
+//! Sources: where items come from, where unprocessed ones go back to, and who
+//! hears that an item's outcome is durable.
+//!
+//! The producer thread calls [`Source::pull`]; a worker or the session calls
+//! [`Source::give_back`] for items it did not process (a stop, an open
+//! breaker, a full queue); the committer calls [`Source::ack`] once outcomes
+//! are durable. These calls come from different threads, so a source is
+//! `Sync` and locks what it must inside.
+
+mod memory;
+
+pub use memory::VecSource;
+
+use std::fmt;
+
+use crate::item::{Item, Outcome};
+
+/// What one pull found.
+#[derive(Debug, PartialEq)]
+pub enum Pull {
+    /// Some items (never empty).
+    Items(Vec<Item>),
+    /// Nothing now, but a stream source may have more later: poll again.
+    Idle,
+    /// Nothing left: this source is drained for this session.
+    Exhausted,
+}
+
+/// Why items go back to their source untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnReason {
+    /// A stop (signal, deadline) came before they were processed.
+    Stopped,
+    /// The circuit breaker was open and `when_open` is `skip`.
+    BreakerOpen,
+    /// The queue was full and its `when_full` mode dropped or refused them.
+    QueueFull,
+}
+
+impl ReturnReason {
+    /// A short name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReturnReason::Stopped => "stopped",
+            ReturnReason::BreakerOpen => "breaker_open",
+            ReturnReason::QueueFull => "queue_full",
+        }
+    }
+}
+
+impl fmt::Display for ReturnReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error from a source, with what it was doing.
+#[derive(Debug)]
+pub struct SourceError {
+    /// What failed, e.g. "reading /var/spool/lote/item-7".
+    pub context: String,
+    pub cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SourceError {
+    pub fn new(context: impl Into<String>, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        SourceError {
+            context: context.into(),
+            cause: cause.into(),
+        }
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.cause)
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.cause.as_ref())
+    }
+}
+
+/// Where items come from.
+pub trait Source: Send + Sync {
+    /// A short name for logs ("spool /var/spool/lote", "memory").
+    fn describe(&self) -> String;
+
+    /// Takes up to `max` (≥ 1) items that are pending. An item pulled is
+    /// *claimed*: it is not pulled again until it is given back (or, after a
+    /// crash, until the source's own recovery releases it).
+    fn pull(&self, max: usize) -> Result<Pull, SourceError>;
+
+    /// Takes back items that were pulled but not processed. They stay (or
+    /// become) pending and are pulled again by a later session.
+    fn give_back(&self, items: Vec<Item>, reason: ReturnReason) -> Result<(), SourceError>;
+
+    /// Hears that these outcomes are durable: the items are finished for the
+    /// source (a spool file moved, a row marked). Only called after the
+    /// outcome is persisted.
+    fn ack(&self, outcomes: &[Outcome]) -> Result<(), SourceError>;
+}
