@@ -126,10 +126,7 @@ fn main() {
         "stop latency p99 = {:.1} µs (target < 50 µs)",
         micros(percentile(&busy, 0.99))
     );
-    println!(
-        "stop wake-up latency p99 = {:.1} µs",
-        micros(percentile(&idle, 0.99))
-    );
+    println!("stop wake-up latency p99 = {:.1} µs", micros(percentile(&idle, 0.99)));
     println!("(bench took {:.1} s)", started.elapsed().as_secs_f64());
 }
 
@@ -184,20 +181,14 @@ fn run(case: Case, items: u64) -> Duration {
 }
 
 /// A lote run whose producer pushes batches of 64 with the given priorities.
-fn lote_run_batched(
-    items: u64,
-    case: Case,
-    mut priority: impl FnMut(u64) -> Priority + Send,
-) -> u64 {
+fn lote_run_batched(items: u64, case: Case, mut priority: impl FnMut(u64) -> Priority + Send) -> u64 {
     lote_run(case, move |queue| {
         let mut batch = Vec::with_capacity(BATCH);
         let mut next = 0u64;
         while next < items {
             let end = items.min(next + BATCH as u64);
             batch.extend((next..end).map(|i| (priority(i), i)));
-            let BatchPush {
-                queued, refused, ..
-            } = queue.push_batch(&mut batch);
+            let BatchPush { queued, refused, .. } = queue.push_batch(&mut batch);
             assert!(queued as u64 == end - next && refused.is_empty());
             next = end;
         }
@@ -314,9 +305,7 @@ fn stop_worker(queue: &WorkQueue<u64>, popped_stop: &mpsc::Sender<Instant>) {
             Message::Work(_) => {}
             Message::Stop => {
                 let t1 = Instant::now();
-                popped_stop
-                    .send(t1)
-                    .expect("the measuring thread waits for it");
+                popped_stop.send(t1).expect("the measuring thread waits for it");
             }
             Message::EndOfData => return,
         }

@@ -21,6 +21,12 @@
 //! - **Closed means closed to work.** After [`WorkQueue::close`], pushes of
 //!   work fail with `Closed` and hand the item back; queued work can still be
 //!   popped or taken back with [`WorkQueue::take_work`].
+//! - **A blocked producer wakes at low water.** Pops notify `writable` only
+//!   once at most `low_water` (¾ of capacity) work items are left, so a
+//!   producer that waited for room gets room for a batch. Whatever stops the
+//!   pops before that also wakes it: `close` (every stop) and `take_work`.
+//!   A producer whose `block_timeout` passes re-checks for room before it
+//!   gives up.
 //! - **No lost wake-ups.** A thread waits only inside a `while` on its
 //!   condition, having registered itself in `waiting_*` under the lock;
 //!   every change that could satisfy a waiter notifies it (see `readable`
@@ -220,6 +226,10 @@ pub struct QueueStats {
 /// The bounded priority queue. `Sync`: share it by reference or `Arc`.
 pub struct WorkQueue<T> {
     capacity: usize,
+    /// A blocked producer is woken once the queue drains to this many work
+    /// items (¾ of capacity), not at every pop: it then has room for a batch
+    /// instead of one slot, and a full queue does not cost a wake-up per pop.
+    low_water: usize,
     when_full: WhenFull,
     block_timeout: Option<Duration>,
     /// Protects everything that changes: the heap, the control counters, the
@@ -228,8 +238,9 @@ pub struct WorkQueue<T> {
     /// Consumers wait here for a message. Notified by every push of work or
     /// control (one notification per item, up to the number of waiters).
     readable: Condvar,
-    /// Blocked producers wait here for room. Notified by every pop of work
-    /// and by `take_work` while producers wait, and by `close` (all).
+    /// Blocked producers wait here for room. Notified by a pop that leaves
+    /// `low_water` or fewer work items while producers wait, by `take_work`,
+    /// and by `close` (all).
     writable: Condvar,
 }
 
@@ -359,6 +370,7 @@ impl<T> WorkQueue<T> {
     pub fn new(config: QueueConfig) -> Self {
         WorkQueue {
             capacity: config.capacity.max(1),
+            low_water: low_water(config.capacity.max(1)),
             when_full: config.when_full,
             block_timeout: config.block_timeout,
             state: Mutex::new(State {
@@ -556,7 +568,7 @@ impl<T> WorkQueue<T> {
                     out.push(Message::Work(entry.item));
                 }
                 state.popped += n as u64;
-                let wake = state.waiting_producers > 0;
+                let wake = state.waiting_producers > 0 && state.work.len() <= self.low_water;
                 drop(state);
                 if wake {
                     self.writable.notify_all();
@@ -640,7 +652,7 @@ impl<T> WorkQueue<T> {
         }
         if let Some(entry) = state.work.pop() {
             state.popped += 1;
-            if state.waiting_producers > 0 {
+            if state.waiting_producers > 0 && state.work.len() <= self.low_water {
                 self.writable.notify_one();
             }
             return Some(Message::Work(entry.item));
@@ -666,6 +678,11 @@ impl<T> WorkQueue<T> {
             }
         }
     }
+}
+
+/// ¾ of `capacity`, and below capacity whenever capacity > 1.
+fn low_water(capacity: usize) -> usize {
+    (capacity - capacity / 4).min(capacity - 1).max(capacity.min(1) - 1)
 }
 
 impl<T> fmt::Debug for WorkQueue<T> {

@@ -121,7 +121,7 @@ impl BreakerConfig {
                 self.failures
             ));
         }
-        if self.open_for < MIN_POLL {
+        if self.open_for < Duration::from_millis(1) {
             return Err(format!(
                 "breaker open_for is {:?}; expected at least 1ms (the breaker counts time in milliseconds, \
                  and an open breaker that lets probes through at once would not pause anything)",
@@ -203,9 +203,32 @@ impl Word {
         open | (u64::from(self.count) << STAMP_BITS) | self.stamp
     }
 
+    /// A closed word with no failures counted yet.
+    fn closed(stamp: u64) -> Word {
+        Word {
+            open: false,
+            count: 0,
+            stamp,
+        }
+    }
+
+    /// An open word with no probes in flight.
+    fn opened(stamp: u64) -> Word {
+        Word {
+            open: true,
+            count: 0,
+            stamp,
+        }
+    }
+
+    /// The same episode with another count.
+    fn with_count(self, count: u32) -> Word {
+        Word { count, ..self }
+    }
+
     /// The open bit and stamp: what a permit remembers (invariant 3).
     fn episode(self) -> u64 {
-        Word { count: 0, ..self }.pack()
+        self.with_count(0).pack()
     }
 }
 
@@ -237,14 +260,7 @@ impl Breaker {
             max_probes: config.half_open_probes.clamp(1, MAX_COUNT),
             config,
             epoch: Instant::now(),
-            word: AtomicU64::new(
-                Word {
-                    open: false,
-                    count: 0,
-                    stamp: 0,
-                }
-                .pack(),
-            ),
+            word: AtomicU64::new(Word::closed(0).pack()),
             opens: AtomicU64::new(0),
         }
     }
@@ -261,7 +277,10 @@ impl Breaker {
 
     /// The state at `now` (half-open is read off the clock).
     pub fn state_at(&self, now: Instant) -> BreakerState {
-        let word = self.load();
+        self.state_of(self.load(), now)
+    }
+
+    fn state_of(&self, word: Word, now: Instant) -> BreakerState {
         if !word.open {
             BreakerState::Closed
         } else if self.open_elapsed(word, now) < self.config.open_for {
@@ -312,11 +331,7 @@ impl Breaker {
                 let retry_in = self.config.open_for.clamp(MIN_POLL, PROBE_POLL);
                 return Err(Rejected { retry_in });
             }
-            let taken = Word {
-                count: word.count + 1,
-                ..word
-            };
-            match self.exchange(bits, taken) {
+            match self.exchange(bits, word.with_count(word.count + 1)) {
                 Ok(()) => return Ok(Permit::new(self, word)),
                 Err(actual) => bits = actual,
             }
@@ -332,16 +347,13 @@ impl Breaker {
                 return None; // A late result (invariant 3).
             }
             let (next, transition) = if word.open {
-                let closed = Word {
-                    open: false,
-                    count: 0,
-                    stamp: (word.stamp + 1).min(STAMP_MAX),
-                };
+                // Past every earlier stamp (invariant 2).
+                let closed = Word::closed((word.stamp + 1).min(STAMP_MAX));
                 (closed, Some(Transition::Closed))
             } else if word.count == 0 {
                 return None; // Nothing to reset; no write keeps the busy path a load (invariant 7).
             } else {
-                (Word { count: 0, ..word }, None)
+                (word.with_count(0), None)
             };
             match self.exchange(bits, next) {
                 Ok(()) => return transition,
@@ -359,30 +371,16 @@ impl Breaker {
                 return None; // A late result (invariant 3).
             }
             let (next, transition) = if word.open {
-                let reopened = Word {
-                    open: true,
-                    count: 0,
-                    // Strictly forward even if `now` is not (invariant 2).
-                    stamp: self.stamp_at(now).max(word.stamp + 1).min(STAMP_MAX),
-                };
+                // Strictly forward even if `now` is not (invariant 2).
+                let reopened = Word::opened(self.stamp_at(now).max(word.stamp + 1).min(STAMP_MAX));
                 (reopened, Some(Transition::Reopened))
             } else if word.count + 1 >= self.threshold {
-                let opened = Word {
-                    open: true,
-                    count: 0,
-                    // Not below the closed stamp, which is above every earlier
-                    // opened-at stamp; the open bit tells the two apart.
-                    stamp: self.stamp_at(now).max(word.stamp),
-                };
+                // Not below the closed stamp, which is above every earlier
+                // opened-at stamp; the open bit tells the two apart.
+                let opened = Word::opened(self.stamp_at(now).max(word.stamp));
                 (opened, Some(Transition::Opened))
             } else {
-                (
-                    Word {
-                        count: word.count + 1,
-                        ..word
-                    },
-                    None,
-                )
+                (word.with_count(word.count + 1), None)
             };
             match self.exchange(bits, next) {
                 Ok(()) => {
@@ -406,11 +404,7 @@ impl Breaker {
             if word.episode() != episode || word.count == 0 {
                 return; // Another probe already settled the episode; its slots went with it.
             }
-            let released = Word {
-                count: word.count - 1,
-                ..word
-            };
-            match self.exchange(bits, released) {
+            match self.exchange(bits, word.with_count(word.count - 1)) {
                 Ok(()) => return,
                 Err(actual) => bits = actual,
             }
@@ -454,7 +448,7 @@ impl fmt::Debug for Breaker {
         let word = self.load();
         f.debug_struct("Breaker")
             .field("config", &self.config)
-            .field("state", &self.state())
+            .field("state", &self.state_of(word, Instant::now()))
             .field("count", &word.count)
             .field("opens", &self.opens())
             .finish()
@@ -561,21 +555,10 @@ mod tests {
     #[test]
     fn word_round_trips() {
         for word in [
-            Word {
-                open: false,
-                count: 0,
-                stamp: 0,
-            },
-            Word {
-                open: true,
-                count: MAX_COUNT,
-                stamp: STAMP_MAX,
-            },
-            Word {
-                open: true,
-                count: 3,
-                stamp: 12_345,
-            },
+            Word::closed(0),
+            Word::closed(7).with_count(MAX_COUNT),
+            Word::opened(STAMP_MAX).with_count(MAX_COUNT),
+            Word::opened(12_345).with_count(3),
         ] {
             assert_eq!(Word::unpack(word.pack()), word);
         }
