@@ -162,12 +162,12 @@ fn run(case: Case, items: u64) -> Duration {
                 assert!(evicted.is_none());
             }
         }),
-        Case::BatchPopOne | Case::BatchPopBatch => lote_run_batched(items, case, |_| 0),
+        Case::BatchPopOne | Case::BatchPopBatch => lote_run_batched(items, case, || 0),
         Case::BatchPopOnePriorities => {
             // A 64-bit LCG (Knuth's MMIX constants); the top 3 bits are its
             // best, giving priorities 0..8. Cheap enough not to show.
             let mut state = 0x2545_f491_4f6c_dd1d_u64;
-            lote_run_batched(items, case, move |_| {
+            lote_run_batched(items, case, move || {
                 state = state
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
@@ -181,13 +181,13 @@ fn run(case: Case, items: u64) -> Duration {
 }
 
 /// A lote run whose producer pushes batches of 64 with the given priorities.
-fn lote_run_batched(items: u64, case: Case, mut priority: impl FnMut(u64) -> Priority + Send) -> u64 {
+fn lote_run_batched(items: u64, case: Case, mut priority: impl FnMut() -> Priority + Send) -> u64 {
     lote_run(case, move |queue| {
         let mut batch = Vec::with_capacity(BATCH);
         let mut next = 0u64;
         while next < items {
             let end = items.min(next + BATCH as u64);
-            batch.extend((next..end).map(|i| (priority(i), i)));
+            batch.extend((next..end).map(|i| (priority(), i)));
             let BatchPush { queued, refused, .. } = queue.push_batch(&mut batch);
             assert!(queued as u64 == end - next && refused.is_empty());
             next = end;
