@@ -30,7 +30,7 @@ const DEFAULT_ITEMS: u64 = 10_000_000;
 const CAPACITY: usize = 1024;
 const CONSUMERS: usize = 2;
 const BATCH: usize = 64;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 /// Work items the busy worker must be behind when the `Stop` arrives.
 const STOP_BEHIND: usize = 1000;
 const STOP_REPEATS: usize = 2000;
@@ -109,9 +109,16 @@ fn main() {
             median / reference
         );
     }
-    let target = summaries[Case::BatchPopOne as usize].0 / reference;
+    // Three threads on two cores make every rate swing with scheduling luck
+    // (crossbeam's most: it spins), so give the ratio of medians and of bests.
+    let (lote_median, lote_best) = summaries[Case::BatchPopOne as usize];
+    let reference_best = summaries[0].1;
     println!();
-    println!("queue bench: lote batch-push/pop-one = {target:.2}× crossbeam (target ≥ 0.75×)");
+    println!(
+        "queue bench: lote batch-push/pop-one = {:.2}× crossbeam by median, {:.2}× by best (target ≥ 0.75×)",
+        lote_median / reference,
+        lote_best / reference_best
+    );
 
     println!();
     let busy = stop_latency_busy();

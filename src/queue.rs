@@ -7,8 +7,8 @@
 //!
 //! # Invariants
 //!
-//! - **Capacity counts work only.** `work.len() <= capacity` after every
-//!   operation. `Stop` and `EndOfData` live in two counters beside the heap:
+//! - **Capacity counts work only.** `len <= capacity` after every operation.
+//!   `Stop` and `EndOfData` live in two counters beside the work levels:
 //!   they are accepted at once whatever the fill level, even once the queue is
 //!   closed, and are never dropped or evicted.
 //! - **The control lane overtakes.** `pop` returns a pending `Stop` before any
@@ -32,8 +32,7 @@
 //!   every change that could satisfy a waiter notifies it (see `readable`
 //!   and `writable`).
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -232,7 +231,7 @@ pub struct WorkQueue<T> {
     low_water: usize,
     when_full: WhenFull,
     block_timeout: Option<Duration>,
-    /// Protects everything that changes: the heap, the control counters, the
+    /// Protects everything that changes: the levels, the control counters, the
     /// closed flag, the waiter counts and the statistics.
     state: Mutex<State<T>>,
     /// Consumers wait here for a message. Notified by every push of work or
@@ -245,7 +244,14 @@ pub struct WorkQueue<T> {
 }
 
 struct State<T> {
-    work: BinaryHeap<Entry<T>>,
+    /// Work by priority level, most urgent level first; each level a FIFO in
+    /// arrival order. A level is in the map only while it holds work.
+    levels: BTreeMap<Priority, VecDeque<Entry<T>>>,
+    /// Work items in `levels`, all levels together.
+    len: usize,
+    /// Emptied level deques kept (at most `SPARE_LEVELS`) so that a queue
+    /// that keeps emptying and refilling does not allocate.
+    spare: Vec<VecDeque<Entry<T>>>,
     /// Pending `Stop` messages.
     stops: usize,
     /// Pending `EndOfData` messages.
@@ -265,34 +271,15 @@ struct State<T> {
     high_water: usize,
 }
 
-/// A queued work item with its ordering key.
+/// A queued work item with its arrival number (for drop_oldest/newest
+/// across levels; within a level, position already is arrival order).
 struct Entry<T> {
-    priority: Priority,
     seq: u64,
     item: T,
 }
 
-impl<T> PartialEq for Entry<T> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.priority, self.seq) == (other.priority, other.seq)
-    }
-}
-
-impl<T> Eq for Entry<T> {}
-
-impl<T> PartialOrd for Entry<T> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<T> Ord for Entry<T> {
-    // BinaryHeap pops the greatest: the greatest entry is the one with the
-    // lowest (priority, seq), i.e. the most urgent and then the oldest.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.priority, other.seq).cmp(&(self.priority, self.seq))
-    }
-}
+/// How many emptied level deques a queue keeps for reuse.
+const SPARE_LEVELS: usize = 4;
 
 /// Where a push stands after looking at the fill level.
 enum Room<T> {
@@ -306,32 +293,66 @@ enum Room<T> {
 
 impl<T> State<T> {
     fn is_full(&self, capacity: usize) -> bool {
-        self.work.len() >= capacity
+        self.len >= capacity
     }
 
     fn insert(&mut self, priority: Priority, item: T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.work.push(Entry { priority, seq, item });
+        let spare = &mut self.spare;
+        self.levels
+            .entry(priority)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push_back(Entry { seq, item });
+        self.len += 1;
         self.pushed += 1;
-        self.high_water = self.high_water.max(self.work.len());
+        self.high_water = self.high_water.max(self.len);
     }
 
-    /// Removes the queued item with the lowest (oldest) or highest (newest)
-    /// arrival number. O(n), but only ever on a full queue in a drop mode.
-    fn evict(&mut self, oldest: bool) -> Option<T> {
-        let mut entries = std::mem::take(&mut self.work).into_vec();
-        let index = if oldest {
-            entries.iter().enumerate().min_by_key(|(_, e)| e.seq).map(|(i, _)| i)
-        } else {
-            entries.iter().enumerate().max_by_key(|(_, e)| e.seq).map(|(i, _)| i)
-        };
-        let evicted = index.map(|i| entries.swap_remove(i).item);
-        self.work = BinaryHeap::from(entries);
-        if evicted.is_some() {
-            self.dropped += 1;
+    /// The most urgent, oldest work item.
+    fn pop_work(&mut self) -> Option<T> {
+        let mut level = self.levels.first_entry()?;
+        let entry = level.get_mut().pop_front().expect("a level in the map holds work");
+        if level.get().is_empty() {
+            let emptied = level.remove();
+            self.retire(emptied);
         }
-        evicted
+        self.len -= 1;
+        Some(entry.item)
+    }
+
+    /// Removes the queued item that arrived first (`oldest`) or last,
+    /// whatever its priority: the front or back of one of the levels.
+    fn evict(&mut self, oldest: bool) -> Option<T> {
+        let arrival = |q: &VecDeque<Entry<T>>| if oldest { q.front() } else { q.back() }.map_or(0, |e| e.seq);
+        let levels = self.levels.iter().map(|(priority, q)| (arrival(q), *priority));
+        let (_, priority) = if oldest { levels.min() } else { levels.max() }?;
+        let level = self.levels.get_mut(&priority).expect("found above");
+        let entry = if oldest { level.pop_front() } else { level.pop_back() }.expect("a level in the map holds work");
+        if level.is_empty() {
+            let emptied = self.levels.remove(&priority).expect("found above");
+            self.retire(emptied);
+        }
+        self.len -= 1;
+        self.dropped += 1;
+        Some(entry.item)
+    }
+
+    /// Keeps an emptied level's deque for reuse, up to `SPARE_LEVELS`.
+    fn retire(&mut self, level: VecDeque<Entry<T>>) {
+        if self.spare.len() < SPARE_LEVELS {
+            self.spare.push(level);
+        }
+    }
+
+    /// Every work item, most urgent first, emptying the queue.
+    fn take_all(&mut self) -> Vec<T> {
+        let mut items = Vec::with_capacity(self.len);
+        for (_, level) in std::mem::take(&mut self.levels) {
+            items.extend(level.into_iter().map(|e| e.item));
+        }
+        self.len = 0;
+        items
     }
 
     /// Decides what a push of one work item does now.
@@ -374,7 +395,9 @@ impl<T> WorkQueue<T> {
             when_full: config.when_full,
             block_timeout: config.block_timeout,
             state: Mutex::new(State {
-                work: BinaryHeap::with_capacity(config.capacity.clamp(1, 64 * 1024)),
+                levels: BTreeMap::new(),
+                len: 0,
+                spare: Vec::new(),
                 stops: 0,
                 ends: 0,
                 closed: false,
@@ -514,9 +537,18 @@ impl<T> WorkQueue<T> {
     /// Takes the next message, waiting as long as it takes.
     pub fn pop(&self) -> Message<T> {
         let mut state = self.state.lock();
+        let mut backoff = Backoff::new();
         loop {
             if let Some(message) = self.take_one(&mut state) {
                 return message;
+            }
+            // A busy producer refills within microseconds: spinning (then
+            // yielding) a little is far cheaper than parking and being woken.
+            if !backoff.is_done() {
+                drop(state);
+                backoff.snooze();
+                state = self.state.lock();
+                continue;
             }
             // Woken by any push (see `readable`).
             state.waiting_consumers += 1;
@@ -556,19 +588,19 @@ impl<T> WorkQueue<T> {
         let max = max.max(1);
         let mut state = self.state.lock();
         loop {
-            if state.stops > 0 || state.work.is_empty() {
+            if state.stops > 0 || state.len == 0 {
                 if let Some(message) = self.take_one(&mut state) {
                     out.push(message);
                     return;
                 }
             } else {
-                let n = max.min(state.work.len());
+                let n = max.min(state.len);
                 for _ in 0..n {
-                    let entry = state.work.pop().expect("n <= len");
-                    out.push(Message::Work(entry.item));
+                    let item = state.pop_work().expect("n <= len");
+                    out.push(Message::Work(item));
                 }
                 state.popped += n as u64;
-                let wake = state.waiting_producers > 0 && state.work.len() <= self.low_water;
+                let wake = state.waiting_producers > 0 && state.len <= self.low_water;
                 drop(state);
                 if wake {
                     self.writable.notify_all();
@@ -601,20 +633,18 @@ impl<T> WorkQueue<T> {
     /// return them to their source at a stop). Control messages stay.
     pub fn take_work(&self) -> Vec<T> {
         let mut state = self.state.lock();
-        let entries = std::mem::take(&mut state.work).into_sorted_vec();
+        let items = state.take_all();
         let wake = state.waiting_producers > 0;
         drop(state);
         if wake {
             self.writable.notify_all();
         }
-        // into_sorted_vec is ascending by `Ord`, and our greatest is the
-        // most urgent: reverse to hand back most urgent first.
-        entries.into_iter().rev().map(|e| e.item).collect()
+        items
     }
 
     /// Work items queued now.
     pub fn len(&self) -> usize {
-        self.state.lock().work.len()
+        self.state.lock().len
     }
 
     /// True if no work is queued.
@@ -626,7 +656,7 @@ impl<T> WorkQueue<T> {
     pub fn stats(&self) -> QueueStats {
         let state = self.state.lock();
         QueueStats {
-            len: state.work.len(),
+            len: state.len,
             capacity: self.capacity,
             can_push: !state.closed && !state.is_full(self.capacity),
             closed: state.closed,
@@ -650,12 +680,12 @@ impl<T> WorkQueue<T> {
             state.stops -= 1;
             return Some(Message::Stop);
         }
-        if let Some(entry) = state.work.pop() {
+        if let Some(item) = state.pop_work() {
             state.popped += 1;
-            if state.waiting_producers > 0 && state.work.len() <= self.low_water {
+            if state.waiting_producers > 0 && state.len <= self.low_water {
                 self.writable.notify_one();
             }
-            return Some(Message::Work(entry.item));
+            return Some(Message::Work(item));
         }
         if state.ends > 0 {
             state.ends -= 1;
@@ -677,6 +707,38 @@ impl<T> WorkQueue<T> {
                 self.readable.notify_one();
             }
         }
+    }
+}
+
+/// Bounded waiting before a consumer parks: spins of 1, 2, 4 … 64 pause
+/// instructions, then a few `yield_now`s (which let a descheduled producer
+/// run on a 2-core box), then done. Under loom it is done at once: loom
+/// models the parking, and spinning would only multiply interleavings.
+struct Backoff {
+    step: u32,
+}
+
+impl Backoff {
+    const SPIN_STEPS: u32 = 6;
+    const YIELD_STEPS: u32 = 10;
+
+    fn new() -> Self {
+        Backoff { step: 0 }
+    }
+
+    fn is_done(&self) -> bool {
+        cfg!(loom) || self.step > Self::YIELD_STEPS
+    }
+
+    fn snooze(&mut self) {
+        if self.step <= Self::SPIN_STEPS {
+            for _ in 0..1u32 << self.step {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+        self.step += 1;
     }
 }
 
