@@ -3,7 +3,7 @@
 //! A small, synchronous, thread-based engine that moves work items from a
 //! **source**, through N worker threads and a **handler**, and commits each
 //! item's **outcome** in chunks. No async runtime: OS threads pull from a
-//! Mutex + Condvar binary-heap priority queue whose control lane lets a `Stop`
+//! Mutex + Condvar priority queue whose control lane lets a `Stop`
 //! overtake all queued work and makes `EndOfData` leave last.
 //!
 //! # Layout
@@ -36,6 +36,38 @@
 //!
 //! ARCHITECTURE.md beside Cargo.toml has the threads (who starts each, who
 //! stops it) and the life of an item.
+//!
+//! # Example
+//!
+//! The README's example, compiled and run by `cargo test`:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use lote::commit::MemoryCommitter;
+//! use lote::policy::{CallPolicy, RetryPolicy};
+//! use lote::source::VecSource;
+//! use lote::{CallContext, Failure, Item, Session, SessionConfig, StopHandle};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let source = Arc::new(VecSource::numbered(1000));
+//! let committer = Arc::new(MemoryCommitter::acking(source.clone()));
+//! let handler = Arc::new(|ctx: &CallContext<'_>, item: &Item| {
+//!     if ctx.should_stop() { return Err(Failure::retryable("cut short")); }
+//!     Ok::<_, Failure>(format!("handled {}", item.id))
+//! });
+//! let stop = StopHandle::new(); // give a clone to a signal handler
+//! let summary = Session::new(
+//!         SessionConfig { threads: 4, chunk: 50, max_items: 500, deadline: Some(Duration::from_secs(240)), ..Default::default() },
+//!         source, handler, committer)
+//!     .policy(CallPolicy { retry: RetryPolicy::default(), ..Default::default() })
+//!     .stop_handle(stop)
+//!     .run()?;
+//! println!("{summary}");
+//! assert_eq!(summary.done, 500);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod commit;
 pub mod handler;
