@@ -9,10 +9,11 @@
 //! committer for tests, examples and benchmarks. The write-behind thread to
 //! SQLite or JSONL implements the same trait.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::item::Outcome;
+use crate::item::{Outcome, Status};
 use crate::source::{Source, SourceError};
 use crate::sync::Mutex;
 
@@ -23,6 +24,8 @@ pub enum CommitError {
     Ack(SourceError),
     /// The committer is shut down or broken; the message says which and why.
     Unavailable(String),
+    /// The committer cannot do this (e.g. look up done items).
+    Unsupported(&'static str),
 }
 
 impl fmt::Display for CommitError {
@@ -30,6 +33,7 @@ impl fmt::Display for CommitError {
         match self {
             CommitError::Ack(e) => write!(f, "acknowledging to the source: {e}"),
             CommitError::Unavailable(why) => write!(f, "committer unavailable: {why}"),
+            CommitError::Unsupported(what) => write!(f, "not supported: {what}"),
         }
     }
 }
@@ -48,6 +52,14 @@ pub trait Committer: Send + Sync {
     fn finish(&self) -> Result<(), CommitError> {
         Ok(())
     }
+
+    /// The ids among `ids` that already have a durable `done` outcome: the
+    /// exactly-once check and `--resume`. One call per pulled batch, not per
+    /// item.
+    fn done_ids(&self, ids: &[&str]) -> Result<HashSet<String>, CommitError> {
+        let _ = ids;
+        Err(CommitError::Unsupported("this committer cannot look up done items"))
+    }
 }
 
 /// Keeps every committed outcome in memory and acknowledges it to the source
@@ -62,6 +74,8 @@ pub struct MemoryCommitter {
 struct Kept {
     outcomes: Vec<Outcome>,
     chunk_sizes: Vec<usize>,
+    /// Ids with a `done` outcome, for `done_ids`.
+    done: HashSet<String>,
 }
 
 impl MemoryCommitter {
@@ -119,7 +133,19 @@ impl Committer for MemoryCommitter {
         }
         let mut kept = self.kept.lock();
         kept.chunk_sizes.push(chunk.len());
+        for outcome in chunk.iter().filter(|o| o.status == Status::Done) {
+            kept.done.insert(outcome.item.id.clone());
+        }
         kept.outcomes.extend(chunk);
         Ok(())
+    }
+
+    fn done_ids(&self, ids: &[&str]) -> Result<HashSet<String>, CommitError> {
+        let kept = self.kept.lock();
+        Ok(ids
+            .iter()
+            .filter(|id| kept.done.contains(**id))
+            .map(|id| id.to_string())
+            .collect())
     }
 }

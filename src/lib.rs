@@ -70,18 +70,21 @@
 //! ```
 
 pub mod commit;
+pub mod dead_letter;
 pub mod handler;
 pub mod item;
 pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod session;
+pub mod sink;
 pub mod source;
 mod sync;
+pub mod writer;
 
 pub use commit::Committer;
 pub use handler::{CallContext, Failure, FailureKind, Handler};
 pub use item::{Item, Outcome, Priority, Status};
 pub use queue::{Message, PushError, QueueConfig, WhenFull, WorkQueue};
-pub use session::{EndReason, Session, SessionConfig, SessionSummary, StopHandle, StopLevel, StopReason};
+pub use session::{EndReason, Qos, Session, SessionConfig, SessionSummary, StopHandle, StopLevel, StopReason};
 pub use source::Source;

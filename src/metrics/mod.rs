@@ -38,7 +38,7 @@ impl Counter {
     }
 }
 
-/// A value that goes up and down (workers busy).
+/// A value that goes up and down (workers busy, writer depth).
 #[derive(Debug, Default)]
 pub struct Gauge(
     /// Relaxed everywhere: a statistic, read only for reporting.
@@ -54,6 +54,12 @@ impl Gauge {
     }
     pub fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -158,6 +164,15 @@ impl Metrics {
         self.failed.inc();
         self.end_to_end.record(end_to_end);
         log::warn!("item {id}: failed after {attempts} attempt(s): {error}");
+    }
+
+    /// `n` items were already done (exactly-once / resume) and were skipped.
+    pub fn items_skipped(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.skipped.add(n as u64);
+        log::info!("{n} item(s) already done: skipped");
     }
 
     /// `n` items went back to their source untouched.

@@ -34,15 +34,44 @@ use std::sync::{Arc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::commit::Committer;
+use crate::commit::{CommitError, Committer};
 use crate::handler::Handler;
 use crate::item::Item;
 use crate::metrics::{Counter, Metrics};
-use crate::policy::CallPolicy;
+use crate::policy::{CallPolicy, RetryPolicy};
 use crate::queue::{QueueConfig, WorkQueue};
 use crate::source::{ReturnReason, Source};
 use producer::{Producer, ProducerEnd};
 use worker::Worker;
+
+/// Delivery guarantee (SPEC §3.3, `handler.qos`; seed 002's QoS 0/1/2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Qos {
+    /// No retries; a failure is recorded and acknowledged, never retried.
+    /// The worker still waits for the handler to finish.
+    AtMostOnce,
+    /// Retries per policy; an item is acknowledged only once its outcome is
+    /// durable, so after a crash it may run again.
+    #[default]
+    AtLeastOnce,
+    /// As at-least-once, plus: before an item runs, the sink's record is
+    /// checked and items already done are skipped. Never two records for one
+    /// item, never a re-run of an item whose outcome is durable. A side
+    /// effect between the handler's run and the persist is covered only by
+    /// an idempotent downstream (handlers get the item id as the key).
+    ExactlyOnce,
+}
+
+impl Qos {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Qos::AtMostOnce => "at_most_once",
+            Qos::AtLeastOnce => "at_least_once",
+            Qos::ExactlyOnce => "exactly_once",
+        }
+    }
+}
 
 /// The knobs of one session (seed 003's `threads`, `chunk`, `lote`, `timer`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +89,7 @@ pub struct SessionConfig {
     pub pull_batch: usize,
     /// How long the producer waits before polling an idle stream source.
     pub poll_interval: Duration,
+    pub qos: Qos,
 }
 
 impl Default for SessionConfig {
@@ -74,6 +104,7 @@ impl Default for SessionConfig {
             queue: QueueConfig::default(),
             pull_batch: 64,
             poll_interval: Duration::from_secs(1),
+            qos: Qos::AtLeastOnce,
         }
     }
 }
@@ -208,6 +239,28 @@ impl Session {
     /// Runs the session to its end and returns what happened.
     pub fn run(&self) -> Result<SessionSummary, SessionError> {
         self.config.validate()?;
+        let skip_done = self.config.qos == Qos::ExactlyOnce || self.source.needs_resume();
+        if skip_done {
+            if let Err(CommitError::Unsupported(_)) = self.committer.done_ids(&[]) {
+                return Err(SessionError::Config(format!(
+                    "{} needs a committer that can look up done items \
+                     (a Writer started with WriterConfig::done_lookups)",
+                    if self.config.qos == Qos::ExactlyOnce {
+                        "qos exactly_once"
+                    } else {
+                        "resuming this source"
+                    }
+                )));
+            }
+        }
+        let policy = match self.config.qos {
+            // At most once: never a second attempt.
+            Qos::AtMostOnce => CallPolicy {
+                retry: RetryPolicy::none(),
+                ..self.policy.clone()
+            },
+            _ => self.policy.clone(),
+        };
         let started = Instant::now();
         let threads = self.config.threads;
         let queue: Arc<WorkQueue<Job>> = Arc::new(WorkQueue::new(self.config.queue.clone()));
@@ -249,7 +302,7 @@ impl Session {
                     source: self.source.as_ref(),
                     handler: self.handler.as_ref(),
                     committer: self.committer.as_ref(),
-                    policy: &self.policy,
+                    policy: &policy,
                     stop: &stop,
                     metrics: &self.metrics,
                     counts: &counts,
@@ -267,6 +320,8 @@ impl Session {
             }
             let producer = Producer {
                 source: self.source.as_ref(),
+                committer: self.committer.as_ref(),
+                skip_done,
                 queue: &queue,
                 stop: &stop,
                 metrics: &self.metrics,

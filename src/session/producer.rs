@@ -6,10 +6,11 @@
 //! has already pushed the `Stop`s and closed the queue, which also wakes it
 //! from a blocked push).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Job, SessionCounts, StopHandle};
-use crate::item::Item;
+use crate::commit::Committer;
+use crate::item::{Item, Outcome, Status};
 use crate::metrics::Metrics;
 use crate::queue::{PushError, WorkQueue};
 use crate::source::{Pull, ReturnReason, Source};
@@ -25,6 +26,11 @@ pub(crate) enum ProducerEnd {
 
 pub(crate) struct Producer<'a> {
     pub source: &'a dyn Source,
+    /// Receives the outcomes of skipped items.
+    pub committer: &'a dyn Committer,
+    /// Ask the committer which pulled ids are already done, and skip them
+    /// (exactly-once, or a source that needs resuming).
+    pub skip_done: bool,
     pub queue: &'a WorkQueue<Job>,
     pub stop: &'a StopHandle,
     pub metrics: &'a Metrics,
@@ -77,6 +83,14 @@ impl Producer<'_> {
             taken += items.len();
             self.counts.pulled.add(items.len() as u64);
             self.metrics.pulled.add(items.len() as u64);
+            let items = if self.skip_done {
+                match self.skip_done_items(items) {
+                    Ok(items) => items,
+                    Err(why) => return ProducerEnd::SourceFailed(why),
+                }
+            } else {
+                items
+            };
             let now = Instant::now();
             batch.extend(items.into_iter().map(|item| (item.priority, Job::new(item, now))));
             let result = self.queue.push_batch(&mut batch);
@@ -99,6 +113,48 @@ impl Producer<'_> {
                 return ProducerEnd::Stopped;
             }
         }
+    }
+
+    /// Commits a `Skipped` outcome for every item the sink already has as
+    /// done, and returns the others. One lookup per pulled batch. If the
+    /// lookup fails, no item of the batch may run (it could be a re-run):
+    /// they all go back and the session ends.
+    fn skip_done_items(&self, items: Vec<Item>) -> Result<Vec<Item>, String> {
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let done = match self.committer.done_ids(&ids) {
+            Ok(done) => done,
+            Err(error) => {
+                let why = format!("looking up done items failed: {error}");
+                self.metrics.source_failed("the exactly-once check", &why);
+                self.give_back(items, ReturnReason::Stopped);
+                return Err(why);
+            }
+        };
+        if done.is_empty() {
+            return Ok(items);
+        }
+        let now = SystemTime::now();
+        let (skipped, rest): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| done.contains(&i.id));
+        let n = skipped.len();
+        let outcomes = skipped
+            .into_iter()
+            .map(|item| Outcome {
+                item,
+                status: Status::Skipped,
+                attempts: 0,
+                output: None,
+                error: None,
+                started_at: now,
+                finished_at: now,
+                duration: Duration::ZERO,
+            })
+            .collect();
+        self.counts.skipped.add(n as u64);
+        self.metrics.items_skipped(n);
+        if let Err(error) = self.committer.commit(outcomes) {
+            self.metrics.commit_failed(n, &error);
+        }
+        Ok(rest)
     }
 
     fn give_back(&self, items: Vec<Item>, reason: ReturnReason) {

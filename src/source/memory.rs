@@ -94,6 +94,11 @@ impl Source for VecSource {
         Ok(())
     }
 
+    fn requeue(&self, items: Vec<Item>) -> Result<(), SourceError> {
+        self.state.lock().pending.extend(items);
+        Ok(())
+    }
+
     fn ack(&self, outcomes: &[Outcome]) -> Result<(), SourceError> {
         let mut state = self.state.lock();
         for outcome in outcomes {

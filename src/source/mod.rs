@@ -8,8 +8,10 @@
 //! `Sync` and locks what it must inside.
 
 mod memory;
+mod sqlite;
 
 pub use memory::VecSource;
+pub use sqlite::{SqliteSource, SqliteSourceConfig};
 
 use std::fmt;
 
@@ -101,4 +103,21 @@ pub trait Source: Send + Sync {
     /// source (a spool file moved, a row marked). Only called after the
     /// outcome is persisted.
     fn ack(&self, outcomes: &[Outcome]) -> Result<(), SourceError>;
+
+    /// Takes dead-lettered items back as new pending work (`dead-letter
+    /// requeue`). Sources that cannot say so.
+    fn requeue(&self, items: Vec<Item>) -> Result<(), SourceError> {
+        let n = items.len();
+        Err(SourceError::new(
+            format!("requeueing {n} item(s)"),
+            format!("the {} source cannot take items back", self.describe()),
+        ))
+    }
+
+    /// True for a source that cannot remember what it finished (a plain file
+    /// of lines): the session then asks the sink which pulled ids are done and
+    /// skips them, whatever the QoS (`--resume`).
+    fn needs_resume(&self) -> bool {
+        false
+    }
 }

@@ -1,0 +1,472 @@
+//! `sqlite`: a table of work items in a SQLite database (SPEC §3.6). The
+//! table has id, payload, priority and status columns whose names are
+//! configured; lote claims `pending` rows, marks them `done` or `failed` once
+//! their outcome is durable, and sets returned rows back to `pending`.
+//!
+//! # Invariants
+//!
+//! - A pull claims rows in one `BEGIN IMMEDIATE` transaction (select, then
+//!   set `running`), so two lote processes on one table never take the same
+//!   row.
+//! - Rows left `running` by a crash are set back to `pending` when the source
+//!   opens: an item is never stuck, and may run again (at-least-once; the
+//!   exactly-once check skips it if its outcome is durable).
+//! - With the SQLite sink in the same database file, the sink marks the rows
+//!   in the same transaction as the outcomes ([`SqliteSource::table_ack`]
+//!   gives it the statement's parts) and this source's own `ack` does
+//!   nothing: outcome and acknowledgement commit together or not at all.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
+
+use super::{Pull, ReturnReason, Source, SourceError};
+use crate::item::{Item, Outcome, Status, DEFAULT_PRIORITY};
+use crate::sink::TableAck;
+use crate::sync::Mutex;
+
+/// Where the work table is and what its columns are called.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqliteSourceConfig {
+    pub path: PathBuf,
+    pub table: String,
+    /// Default `id`.
+    pub id_column: String,
+    /// Default `payload` (TEXT or BLOB).
+    pub payload_column: String,
+    /// Default `priority`; `None`: every item gets the default priority.
+    pub priority_column: Option<String>,
+    /// Default `status`.
+    pub status_column: String,
+    /// Status values: default `pending`, `running`, `done`, `failed`.
+    pub pending: String,
+    pub running: String,
+    pub done: String,
+    pub failed: String,
+    /// `true`: an empty table means "nothing yet" (a daemon polls it);
+    /// `false`: it means the session is done.
+    pub stream: bool,
+    pub busy_timeout: Duration,
+}
+
+impl SqliteSourceConfig {
+    /// The conventional column names and status values for `table` in `path`.
+    pub fn new(path: impl Into<PathBuf>, table: impl Into<String>) -> Self {
+        SqliteSourceConfig {
+            path: path.into(),
+            table: table.into(),
+            id_column: "id".into(),
+            payload_column: "payload".into(),
+            priority_column: Some("priority".into()),
+            status_column: "status".into(),
+            pending: "pending".into(),
+            running: "running".into(),
+            done: "done".into(),
+            failed: "failed".into(),
+            stream: false,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A work table as a source.
+pub struct SqliteSource {
+    config: SqliteSourceConfig,
+    /// The statements, with identifiers validated and quoted at open.
+    sql: Statements,
+    /// True once the sink acknowledges in its own transaction.
+    acked_by_sink: bool,
+    /// Protects the connection: pulls (producer), give-backs (workers) and
+    /// acks (writer) come from different threads.
+    conn: Mutex<Connection>,
+}
+
+struct Statements {
+    select_pending: String,
+    mark: String,
+    reset_running: String,
+    requeue: String,
+}
+
+impl SqliteSource {
+    /// Opens the table, checks its columns, and sets rows left `running` by
+    /// a crash back to `pending`.
+    pub fn open(config: SqliteSourceConfig) -> Result<Self, SourceError> {
+        let path = config.path.clone();
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            SourceError::new(format!("sqlite source {}", path.display()), format!("{what}: {e}"))
+        };
+        if !path.exists() {
+            return Err(fail(
+                "opening",
+                &"the database file does not exist; create the work table first (see the README)",
+            ));
+        }
+        let conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| fail("opening", &e))?;
+        conn.busy_timeout(config.busy_timeout)
+            .map_err(|e| fail("setting the busy timeout", &e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| fail("switching to WAL", &e))?;
+        let columns = table_columns(&conn, &config.table).map_err(|e| fail("reading the table's columns", &e))?;
+        if columns.is_empty() {
+            return Err(fail(
+                "checking the table",
+                &format!("there is no table named {:?} in this database", config.table),
+            ));
+        }
+        let mut wanted = vec![&config.id_column, &config.payload_column, &config.status_column];
+        wanted.extend(config.priority_column.as_ref());
+        for column in wanted {
+            if !columns.iter().any(|c| c == column) {
+                return Err(fail(
+                    "checking the table",
+                    &format!(
+                        "table {:?} has no column {column:?} (it has: {}); name the right one in the source config",
+                        config.table,
+                        columns.join(", ")
+                    ),
+                ));
+            }
+        }
+        let sql = Statements::new(&config);
+        let reset = conn
+            .execute(&sql.reset_running, [&config.pending, &config.running])
+            .map_err(|e| fail("resetting rows left running", &e))?;
+        if reset > 0 {
+            log::warn!(
+                "sqlite source {}: {reset} row(s) were left {:?} by an earlier run that did not finish; \
+                 they are {:?} again",
+                path.display(),
+                config.running,
+                config.pending
+            );
+        }
+        Ok(SqliteSource {
+            config,
+            sql,
+            acked_by_sink: false,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// How the SQLite sink marks this table's rows in its own transaction.
+    pub fn table_ack(&self) -> TableAck {
+        TableAck {
+            table: self.config.table.clone(),
+            id_column: self.config.id_column.clone(),
+            status_column: self.config.status_column.clone(),
+            done_value: self.config.done.clone(),
+            failed_value: self.config.failed.clone(),
+        }
+    }
+
+    /// Leaves acknowledgement to a SQLite sink in the same database, set up
+    /// with [`SqliteSource::table_ack`]: this source's `ack` then does nothing.
+    pub fn acked_in_sink_transaction(mut self) -> Self {
+        self.acked_by_sink = true;
+        self
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    fn error(&self, what: String, e: rusqlite::Error) -> SourceError {
+        SourceError::new(format!("sqlite source {}: {what}", self.config.path.display()), e)
+    }
+
+    /// Sets the status of `ids` in one transaction.
+    fn mark(&self, ids: &[&str], status: &str, what: &str) -> Result<(), SourceError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.error(format!("{what}: starting a transaction"), e))?;
+        {
+            let mut statement = tx
+                .prepare_cached(&self.sql.mark)
+                .map_err(|e| self.error(format!("{what}: preparing"), e))?;
+            for id in ids {
+                statement
+                    .execute([status, id])
+                    .map_err(|e| self.error(format!("{what}: item {id}"), e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.error(format!("{what}: committing"), e))
+    }
+}
+
+impl Statements {
+    fn new(c: &SqliteSourceConfig) -> Self {
+        let t = quote(&c.table);
+        let (id, payload, status) = (quote(&c.id_column), quote(&c.payload_column), quote(&c.status_column));
+        let (priority_select, order) = match &c.priority_column {
+            Some(p) => (quote(p), format!("{}, rowid", quote(p))),
+            None => ("NULL".to_string(), "rowid".to_string()),
+        };
+        let priority_insert = c.priority_column.as_ref().map(|p| format!(", {}", quote(p)));
+        Statements {
+            select_pending: format!(
+                "SELECT {id}, {payload}, {priority_select} FROM {t} WHERE {status} = ?1 ORDER BY {order} LIMIT ?2"
+            ),
+            mark: format!("UPDATE {t} SET {status} = ?1 WHERE {id} = ?2"),
+            reset_running: format!("UPDATE {t} SET {status} = ?1 WHERE {status} = ?2"),
+            requeue: match priority_insert {
+                Some(priority) => format!(
+                    "INSERT INTO {t} ({id}, {payload}, {status}{priority}) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT({id}) DO UPDATE SET {payload} = excluded.{payload}, {status} = excluded.{status}"
+                ),
+                None => format!(
+                    "INSERT INTO {t} ({id}, {payload}, {status}) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT({id}) DO UPDATE SET {payload} = excluded.{payload}, {status} = excluded.{status}"
+                ),
+            },
+        }
+    }
+}
+
+impl Source for SqliteSource {
+    fn describe(&self) -> String {
+        format!("sqlite {} table {}", self.config.path.display(), self.config.table)
+    }
+
+    fn pull(&self, max: usize) -> Result<Pull, SourceError> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.error("claiming rows: starting a transaction".into(), e))?;
+        let items = {
+            let mut select = tx
+                .prepare_cached(&self.sql.select_pending)
+                .map_err(|e| self.error("claiming rows: preparing".into(), e))?;
+            let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+            let rows = select
+                .query_map(rusqlite::params![self.config.pending, limit], |row| {
+                    Ok(Item {
+                        id: text_of(row.get_ref(0)?),
+                        payload: bytes_of(row.get_ref(1)?),
+                        priority: match row.get_ref(2)? {
+                            ValueRef::Integer(p) => p.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+                            _ => DEFAULT_PRIORITY,
+                        },
+                    })
+                })
+                .map_err(|e| self.error("claiming rows: reading".into(), e))?;
+            rows.collect::<Result<Vec<Item>, _>>()
+                .map_err(|e| self.error("claiming rows: reading".into(), e))?
+        };
+        {
+            let mut mark = tx
+                .prepare_cached(&self.sql.mark)
+                .map_err(|e| self.error("claiming rows: preparing".into(), e))?;
+            for item in &items {
+                mark.execute(params_from_iter([&self.config.running, &item.id]))
+                    .map_err(|e| self.error(format!("claiming item {}", item.id), e))?;
+            }
+        }
+        tx.commit()
+            .map_err(|e| self.error("claiming rows: committing".into(), e))?;
+        Ok(match (items.is_empty(), self.config.stream) {
+            (false, _) => Pull::Items(items),
+            (true, true) => Pull::Idle,
+            (true, false) => Pull::Exhausted,
+        })
+    }
+
+    fn give_back(&self, items: Vec<Item>, _reason: ReturnReason) -> Result<(), SourceError> {
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        self.mark(&ids, &self.config.pending, "giving rows back")
+    }
+
+    fn ack(&self, outcomes: &[Outcome]) -> Result<(), SourceError> {
+        if self.acked_by_sink {
+            return Ok(());
+        }
+        let (failed, done): (Vec<&Outcome>, Vec<&Outcome>) = outcomes.iter().partition(|o| o.status == Status::Failed);
+        self.mark(&ids_of(&done), &self.config.done, "marking rows done")?;
+        self.mark(&ids_of(&failed), &self.config.failed, "marking rows failed")
+    }
+
+    fn requeue(&self, items: Vec<Item>) -> Result<(), SourceError> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.error("requeueing: starting a transaction".into(), e))?;
+        {
+            let mut insert = tx
+                .prepare_cached(&self.sql.requeue)
+                .map_err(|e| self.error("requeueing: preparing".into(), e))?;
+            for item in &items {
+                let result = if self.config.priority_column.is_some() {
+                    insert.execute(rusqlite::params![
+                        item.id,
+                        item.payload,
+                        self.config.pending,
+                        item.priority
+                    ])
+                } else {
+                    insert.execute(rusqlite::params![item.id, item.payload, self.config.pending])
+                };
+                result.map_err(|e| self.error(format!("requeueing item {}", item.id), e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.error("requeueing: committing".into(), e))
+    }
+}
+
+fn ids_of<'a>(outcomes: &[&'a Outcome]) -> Vec<&'a str> {
+    outcomes.iter().map(|o| o.item.id.as_str()).collect()
+}
+
+/// A column value as text: ids may be INTEGER or TEXT columns.
+fn text_of(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(r) => r.to_string(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Null => String::new(),
+    }
+}
+
+/// A column value as bytes: payloads may be TEXT or BLOB columns.
+fn bytes_of(value: ValueRef<'_>) -> Vec<u8> {
+    match value {
+        ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+        ValueRef::Integer(i) => i.to_string().into_bytes(),
+        ValueRef::Real(r) => r.to_string().into_bytes(),
+        ValueRef::Null => Vec::new(),
+    }
+}
+
+/// The column names of `table` (empty if there is no such table).
+fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut statement = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = statement.query_map([table], |row| row.get::<_, String>(0))?;
+    names.collect()
+}
+
+/// An identifier quoted for SQL: `"name"`, with inner quotes doubled.
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn table(dir: &tempfile::TempDir, rows: &[(&str, &str, i32)]) -> PathBuf {
+        let path = dir.path().join("work.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE jobs(id TEXT PRIMARY KEY, payload BLOB, priority INTEGER, status TEXT NOT NULL)",
+        )
+        .unwrap();
+        for (id, payload, priority) in rows {
+            conn.execute(
+                "INSERT INTO jobs VALUES (?1, ?2, ?3, 'pending')",
+                rusqlite::params![id, payload.as_bytes(), priority],
+            )
+            .unwrap();
+        }
+        path
+    }
+
+    fn statuses(path: &Path) -> Vec<(String, String)> {
+        let conn = Connection::open(path).unwrap();
+        let mut s = conn.prepare("SELECT id, status FROM jobs ORDER BY id").unwrap();
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn pulls_claim_by_priority_and_acks_and_give_backs_mark_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = table(&dir, &[("a", "x", 5), ("b", "y", 1), ("c", "z", 3)]);
+        let source = SqliteSource::open(SqliteSourceConfig::new(&path, "jobs")).unwrap();
+        let Pull::Items(items) = source.pull(2).unwrap() else {
+            panic!("items expected")
+        };
+        assert_eq!(items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec!["b", "c"]);
+        assert_eq!(items[0].payload, b"y");
+        source.give_back(vec![items[1].clone()], ReturnReason::Stopped).unwrap();
+        let now = std::time::SystemTime::now();
+        let done = Outcome {
+            item: items[0].clone(),
+            status: Status::Done,
+            attempts: 1,
+            output: None,
+            error: None,
+            started_at: now,
+            finished_at: now,
+            duration: Duration::ZERO,
+        };
+        source.ack(&[done]).unwrap();
+        let expected =
+            |a: &str, b: &str, c: &str| vec![("a".into(), a.into()), ("b".into(), b.into()), ("c".into(), c.into())];
+        assert_eq!(statuses(&path), expected("pending", "done", "pending"));
+        let Pull::Items(rest) = source.pull(10).unwrap() else {
+            panic!("items expected")
+        };
+        assert_eq!(rest.len(), 2);
+        assert_eq!(source.pull(10).unwrap(), Pull::Exhausted);
+    }
+
+    #[test]
+    fn rows_left_running_by_a_crash_are_pending_again_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = table(&dir, &[("a", "x", 1), ("b", "y", 1)]);
+        let first = SqliteSource::open(SqliteSourceConfig::new(&path, "jobs")).unwrap();
+        let Pull::Items(_) = first.pull(10).unwrap() else {
+            panic!("items expected")
+        };
+        drop(first); // the "crash": claimed, never finished
+        let second = SqliteSource::open(SqliteSourceConfig::new(&path, "jobs")).unwrap();
+        let Pull::Items(items) = second.pull(10).unwrap() else {
+            panic!("items expected")
+        };
+        assert_eq!(items.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_table_or_column_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = table(&dir, &[]);
+        let error = SqliteSource::open(SqliteSourceConfig::new(&path, "nope"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("no table named \"nope\""), "{error}");
+        let mut config = SqliteSourceConfig::new(&path, "jobs");
+        config.payload_column = "body".into();
+        let error = SqliteSource::open(config).err().unwrap().to_string();
+        assert!(error.contains("no column \"body\""), "{error}");
+        let error = SqliteSource::open(SqliteSourceConfig::new(dir.path().join("absent.db"), "jobs"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("does not exist"), "{error}");
+    }
+
+    #[test]
+    fn requeue_inserts_or_resets_rows_as_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = table(&dir, &[("a", "x", 1)]);
+        let source = SqliteSource::open(SqliteSourceConfig::new(&path, "jobs")).unwrap();
+        let Pull::Items(_) = source.pull(10).unwrap() else {
+            panic!("items expected")
+        };
+        source
+            .requeue(vec![Item::new("a", "x2"), Item::new("n", "new").with_priority(7)])
+            .unwrap();
+        assert_eq!(
+            statuses(&path),
+            vec![("a".into(), "pending".into()), ("n".into(), "pending".into())]
+        );
+    }
+}

@@ -1,0 +1,524 @@
+//! The write-behind thread (seed 001, holes closed): workers hand their
+//! chunks of outcomes to a bounded channel; one thread batches them into a
+//! [`Sink`], and only once a batch is durable acknowledges its items to the
+//! source.
+//!
+//! # Invariants
+//!
+//! - **No outcome is dropped.** The channel is bounded; when it is full,
+//!   `commit` blocks the worker (backpressure), it never discards.
+//! - **Acknowledged ⇒ durable.** `Source::ack` is called for a batch only
+//!   after the dead-letter sink (for its failed outcomes) and the sink have
+//!   both returned `Ok` from `write`.
+//! - **A failed flush is retried, then left unacknowledged.** Up to
+//!   `max_retries` more tries with doubling back-off; after that the batch's
+//!   items are *not* acknowledged (they stay claimed at the source and run
+//!   again later), the failure is counted and logged with its cause, and the
+//!   thread carries on with the next batch.
+//! - **A batch closes** at `batch` outcomes or `flush_every` after its oldest
+//!   outcome arrived, whichever comes first; a `finish` closes it at once.
+//! - **Order.** Commands are handled in the order sent, so `finish` returns
+//!   only when everything committed before it has been flushed.
+//! - **Drain.** `close` flushes everything queued within `drain_timeout` and
+//!   reports what it could not write.
+//!
+//! # Thread
+//!
+//! Started by [`Writer::start`]; stopped by [`Writer::close`] (a `Shutdown`
+//! command after everything committed), or by the last `Writer` handle being
+//! dropped (the channel disconnects; what is pending is flushed). It owns the
+//! sinks.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::commit::{CommitError, Committer};
+use crate::item::{Outcome, Status};
+use crate::metrics::{Counter, Gauge};
+use crate::sink::{DoneLookup, Sink, SinkError, SinkErrorKind};
+use crate::source::Source;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::Mutex;
+
+/// How the write-behind thread batches and retries (SPEC §3.4, `sink:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// A batch closes at this many outcomes (`sink.batch`). ≥ 1.
+    pub batch: usize,
+    /// … or this long after its oldest outcome arrived (`sink.flush_every`).
+    pub flush_every: Duration,
+    /// Retries of a failed flush before its items are left unacknowledged
+    /// (`sink.max_retries`).
+    pub max_retries: u32,
+    /// Back-off before the first retry; doubles, capped at 30 s.
+    pub retry_backoff: Duration,
+    /// How long `close` may take to flush what is queued (`sink.drain_timeout`).
+    pub drain_timeout: Duration,
+    /// Chunks the channel holds before `commit` blocks.
+    pub channel_chunks: usize,
+    /// Answer `done_ids` (exactly-once, resume). Off by default: a JSONL sink
+    /// then keeps no in-memory index of done ids.
+    pub done_lookups: bool,
+}
+
+impl Default for WriterConfig {
+    /// SPEC §4: batch 500, flush every 1 s, 5 retries; 200 ms first back-off,
+    /// 30 s drain, 64 chunks in flight, no done lookups.
+    fn default() -> Self {
+        WriterConfig {
+            batch: 500,
+            flush_every: Duration::from_secs(1),
+            max_retries: 5,
+            retry_backoff: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(30),
+            channel_chunks: 64,
+            done_lookups: false,
+        }
+    }
+}
+
+/// The longest pause between two tries of one flush.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the write-behind thread has done (seed 001's metrics and more).
+#[derive(Debug, Default)]
+pub struct WriterMetrics {
+    /// Outcomes handed over by `commit`.
+    pub enqueued: Counter,
+    /// Outcomes made durable.
+    pub persisted: Counter,
+    /// Outcomes whose flush failed for good (left unacknowledged).
+    pub failed: Counter,
+    /// Flush retries.
+    pub retries: Counter,
+    /// Batches made durable.
+    pub batches: Counter,
+    /// Batches whose flush failed for good.
+    pub failed_flushes: Counter,
+    /// Durable batches whose acknowledgement to the source failed.
+    pub ack_errors: Counter,
+    /// Outcomes handed over and not yet flushed (channel + open batch).
+    pub depth: Gauge,
+    /// The last successful flush, in microseconds. Relaxed: a statistic.
+    pub last_flush_micros: AtomicU64,
+    /// When the oldest unflushed outcome arrived, in milliseconds since the
+    /// writer started, plus one (0 = nothing unflushed). Relaxed: a statistic.
+    oldest_unflushed_ms: AtomicU64,
+    /// When the writer started: the epoch of `oldest_unflushed_ms`.
+    started: Option<Instant>,
+}
+
+impl WriterMetrics {
+    fn new(started: Instant) -> Self {
+        WriterMetrics {
+            started: Some(started),
+            ..WriterMetrics::default()
+        }
+    }
+
+    /// How long the oldest outcome not yet durable has waited.
+    pub fn oldest_unflushed_age(&self) -> Option<Duration> {
+        let stamp = self.oldest_unflushed_ms.load(Ordering::Relaxed);
+        let started = self.started?;
+        (stamp > 0).then(|| started.elapsed().saturating_sub(Duration::from_millis(stamp - 1)))
+    }
+
+    /// The last successful flush's duration.
+    pub fn last_flush(&self) -> Duration {
+        Duration::from_micros(self.last_flush_micros.load(Ordering::Relaxed))
+    }
+
+    fn mark_oldest(&self, at: Option<Instant>) {
+        let stamp = match (at, self.started) {
+            (Some(at), Some(started)) => at.saturating_duration_since(started).as_millis() as u64 + 1,
+            _ => 0,
+        };
+        self.oldest_unflushed_ms.store(stamp, Ordering::Relaxed);
+    }
+}
+
+/// What `close` could and could not write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Outcomes made durable during the drain.
+    pub persisted: u64,
+    /// Outcomes left unwritten (drain timeout or failed flushes); their items
+    /// stay unacknowledged at the source and run again later.
+    pub unwritten: u64,
+    /// True if the drain ran out of time.
+    pub timed_out: bool,
+}
+
+enum Command {
+    Chunk(Vec<Outcome>),
+    /// Flush everything before this command, then answer whether all of it
+    /// is durable.
+    Flush(Sender<Result<(), String>>),
+    /// Flush what is queued until the deadline, answer, and exit.
+    Shutdown(Instant, Sender<DrainReport>),
+}
+
+/// The committer that persists through the write-behind thread.
+pub struct Writer {
+    commands: Sender<Command>,
+    metrics: Arc<WriterMetrics>,
+    /// Answers exactly-once lookups; `None` if the sink cannot.
+    lookup: Option<Box<dyn DoneLookup>>,
+    /// The thread, until `close` joins it.
+    thread: Mutex<Option<JoinHandle<()>>>,
+    drain_timeout: Duration,
+}
+
+impl Writer {
+    /// Starts the write-behind thread. It owns `sink` and, if given,
+    /// `dead_letter` (which receives every failed outcome), and acknowledges
+    /// durable outcomes to `source`.
+    pub fn start(
+        config: WriterConfig,
+        sink: Box<dyn Sink>,
+        dead_letter: Option<Box<dyn Sink>>,
+        source: Arc<dyn Source>,
+    ) -> Result<Writer, SinkError> {
+        // Asked for now, while this thread still owns the sink.
+        let lookup = if config.done_lookups {
+            Some(sink.lookup()?)
+        } else {
+            None
+        };
+        let (commands, inbox) = bounded(config.channel_chunks.max(1));
+        let metrics = Arc::new(WriterMetrics::new(Instant::now()));
+        let drain_timeout = config.drain_timeout;
+        let thread = {
+            let metrics = Arc::clone(&metrics);
+            let name = sink.describe();
+            let flusher = Flusher {
+                config,
+                sink,
+                dead_letter,
+                source,
+                metrics,
+            };
+            thread::Builder::new()
+                .name("lote-writer".to_string())
+                .spawn(move || flusher.run(inbox))
+                .map_err(|e| SinkError::io(std::path::Path::new(&name), format!("starting the writer thread: {e}")))?
+        };
+        Ok(Writer {
+            commands,
+            metrics,
+            lookup,
+            thread: Mutex::new(Some(thread)),
+            drain_timeout,
+        })
+    }
+
+    /// The writer's counters.
+    pub fn metrics(&self) -> &Arc<WriterMetrics> {
+        &self.metrics
+    }
+
+    /// Flushes everything queued (within `drain_timeout`), stops the thread
+    /// and reports what could not be written.
+    pub fn close(&self) -> DrainReport {
+        let Some(thread) = self.thread.lock().take() else {
+            return DrainReport::default();
+        };
+        let deadline = Instant::now() + self.drain_timeout;
+        let (reply, report) = bounded(1);
+        let queued = self.metrics.depth.get();
+        // The send waits for room in the channel, but no longer than the drain.
+        let sent = self
+            .commands
+            .send_deadline(Command::Shutdown(deadline, reply), deadline)
+            .is_ok();
+        let result = if sent {
+            // A little past the deadline: the thread itself stops at it.
+            report.recv_deadline(deadline + Duration::from_secs(1)).ok()
+        } else {
+            None
+        };
+        match result {
+            Some(report) => {
+                let _ = thread.join();
+                if report.unwritten > 0 {
+                    log::error!(
+                        "writer drain: {} outcome(s) not written{}; their items stay unacknowledged and will run again",
+                        report.unwritten,
+                        if report.timed_out {
+                            " (drain_timeout ran out)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                report
+            }
+            None => {
+                // The thread is stuck in a sink call; leave it (the process
+                // is on its way out) and say what is at stake.
+                let unwritten = self.metrics.depth.get().max(queued);
+                log::error!(
+                    "writer drain: timed out after {}ms with {unwritten} outcome(s) not written; \
+                     their items stay unacknowledged and will run again",
+                    self.drain_timeout.as_millis()
+                );
+                DrainReport {
+                    persisted: 0,
+                    unwritten,
+                    timed_out: true,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.thread.lock().is_some() {
+            self.close();
+        }
+    }
+}
+
+impl Committer for Writer {
+    fn commit(&self, chunk: Vec<Outcome>) -> Result<(), CommitError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let n = chunk.len() as u64;
+        self.metrics.enqueued.add(n);
+        self.metrics.depth.add(n);
+        // Blocks while the channel is full: backpressure, never a drop.
+        self.commands.send(Command::Chunk(chunk)).map_err(|_| {
+            self.metrics.depth.sub(n);
+            CommitError::Unavailable("the writer thread has stopped".to_string())
+        })
+    }
+
+    fn finish(&self) -> Result<(), CommitError> {
+        let (reply, answer) = bounded(1);
+        self.commands
+            .send(Command::Flush(reply))
+            .map_err(|_| CommitError::Unavailable("the writer thread has stopped".to_string()))?;
+        match answer.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(CommitError::Unavailable(why)),
+            Err(_) => Err(CommitError::Unavailable("the writer thread has stopped".to_string())),
+        }
+    }
+
+    fn done_ids(&self, ids: &[&str]) -> Result<HashSet<String>, CommitError> {
+        match &self.lookup {
+            Some(lookup) => lookup
+                .done_ids(ids)
+                .map_err(|e| CommitError::Unavailable(e.to_string())),
+            None => Err(CommitError::Unsupported(
+                "the writer was started without done lookups (WriterConfig::done_lookups)",
+            )),
+        }
+    }
+}
+
+/// The write-behind thread's state: what it owns.
+struct Flusher {
+    config: WriterConfig,
+    sink: Box<dyn Sink>,
+    dead_letter: Option<Box<dyn Sink>>,
+    source: Arc<dyn Source>,
+    metrics: Arc<WriterMetrics>,
+}
+
+/// How one flush ended.
+enum Flushed {
+    Durable,
+    /// Not written; the message says why.
+    Failed(String),
+}
+
+impl Flusher {
+    fn run(mut self, inbox: Receiver<Command>) {
+        log::debug!(
+            "writer started: {} (batch {}, flush every {}ms)",
+            self.sink.describe(),
+            self.config.batch,
+            self.config.flush_every.as_millis()
+        );
+        let mut pending: Vec<Outcome> = Vec::with_capacity(self.config.batch);
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let command = match oldest {
+                Some(at) => inbox.recv_deadline(at + self.config.flush_every),
+                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match command {
+                Ok(Command::Chunk(chunk)) => {
+                    if oldest.is_none() {
+                        oldest = Some(Instant::now());
+                        self.metrics.mark_oldest(oldest);
+                    }
+                    pending.extend(chunk);
+                    while pending.len() >= self.config.batch {
+                        let rest = pending.split_off(self.config.batch);
+                        let full = std::mem::replace(&mut pending, rest);
+                        self.flush(full, None);
+                    }
+                    if pending.is_empty() {
+                        oldest = None;
+                        self.metrics.mark_oldest(None);
+                    }
+                }
+                Ok(Command::Flush(reply)) => {
+                    let result = self.flush_all(&mut pending, None);
+                    oldest = None;
+                    self.metrics.mark_oldest(None);
+                    let _ = reply.send(result);
+                }
+                Ok(Command::Shutdown(deadline, reply)) => {
+                    let report = self.drain(&mut pending, &inbox, deadline);
+                    self.metrics.mark_oldest(None);
+                    let _ = reply.send(report);
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.flush_all(&mut pending, None);
+                    oldest = None;
+                    self.metrics.mark_oldest(None);
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Every Writer handle is gone without a close: flush what
+                    // is here, with the default drain time, and end.
+                    let deadline = Instant::now() + self.config.drain_timeout;
+                    self.drain(&mut pending, &inbox, deadline);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Flushes everything in `pending` in batches; Err names what failed.
+    fn flush_all(&mut self, pending: &mut Vec<Outcome>, deadline: Option<Instant>) -> Result<(), String> {
+        let mut failures = Vec::new();
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(self.config.batch));
+            let batch = std::mem::replace(pending, rest);
+            if let Flushed::Failed(why) = self.flush(batch, deadline) {
+                failures.push(why);
+            }
+        }
+        match failures.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} batch(es) not persisted: {}", failures.join("; "))),
+        }
+    }
+
+    /// Takes every chunk still in the channel and flushes it all by `deadline`.
+    fn drain(&mut self, pending: &mut Vec<Outcome>, inbox: &Receiver<Command>, deadline: Instant) -> DrainReport {
+        let persisted_before = self.metrics.persisted.get();
+        let failed_before = self.metrics.failed.get();
+        while let Ok(command) = inbox.try_recv() {
+            match command {
+                Command::Chunk(chunk) => pending.extend(chunk),
+                Command::Flush(reply) => {
+                    let _ = reply.send(Err("the writer is shutting down".to_string()));
+                }
+                Command::Shutdown(_, reply) => {
+                    let _ = reply.send(DrainReport::default());
+                }
+            }
+        }
+        let mut timed_out = false;
+        while !pending.is_empty() {
+            if Instant::now() >= deadline {
+                timed_out = true;
+                break;
+            }
+            let rest = pending.split_off(pending.len().min(self.config.batch));
+            let batch = std::mem::replace(pending, rest);
+            self.flush(batch, Some(deadline));
+        }
+        let unwritten_now = pending.len() as u64;
+        if unwritten_now > 0 {
+            self.metrics.depth.sub(unwritten_now);
+            pending.clear();
+        }
+        DrainReport {
+            persisted: self.metrics.persisted.get() - persisted_before,
+            unwritten: unwritten_now + (self.metrics.failed.get() - failed_before),
+            timed_out,
+        }
+    }
+
+    /// Makes one batch durable (retrying), then acknowledges it.
+    fn flush(&mut self, batch: Vec<Outcome>, deadline: Option<Instant>) -> Flushed {
+        let n = batch.len() as u64;
+        let dead: Vec<Outcome> = match self.dead_letter {
+            Some(_) => batch.iter().filter(|o| o.status == Status::Failed).cloned().collect(),
+            None => Vec::new(),
+        };
+        let mut retry = 0u32;
+        let result = loop {
+            let started = Instant::now();
+            match self.write_once(&batch, &dead) {
+                Ok(()) => {
+                    self.metrics
+                        .last_flush_micros
+                        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    break Flushed::Durable;
+                }
+                Err(error) => {
+                    let give_up = error.kind == SinkErrorKind::Corrupt || retry >= self.config.max_retries;
+                    let delay = backoff(self.config.retry_backoff, retry);
+                    let past_deadline = deadline.is_some_and(|d| Instant::now() + delay >= d);
+                    if give_up || past_deadline {
+                        self.metrics.failed.add(n);
+                        self.metrics.failed_flushes.inc();
+                        log::error!(
+                            "flushing {n} outcome(s) failed after {} tries: {error}; \
+                             their items stay unacknowledged and will run again",
+                            retry + 1
+                        );
+                        break Flushed::Failed(error.to_string());
+                    }
+                    retry += 1;
+                    self.metrics.retries.inc();
+                    log::warn!(
+                        "flushing {n} outcome(s) failed: {error}; retry {retry} of {} in {}ms",
+                        self.config.max_retries,
+                        delay.as_millis()
+                    );
+                    thread::sleep(delay);
+                }
+            }
+        };
+        self.metrics.depth.sub(n);
+        if let Flushed::Durable = result {
+            self.metrics.persisted.add(n);
+            self.metrics.batches.inc();
+            if let Err(error) = self.source.ack(&batch) {
+                // The outcomes are durable: a rerun of these items is
+                // recognised (exactly-once) or harmless (at-least-once).
+                self.metrics.ack_errors.inc();
+                log::error!("acknowledging {n} durable outcome(s) to the source failed: {error}");
+            }
+        }
+        result
+    }
+
+    /// One try: dead letters first, then the outcomes (both idempotent, so a
+    /// retry of a half-done try writes the same records again).
+    fn write_once(&mut self, batch: &[Outcome], dead: &[Outcome]) -> Result<(), SinkError> {
+        if let Some(dead_letter) = self.dead_letter.as_mut().filter(|_| !dead.is_empty()) {
+            dead_letter.write(dead)?;
+        }
+        self.sink.write(batch)
+    }
+}
+
+/// `base` doubled `retry` times, capped at `MAX_RETRY_BACKOFF`.
+fn backoff(base: Duration, retry: u32) -> Duration {
+    base.saturating_mul(1u32 << retry.min(16)).min(MAX_RETRY_BACKOFF)
+}

@@ -1,0 +1,386 @@
+//! The write-behind thread over real sinks in temp dirs: batching, the flush
+//! interval, fault handling, drain, acknowledgement after durability, dead
+//! letters, QoS.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use lote::commit::Committer;
+use lote::sink::{DoneLookup, JsonlConfig, JsonlSink, Record, Role, Sink, SinkError, SqliteConfig, SqliteSink};
+use lote::source::VecSource;
+use lote::writer::{Writer, WriterConfig};
+use lote::{CallContext, Failure, Item, Outcome, Qos, Session, SessionConfig, Status, StopHandle, StopReason};
+
+fn outcome(id: usize, status: Status) -> Outcome {
+    let now = SystemTime::now();
+    Outcome {
+        item: Item::new(id.to_string(), format!("payload {id}")),
+        status,
+        attempts: 1,
+        output: (status == Status::Done).then(|| format!("out {id}")),
+        error: (status == Status::Failed).then(|| "broken".to_string()),
+        started_at: now,
+        finished_at: now,
+        duration: Duration::from_millis(1),
+    }
+}
+
+fn sqlite(dir: &tempfile::TempDir) -> SqliteSink {
+    SqliteSink::open(SqliteConfig::new(dir.path().join("outcomes.db"), Role::Outcomes)).unwrap()
+}
+
+fn reopen_records(dir: &tempfile::TempDir) -> Vec<Record> {
+    sqlite(dir).records().unwrap()
+}
+
+fn config() -> WriterConfig {
+    WriterConfig {
+        batch: 100,
+        flush_every: Duration::from_millis(50),
+        max_retries: 3,
+        retry_backoff: Duration::from_millis(5),
+        drain_timeout: Duration::from_secs(10),
+        channel_chunks: 4,
+        done_lookups: true,
+    }
+}
+
+/// A real sink that fails its first `failures` writes (u32::MAX: always).
+struct Flaky<S> {
+    inner: S,
+    failures: Arc<AtomicU32>,
+}
+
+impl<S: Sink> Sink for Flaky<S> {
+    fn describe(&self) -> String {
+        format!("flaky {}", self.inner.describe())
+    }
+    fn write(&mut self, outcomes: &[Outcome]) -> Result<(), SinkError> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            if left != u32::MAX {
+                self.failures.store(left - 1, Ordering::SeqCst);
+            }
+            return Err(SinkError::io(
+                std::path::Path::new("flaky"),
+                "disk I/O error (injected)",
+            ));
+        }
+        self.inner.write(outcomes)
+    }
+    fn lookup(&self) -> Result<Box<dyn DoneLookup>, SinkError> {
+        self.inner.lookup()
+    }
+    fn records(&mut self) -> Result<Vec<Record>, SinkError> {
+        self.inner.records()
+    }
+    fn remove(&mut self, ids: &[String]) -> Result<usize, SinkError> {
+        self.inner.remove(ids)
+    }
+}
+
+#[test]
+fn outcomes_are_acknowledged_only_once_durable_and_batches_close_at_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let writer = Writer::start(
+        WriterConfig {
+            flush_every: Duration::from_secs(3600),
+            ..config()
+        },
+        Box::new(sqlite(&dir)),
+        None,
+        source.clone(),
+    )
+    .unwrap();
+    writer
+        .commit((0..150).map(|i| outcome(i, Status::Done)).collect())
+        .unwrap();
+    // One full batch of 100 closes at once; 50 wait for the interval.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while source.ack_count() < 100 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(source.ack_count(), 100);
+    assert_eq!(
+        reopen_records(&dir).len(),
+        100,
+        "acked ⇒ durable: exactly the flushed batch"
+    );
+    writer.finish().unwrap();
+    assert_eq!(source.ack_count(), 150);
+    assert_eq!(reopen_records(&dir).len(), 150);
+    let m = writer.metrics();
+    assert_eq!(
+        (m.enqueued.get(), m.persisted.get(), m.batches.get(), m.depth.get()),
+        (150, 150, 2, 0)
+    );
+}
+
+#[test]
+fn the_flush_interval_closes_a_small_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let writer = Writer::start(config(), Box::new(sqlite(&dir)), None, source.clone()).unwrap();
+    writer.commit(vec![outcome(1, Status::Done)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while source.ack_count() < 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(reopen_records(&dir).len(), 1);
+}
+
+#[test]
+fn a_sink_that_fails_k_times_then_recovers_loses_nothing_and_counts_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let sink = Flaky {
+        inner: sqlite(&dir),
+        failures: Arc::new(AtomicU32::new(2)),
+    };
+    let writer = Writer::start(config(), Box::new(sink), None, source.clone()).unwrap();
+    writer
+        .commit((0..30).map(|i| outcome(i, Status::Done)).collect())
+        .unwrap();
+    writer.finish().unwrap();
+    assert_eq!(reopen_records(&dir).len(), 30);
+    assert_eq!(source.ack_count(), 30);
+    assert_eq!(writer.metrics().retries.get(), 2);
+    assert_eq!(writer.metrics().failed.get(), 0);
+}
+
+#[test]
+fn a_sink_that_never_recovers_leaves_items_unacknowledged_and_lote_stoppable() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let sink = Flaky {
+        inner: sqlite(&dir),
+        failures: Arc::new(AtomicU32::new(u32::MAX)),
+    };
+    let writer = Writer::start(config(), Box::new(sink), None, source.clone()).unwrap();
+    writer
+        .commit((0..10).map(|i| outcome(i, Status::Done)).collect())
+        .unwrap();
+    let error = writer.finish().unwrap_err().to_string();
+    assert!(error.contains("not persisted"), "{error}");
+    // Still running: it takes more work, and still fails it honestly.
+    writer.commit(vec![outcome(99, Status::Done)]).unwrap();
+    assert!(writer.finish().is_err());
+    assert_eq!(source.ack_count(), 0, "nothing acknowledged");
+    let m = writer.metrics();
+    assert_eq!((m.failed.get(), m.failed_flushes.get(), m.retries.get()), (11, 2, 6));
+    let started = Instant::now();
+    let report = writer.close();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(report.unwritten, 0, "nothing was pending any more");
+}
+
+#[test]
+fn close_drains_everything_handed_over_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let writer = Writer::start(
+        WriterConfig {
+            flush_every: Duration::from_secs(3600),
+            ..config()
+        },
+        Box::new(sqlite(&dir)),
+        None,
+        source.clone(),
+    )
+    .unwrap();
+    for chunk in 0..20 {
+        writer
+            .commit((0..25).map(|i| outcome(chunk * 25 + i, Status::Done)).collect())
+            .unwrap();
+    }
+    let report = writer.close();
+    assert_eq!((report.unwritten, report.timed_out), (0, false));
+    assert_eq!(reopen_records(&dir).len(), 500);
+    assert_eq!(source.ack_count(), 500);
+    assert!(writer.commit(vec![outcome(1, Status::Done)]).is_err(), "closed");
+}
+
+#[test]
+fn failed_outcomes_go_to_the_dead_letter_sink_and_can_be_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let dead = JsonlSink::open(JsonlConfig::new(dir.path().join("dead.jsonl"), Role::DeadLetter)).unwrap();
+    let writer = Writer::start(config(), Box::new(sqlite(&dir)), Some(Box::new(dead)), source.clone()).unwrap();
+    writer
+        .commit(vec![
+            outcome(1, Status::Done),
+            outcome(2, Status::Failed),
+            outcome(3, Status::Failed),
+        ])
+        .unwrap();
+    writer.close();
+
+    let mut dead = JsonlSink::open(JsonlConfig::new(dir.path().join("dead.jsonl"), Role::DeadLetter)).unwrap();
+    let letters = lote::dead_letter::list(&mut dead).unwrap();
+    let ids: Vec<&str> = letters.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec!["2", "3"]);
+    assert_eq!(letters[0].error.as_deref(), Some("broken"));
+
+    let result =
+        lote::dead_letter::requeue(&mut dead, source.as_ref(), Some(&["3".to_string(), "7".to_string()])).unwrap();
+    assert_eq!(
+        (result.requeued, result.unknown),
+        (vec!["3".to_string()], vec!["7".to_string()])
+    );
+    let pending = source.pending();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].id.as_str(), pending[0].payload.as_slice()),
+        ("3", b"payload 3".as_slice())
+    );
+    let left: Vec<String> = lote::dead_letter::list(&mut dead)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec!["2".to_string()]);
+}
+
+fn session_over(
+    dir: &tempfile::TempDir,
+    n: usize,
+    qos: Qos,
+    stop: StopHandle,
+    runs: Arc<AtomicU32>,
+) -> (lote::SessionSummary, Arc<VecSource>) {
+    let source = Arc::new(VecSource::numbered(n));
+    let writer = Arc::new(Writer::start(config(), Box::new(sqlite(dir)), None, source.clone()).unwrap());
+    let handler = Arc::new(move |_: &CallContext<'_>, item: &Item| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        if item.id == "13" {
+            Err(Failure::retryable("unlucky"))
+        } else {
+            thread::sleep(Duration::from_micros(200));
+            Ok(format!("ok {}", item.id))
+        }
+    });
+    let config = SessionConfig {
+        threads: 2,
+        chunk: 7,
+        qos,
+        ..SessionConfig::default()
+    };
+    let summary = Session::new(config, source.clone(), handler, writer.clone())
+        .stop_handle(stop)
+        .run()
+        .unwrap();
+    writer.close();
+    (summary, source)
+}
+
+#[test]
+fn exactly_once_skips_items_already_done_in_an_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let (first, _) = session_over(&dir, 200, Qos::ExactlyOnce, StopHandle::new(), runs.clone());
+    assert_eq!((first.done, first.failed, first.skipped), (199, 1, 0));
+    let after_first = runs.load(Ordering::SeqCst);
+    // The same 200 items again (a source that forgot its acks).
+    let (second, source) = session_over(&dir, 200, Qos::ExactlyOnce, StopHandle::new(), runs.clone());
+    assert_eq!((second.done, second.skipped, second.failed), (0, 199, 1));
+    assert_eq!(
+        runs.load(Ordering::SeqCst) - after_first,
+        1,
+        "only the failed item ran again"
+    );
+    assert_eq!(source.acks("0"), vec![Status::Skipped]);
+    let records = reopen_records(&dir);
+    assert_eq!(records.len(), 200, "never two records for one item");
+    assert!(records
+        .iter()
+        .filter(|r| r.id != "13")
+        .all(|r| r.is_done() && r.output.is_some()));
+}
+
+#[test]
+fn at_most_once_never_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let source = Arc::new(VecSource::numbered(1));
+    let writer = Arc::new(Writer::start(config(), Box::new(sqlite(&dir)), None, source.clone()).unwrap());
+    let counted = runs.clone();
+    let handler = Arc::new(move |_: &CallContext<'_>, _: &Item| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Err::<String, _>(Failure::retryable("down"))
+    });
+    let summary = Session::new(
+        SessionConfig {
+            threads: 1,
+            qos: Qos::AtMostOnce,
+            ..SessionConfig::default()
+        },
+        source.clone(),
+        handler,
+        writer.clone(),
+    )
+    .policy(lote::policy::CallPolicy {
+        retry: lote::policy::RetryPolicy {
+            attempts: 5,
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            jitter: 0.0,
+        },
+        ..Default::default()
+    })
+    .run()
+    .unwrap();
+    writer.close();
+    assert_eq!((summary.failed, runs.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(source.acks("0"), vec![Status::Failed], "recorded and acknowledged");
+}
+
+#[test]
+fn exactly_once_refuses_a_committer_that_cannot_look_up() {
+    let session = Session::new(
+        SessionConfig {
+            qos: Qos::ExactlyOnce,
+            ..SessionConfig::default()
+        },
+        Arc::new(VecSource::numbered(1)),
+        Arc::new(lote::handler::Noop),
+        Arc::new(NoLookup),
+    );
+    let error = session.run().unwrap_err().to_string();
+    assert!(error.contains("exactly_once"), "{error}");
+}
+
+struct NoLookup;
+impl Committer for NoLookup {
+    fn commit(&self, _: Vec<Outcome>) -> Result<(), lote::commit::CommitError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stop_mid_stream_leaves_every_handed_over_outcome_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = StopHandle::new();
+    let trigger = stop.clone();
+    let runs = Arc::new(AtomicU32::new(0));
+    let watcher = runs.clone();
+    thread::spawn(move || {
+        while watcher.load(Ordering::SeqCst) < 300 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        trigger.trigger(StopReason::Signal("SIGTERM".into()));
+    });
+    let (summary, source) = session_over(&dir, 5000, Qos::AtLeastOnce, stop, runs);
+    assert!(summary.returned > 0, "{summary:?}");
+    let records = reopen_records(&dir);
+    assert_eq!(
+        records.len() as u64,
+        summary.processed(),
+        "every outcome handed over is durable: {summary:?}"
+    );
+    assert_eq!(source.ack_count() as u64, summary.processed());
+    // Given back at the stop, or never pulled: pending again at the source.
+    assert_eq!(source.pending().len() as u64, 5000 - summary.processed());
+}
