@@ -121,12 +121,13 @@ fn write_then_records_round_trips_every_field() {
 
     let expected: Vec<Record> = batch.iter().map(|o| Record::new(o, Role::Outcomes)).collect();
     assert_eq!(sink.records().unwrap(), expected);
+    assert_eq!(sink.describe(), format!("jsonl {}", path.display()));
+    assert_eq!(sink.path(), path);
+    drop(sink); // one writer per file: close it before reopening
     assert_eq!(open(&path).records().unwrap(), expected);
     let text = fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().count(), 2);
     assert!(text.starts_with(r#"{"id":"a","status":"done","attempts":2,"output":"output of a","error":null,"started_at":"2023-11-14T22:13:20.123Z","finished_at":"2023-11-14T22:13:20.373Z","duration_ms":250}"#), "{text}");
-    assert_eq!(sink.describe(), format!("jsonl {}", path.display()));
-    assert_eq!(sink.path(), path);
     assert!(warnings_about(dir.path()).is_empty());
 }
 
@@ -165,9 +166,10 @@ fn open_cuts_a_half_written_last_line() {
 
     sink.write(&done(&["c"])).unwrap();
     assert_eq!(ids(&sink.records().unwrap()), ["a", "b", "c"]);
+    assert!(done_ids(&sink, &["torn"]).is_empty());
+    drop(sink); // one writer per file: close it before reopening
     assert_eq!(ids(&open(&path).records().unwrap()), ["a", "b", "c"]);
     assert!(!fs::read_to_string(&path).unwrap().contains("torn"));
-    assert!(done_ids(&sink, &["torn"]).is_empty());
     assert_eq!(
         warnings_about(dir.path()).len(),
         1,
@@ -217,6 +219,7 @@ fn a_garbage_line_in_the_middle_is_skipped_with_a_warning() {
     );
     // Not data, but not ours to delete either.
     assert!(fs::read_to_string(&path).unwrap().contains("not a record\n"));
+    drop(sink); // one writer per file: close it before reopening
     assert_eq!(done_ids(&open(&path), &["a", "b", "c"]), set(&["a", "b", "c"]));
 }
 
@@ -242,6 +245,7 @@ fn rotation_keeps_keep_files_and_never_splits_a_batch() {
     let mut files: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
+        .filter(|name| !name.to_string_lossy().ends_with(".lock"))
         .collect();
     files.sort();
     assert_eq!(files, ["outcomes.jsonl", "outcomes.jsonl.1", "outcomes.jsonl.2"]);
@@ -267,6 +271,7 @@ fn rotation_keeps_keep_files_and_never_splits_a_batch() {
     let all: Vec<String> = batches.concat();
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     assert_eq!(done_ids(&sink, &all), set(&kept));
+    drop(sink); // one writer per file: close it before reopening
     let reopened = JsonlSink::open(config).unwrap();
     assert_eq!(done_ids(&reopened, &all), set(&kept));
     assert!(warnings_about(dir.path()).is_empty());
@@ -284,7 +289,10 @@ fn keep_files_zero_deletes_the_file_it_rotates() {
     let mut sink = JsonlSink::open(config).unwrap();
     sink.write(&done(&["a"])).unwrap();
 
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    let files = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".lock"));
+    assert_eq!(files.count(), 1);
     assert_eq!(fs::metadata(&path).unwrap().len(), 0);
     assert!(sink.records().unwrap().is_empty());
     assert!(done_ids(&sink, &["a"]).is_empty());
@@ -338,6 +346,7 @@ fn failed_then_done_is_done() {
         set(&["a"]),
         "a lookup handed out earlier sees later writes"
     );
+    drop(sink); // one writer per file: close it before reopening
     assert_eq!(done_ids(&open(&path), &["a"]), set(&["a"]));
 }
 
@@ -349,6 +358,7 @@ fn done_then_failed_is_not_done_the_last_line_wins() {
     sink.write(&done(&["a", "b"])).unwrap();
     sink.write(&failed(&["a"])).unwrap();
     assert_eq!(done_ids(&sink, &["a", "b"]), set(&["b"]));
+    drop(sink); // one writer per file: close it before reopening
     assert_eq!(done_ids(&open(&path), &["a", "b"]), set(&["b"]));
 }
 
@@ -370,6 +380,7 @@ fn the_done_index_survives_reopen_and_includes_rotated_files() {
     let mut files: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
+        .filter(|name| !name.to_string_lossy().ends_with(".lock"))
         .collect();
     files.sort();
     assert_eq!(
@@ -382,10 +393,12 @@ fn the_done_index_survives_reopen_and_includes_rotated_files() {
         ]
     );
 
-    let reopened = JsonlSink::open(config).unwrap();
     let all = ["a", "b", "c", "d", "e", "f"];
+    let live = done_ids(&sink, &all);
+    drop(sink); // one writer per file: close it before reopening
+    let reopened = JsonlSink::open(config).unwrap();
     assert_eq!(done_ids(&reopened, &all), set(&["a", "c", "d", "e", "f"]));
-    assert_eq!(done_ids(&sink, &all), done_ids(&reopened, &all));
+    assert_eq!(live, done_ids(&reopened, &all));
 }
 
 #[test]
@@ -444,6 +457,7 @@ fn remove_deletes_only_the_named_ids_across_files() {
         1,
         "the write went to the new active file"
     );
+    drop(sink); // one writer per file: close it before reopening
     let mut reopened = JsonlSink::open(config).unwrap();
     assert_eq!(ids(&reopened.records().unwrap()), ["b", "c", "e"]);
     assert_eq!(done_ids(&reopened, &["a", "b", "c", "d", "e"]), set(&["e"]));
@@ -516,6 +530,7 @@ proptest! {
         }
         let all = ["0", "1", "2", "3", "4", "5"];
         prop_assert_eq!(done_ids(&sink, &all), expected.clone());
+        drop(sink); // one writer per file: close it before reopening
         prop_assert_eq!(done_ids(&JsonlSink::open(config).unwrap(), &all), expected);
         for k in 0..=keep_files {
             let file = if k == 0 { path.clone() } else { rotated(&path, k) };
@@ -526,4 +541,15 @@ proptest! {
         prop_assert!(!rotated(&path, keep_files + 1).exists());
         prop_assert!(warnings_about(dir.path()).is_empty());
     }
+}
+
+#[test]
+fn a_second_writer_on_the_same_file_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JsonlConfig::new(dir.path().join("outcomes.jsonl"), Role::Outcomes);
+    let first = JsonlSink::open(config.clone()).unwrap();
+    let error = JsonlSink::open(config.clone()).err().expect("refused").to_string();
+    assert!(error.contains("another writer"), "{error}");
+    drop(first);
+    JsonlSink::open(config).expect("free again");
 }

@@ -31,8 +31,9 @@
 //!   `done`. When rotation deletes a file, the ids whose last record was in it
 //!   leave the index, as they would after a restart.
 //! - One sink per file: `open` takes an incomplete last line for the trace of
-//!   a crash, which for a file that another process is appending to may be a
-//!   batch in flight. Nothing enforces this (no file lock).
+//!   a crash, which for a file that another writer is appending to would be a
+//!   batch in flight. So `open` first takes an exclusive lock on
+//!   `<path>.lock` (flock) and refuses if another sink holds it.
 //!
 //! # Memory
 //!
@@ -103,6 +104,37 @@ pub struct JsonlSink {
     /// `lookup` runs on the thread that owns the sink, before the sink is
     /// handed to the writer thread, so no write races the first load.
     index: OnceLock<Arc<DoneIndex>>,
+    /// `<path>.lock`, locked exclusively for the sink's life: one writer per
+    /// file, in this process or any other (rotation renames the active file,
+    /// so the lock lives beside it). Released when the sink is dropped.
+    _lock: File,
+}
+
+/// Takes the exclusive lock on `<path>.lock`, or says who holds it.
+fn lock_exclusively(path: &Path) -> Result<File, SinkError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| SinkError::io(&lock_path, format!("cannot open the lock file: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SinkError::io(
+            path,
+            format!(
+                "another writer has this file open ({} is locked): stop the other lote process first; \
+                 one JSONL file takes one writer",
+                lock_path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(SinkError::io(&lock_path, format!("cannot lock the lock file: {e}")))
+        }
+    }
 }
 
 impl JsonlSink {
@@ -110,6 +142,9 @@ impl JsonlSink {
     /// last line. The done index is built by the first `lookup`.
     pub fn open(config: JsonlConfig) -> Result<Self, SinkError> {
         create_dir(parent_dir(&config.path))?;
+        // Before the tail repair: another writer's batch in flight looks
+        // exactly like a torn tail.
+        let lock = lock_exclusively(&config.path)?;
         repair_tail(&config.path)?;
         let active = Active::open(&config.path)?;
         let segment = config.keep_files as u64 + 1;
@@ -118,6 +153,7 @@ impl JsonlSink {
             active: Some(active),
             segment,
             index: OnceLock::new(),
+            _lock: lock,
         })
     }
 
