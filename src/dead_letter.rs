@@ -53,7 +53,7 @@ impl std::error::Error for RequeueError {}
 /// the two can requeue an item twice, never lose it.
 pub fn requeue(sink: &mut dyn Sink, source: &dyn Source, ids: Option<&[String]>) -> Result<Requeued, RequeueError> {
     let records = sink.records().map_err(RequeueError::Sink)?;
-    let wanted = |id: &str| ids.map_or(true, |ids| ids.iter().any(|w| w == id));
+    let wanted = |id: &str| ids.is_none_or(|ids| ids.iter().any(|w| w == id));
     let mut items = Vec::new();
     let mut seen = std::collections::HashSet::new();
     // The last record of an id wins (a JSONL file may hold several).

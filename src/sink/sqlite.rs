@@ -435,7 +435,7 @@ impl DoneLookup for SqliteLookup {
                 // statement serves every chunk size.
                 let values = std::iter::once(Some(Status::Done.as_str()))
                     .chain(chunk.iter().map(|id| Some(*id)))
-                    .chain(std::iter::repeat(None).take(LOOKUP_CHUNK - chunk.len()));
+                    .chain(std::iter::repeat_n(None, LOOKUP_CHUNK - chunk.len()));
                 let mut rows = select.query(params_from_iter(values))?;
                 while let Some(row) = rows.next()? {
                     done.insert(row.get(0)?);
