@@ -1,11 +1,14 @@
-//! The demo: a real session over the sample readings shipped in the repo.
+//! The demo: a real session over the sample readings shipped in the repo,
+//! persisted through the write-behind thread.
 //!
 //! Each line of `samples/readings.txt` is one item. The handler turns a
 //! reading into a JSON document, the way an uplink handler would before
-//! sending it; malformed lines fail for good (they would go to the
-//! dead-letter sink), and a simulated flaky uplink makes some first attempts
-//! fail so the retry policy shows. Two workers, commits every 5 outcomes, a
-//! 10 s deadline, a circuit breaker.
+//! sending it; malformed lines fail for good and go to the dead-letter sink,
+//! and a simulated flaky uplink makes some first attempts fail so the retry
+//! policy shows. Two workers, commits every 5 outcomes, a 10 s deadline, a
+//! circuit breaker. Outcomes land in `state/demo-outcomes.db` (SQLite, table
+//! `outcomes`), dead letters in `state/demo-dead-letter.jsonl`; a second run
+//! upserts the same rows.
 //!
 //! Run: cargo run --release --example demo [-- path/to/readings.txt]
 
@@ -13,9 +16,10 @@ use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lote::commit::MemoryCommitter;
 use lote::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
+use lote::sink::{JsonlConfig, JsonlSink, Role, Sink, SqliteConfig, SqliteSink};
 use lote::source::VecSource;
+use lote::writer::{Writer, WriterConfig};
 use lote::{CallContext, Failure, Item, Session, SessionConfig, Status};
 
 /// Parses `sensor=NAME celsius=VALUE` into a JSON document.
@@ -52,14 +56,28 @@ fn main() -> Result<(), Box<dyn Error>> {
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(n, line)| Item::new(format!("line-{}", n + 1), line.as_bytes().to_vec()));
     let source = Arc::new(VecSource::new(items));
-    let committer = Arc::new(MemoryCommitter::acking(source.clone()));
+    let outcomes_db = std::path::Path::new("state/demo-outcomes.db");
+    let dead_letters = std::path::Path::new("state/demo-dead-letter.jsonl");
+    let writer = Arc::new(Writer::start(
+        WriterConfig {
+            batch: 50,
+            flush_every: Duration::from_millis(200),
+            ..WriterConfig::default()
+        },
+        Box::new(SqliteSink::open(SqliteConfig::new(outcomes_db, Role::Outcomes))?),
+        Some(Box::new(JsonlSink::open(JsonlConfig::new(
+            dead_letters,
+            Role::DeadLetter,
+        ))?)),
+        source.clone(),
+    )?);
 
     let handler = Arc::new(|ctx: &CallContext<'_>, item: &Item| {
         let line = std::str::from_utf8(&item.payload).map_err(|_| Failure::fatal("not UTF-8"))?;
         let document = to_json(line).map_err(Failure::fatal)?;
         // A flaky uplink: every third item's first attempt times out.
         let n: u32 = item.id.trim_start_matches("line-").parse().unwrap_or(0);
-        if n % 3 == 0 && ctx.attempt() == 1 {
+        if n.is_multiple_of(3) && ctx.attempt() == 1 {
             return Err(Failure::retryable("uplink timed out"));
         }
         std::thread::sleep(Duration::from_millis(20)); // the upload itself
@@ -89,32 +107,43 @@ fn main() -> Result<(), Box<dyn Error>> {
         ..SessionConfig::default()
     };
     let metrics = Arc::new(lote::metrics::Metrics::new());
-    let summary = Session::new(config, source.clone(), handler, committer.clone())
+    let summary = Session::new(config, source.clone(), handler, writer.clone())
         .policy(policy)
         .metrics(metrics.clone())
         .run()?;
-
+    let drained = writer.close();
     println!("{summary}");
-    println!("commits (chunk sizes): {:?}", committer.chunk_sizes());
-    let mut outcomes = committer.outcomes();
-    outcomes.sort_by_key(|o| o.item.id.trim_start_matches("line-").parse::<u32>().unwrap_or(0));
-    for outcome in &outcomes {
-        match outcome.status {
-            Status::Done => println!(
-                "  {:8} done    attempts={} {}",
-                outcome.item.id,
-                outcome.attempts,
-                outcome.output.as_deref().unwrap_or("")
-            ),
-            status => println!(
-                "  {:8} {:7} attempts={} {}",
-                outcome.item.id,
-                status.as_str(),
-                outcome.attempts,
-                outcome.error.as_deref().unwrap_or("")
-            ),
-        }
+    println!(
+        "writer: {} outcome(s) durable in {} batch(es), {} unwritten",
+        writer.metrics().persisted.get(),
+        writer.metrics().batches.get(),
+        drained.unwritten
+    );
+
+    // Read back what is durable, as any SQLite client would.
+    let mut records = SqliteSink::open(SqliteConfig::new(outcomes_db, Role::Outcomes))?.records()?;
+    records.sort_by_key(|r| r.id.trim_start_matches("line-").parse::<u32>().unwrap_or(0));
+    println!("{} (table outcomes):", outcomes_db.display());
+    for r in &records {
+        let text = if r.status == Status::Done.as_str() {
+            &r.output
+        } else {
+            &r.error
+        };
+        println!(
+            "  {:8} {:7} attempts={} {}",
+            r.id,
+            r.status,
+            r.attempts,
+            text.as_deref().unwrap_or("")
+        );
     }
+    let letters = lote::dead_letter::list(&mut JsonlSink::open(JsonlConfig::new(dead_letters, Role::DeadLetter))?)?;
+    println!(
+        "{}: {} dead letter(s), payload kept for requeue",
+        dead_letters.display(),
+        letters.len()
+    );
     let m = metrics.snapshot();
     println!(
         "retries={} handler p50={}µs p99={}µs end-to-end p99={}µs",

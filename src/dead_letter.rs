@@ -8,9 +8,18 @@ use std::fmt;
 use crate::sink::{Record, Sink, SinkError};
 use crate::source::{Source, SourceError};
 
-/// Every dead letter, oldest first.
+/// Every dead letter, oldest first; one per id (a JSONL file may hold an id
+/// more than once, and its last line wins, as it does everywhere).
 pub fn list(sink: &mut dyn Sink) -> Result<Vec<Record>, SinkError> {
-    sink.records()
+    let records = sink.records()?;
+    let mut seen = std::collections::HashSet::new();
+    let mut latest: Vec<Record> = records
+        .into_iter()
+        .rev()
+        .filter(|r| seen.insert(r.id.clone()))
+        .collect();
+    latest.reverse();
+    Ok(latest)
 }
 
 /// What a requeue did.

@@ -548,7 +548,7 @@ fn a_second_writer_on_the_same_file_is_refused_until_the_first_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let config = JsonlConfig::new(dir.path().join("outcomes.jsonl"), Role::Outcomes);
     let first = JsonlSink::open(config.clone()).unwrap();
-    let error = JsonlSink::open(config.clone()).err().expect("refused").to_string();
+    let error = JsonlSink::open(config.clone()).expect_err("refused").to_string();
     assert!(error.contains("another writer"), "{error}");
     drop(first);
     JsonlSink::open(config).expect("free again");
