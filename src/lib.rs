@@ -9,19 +9,20 @@
 //! # Layout
 //!
 //! The folders follow an item's way through the house:
-//! source → queue → worker → handler → commit.
+//! source → queue → worker → handler → commit → writer → sink.
 //!
 //! - [`item`]: [`Item`] (id, priority, payload) and [`Outcome`] (status,
 //!   attempts, output or error, timings).
 //! - [`source`]: the [`Source`] trait (yield items, take back the ones not
-//!   processed, receive acknowledgements) and [`source::VecSource`], an
-//!   in-memory source for tests, examples and benchmarks.
+//!   processed, receive acknowledgements, take dead letters back);
+//!   [`source::VecSource`] (in memory) and [`source::SqliteSource`] (a work
+//!   table in a SQLite file).
 //! - [`queue`]: [`WorkQueue`], the bounded priority queue and its messages
 //!   (`Stop < Work(priority, seq) < EndOfData`), with the five `when_full`
 //!   modes. Nothing else lives there.
 //! - [`session`]: one run of seed 003's producer/consumer: the producer
 //!   thread, the workers, the deadline thread, the [`StopHandle`] that stops
-//!   them, and the [`SessionSummary`] a session returns.
+//!   them, [`Qos`], and the [`SessionSummary`] a session returns.
 //! - [`handler`]: the [`Handler`] trait, its [`CallContext`] and [`Failure`];
 //!   closures are handlers; [`handler::Noop`].
 //! - [`policy`]: what runs around a handler: [`policy::RetryPolicy`]
@@ -29,6 +30,11 @@
 //!   circuit breaker), the per-call timeout, and the loop that applies them.
 //! - [`commit`]: the [`Committer`] trait that receives the workers' chunks,
 //!   and [`commit::MemoryCommitter`], which keeps them in memory.
+//! - [`writer`]: [`writer::Writer`], the write-behind thread: the committer
+//!   that batches outcomes into a sink and acknowledges them once durable.
+//! - [`sink`]: the [`sink::Sink`] trait and its kinds, [`sink::SqliteSink`]
+//!   and [`sink::JsonlSink`]; both also serve as the dead-letter sink.
+//! - [`dead_letter`]: list dead letters and requeue them into the source.
 //! - [`metrics`]: counters on atomics and latency histograms (queue wait,
 //!   handler time, end to end) with p50/p90/p99.
 //! - `sync` (private): the Mutex/Condvar/atomics in use, swapped for loom's

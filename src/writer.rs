@@ -22,6 +22,29 @@
 //! - **Drain.** `close` flushes everything queued within `drain_timeout` and
 //!   reports what it could not write.
 //!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use lote::sink::{JsonlConfig, JsonlSink, Role, SqliteConfig, SqliteSink};
+//! use lote::source::VecSource;
+//! use lote::writer::{Writer, WriterConfig};
+//! use lote::{handler::Noop, Session, SessionConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # std::env::set_current_dir(dir.path())?;
+//! let source = Arc::new(VecSource::numbered(100));
+//! let sink = SqliteSink::open(SqliteConfig::new("state/outcomes.db", Role::Outcomes))?;
+//! let dead = JsonlSink::open(JsonlConfig::new("state/dead-letter.jsonl", Role::DeadLetter))?;
+//! let writer = Arc::new(Writer::start(WriterConfig::default(), Box::new(sink), Some(Box::new(dead)), source.clone())?);
+//! let summary = Session::new(SessionConfig::default(), source, Arc::new(Noop), writer.clone()).run()?;
+//! let drained = writer.close(); // drain, then stop the thread
+//! assert_eq!((summary.done, writer.metrics().persisted.get(), drained.unwritten), (100, 100, 0));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Thread
 //!
 //! Started by [`Writer::start`]; stopped by [`Writer::close`] (a `Shutdown`
