@@ -20,6 +20,11 @@ pub struct Item {
     pub priority: Priority,
     /// Opaque bytes for the handler (an exec handler's stdin, an HTTP body).
     pub payload: Vec<u8>,
+    /// Why this item cannot be processed, when its source already knows
+    /// (undecodable, oversized). Such an item is never handed to the handler:
+    /// it fails at once with this reason and goes to the dead-letter sink
+    /// with its raw payload, and the worker carries on.
+    pub defect: Option<String>,
 }
 
 impl Item {
@@ -29,6 +34,16 @@ impl Item {
             id: id.into(),
             priority: DEFAULT_PRIORITY,
             payload: payload.into(),
+            defect: None,
+        }
+    }
+
+    /// An item its source could not decode (or that is too large): it fails
+    /// with `reason` without running, and is dead-lettered.
+    pub fn defective(id: impl Into<String>, payload: impl Into<Vec<u8>>, reason: impl Into<String>) -> Self {
+        Item {
+            defect: Some(reason.into()),
+            ..Item::new(id, payload)
         }
     }
 
@@ -46,6 +61,7 @@ impl fmt::Debug for Item {
             .field("id", &self.id)
             .field("priority", &self.priority)
             .field("payload_len", &self.payload.len())
+            .field("defect", &self.defect)
             .finish()
     }
 }

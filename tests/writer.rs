@@ -384,3 +384,94 @@ fn a_stop_mid_stream_leaves_every_handed_over_outcome_durable() {
     // Given back at the stop, or never pulled: pending again at the source.
     assert_eq!(source.pending().len() as u64, 5000 - summary.processed());
 }
+
+#[test]
+fn an_undecodable_item_is_dead_lettered_with_its_reason_and_never_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::new([
+        Item::new("good", "fine"),
+        Item::defective("bad", vec![0xff, 0xfe], "line 2 is not valid JSON"),
+    ]));
+    let dead = JsonlSink::open(JsonlConfig::new(dir.path().join("dead.jsonl"), Role::DeadLetter)).unwrap();
+    let writer =
+        Arc::new(Writer::start(config(), Box::new(sqlite(&dir)), Some(Box::new(dead)), source.clone()).unwrap());
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = handled.clone();
+    let handler = Arc::new(move |_: &CallContext<'_>, item: &Item| {
+        seen.lock().unwrap().push(item.id.clone());
+        Ok::<_, Failure>(String::new())
+    });
+    let summary = Session::new(SessionConfig::default(), source.clone(), handler, writer.clone())
+        .run()
+        .unwrap();
+    writer.close();
+    assert_eq!((summary.done, summary.failed), (1, 1));
+    assert_eq!(
+        *handled.lock().unwrap(),
+        vec!["good".to_string()],
+        "the handler never saw it"
+    );
+    let mut dead = JsonlSink::open(JsonlConfig::new(dir.path().join("dead.jsonl"), Role::DeadLetter)).unwrap();
+    let letters = lote::dead_letter::list(&mut dead).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 0);
+    assert!(letters[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("line 2 is not valid JSON"));
+    assert_eq!(
+        letters[0].to_item().unwrap().payload,
+        vec![0xff, 0xfe],
+        "the raw payload is kept"
+    );
+    assert_eq!(source.acks("bad"), vec![Status::Failed]);
+}
+
+/// A source that, like a plain file of lines, cannot remember what it
+/// finished: every run yields every item again.
+struct Forgetful(VecSource);
+
+impl lote::Source for Forgetful {
+    fn describe(&self) -> String {
+        "forgetful".into()
+    }
+    fn pull(&self, max: usize) -> Result<lote::source::Pull, lote::source::SourceError> {
+        self.0.pull(max)
+    }
+    fn give_back(&self, items: Vec<Item>, reason: lote::source::ReturnReason) -> Result<(), lote::source::SourceError> {
+        self.0.give_back(items, reason)
+    }
+    fn ack(&self, outcomes: &[Outcome]) -> Result<(), lote::source::SourceError> {
+        self.0.ack(outcomes)
+    }
+    fn needs_resume(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_source_that_needs_resuming_skips_what_the_sink_has_as_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let run_once = |n: usize| {
+        let source = Arc::new(Forgetful(VecSource::numbered(n)));
+        let writer = Arc::new(Writer::start(config(), Box::new(sqlite(&dir)), None, source.clone()).unwrap());
+        let counted = runs.clone();
+        let handler = Arc::new(move |_: &CallContext<'_>, _: &Item| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Failure>(String::new())
+        });
+        // at_least_once: resuming comes from the source, not the QoS.
+        let summary = Session::new(SessionConfig::default(), source, handler, writer.clone())
+            .run()
+            .unwrap();
+        writer.close();
+        summary
+    };
+    let first = run_once(50);
+    assert_eq!((first.done, first.skipped), (50, 0));
+    let second = run_once(80);
+    assert_eq!((second.done, second.skipped), (30, 50));
+    assert_eq!(runs.load(Ordering::SeqCst), 80, "the first 50 ran once only");
+}

@@ -60,7 +60,15 @@ impl Worker<'_> {
     fn process(&self, job: Job) -> Option<Outcome> {
         let started_at = SystemTime::now();
         let started = Instant::now();
-        let verdict = self.policy.call(self.handler, &job.item, self.stop, self.metrics);
+        let verdict = match &job.item.defect {
+            // Never handed to the handler: it fails as it is, for the
+            // dead-letter sink, and the worker carries on.
+            Some(defect) => Verdict::Failed {
+                error: format!("not processable: {defect}"),
+                attempts: 0,
+            },
+            None => self.policy.call(self.handler, &job.item, self.stop, self.metrics),
+        };
         let end_to_end = job.pulled_at.elapsed();
         let (status, attempts, output, error) = match verdict {
             Verdict::Done { output, attempts } => {

@@ -105,13 +105,7 @@ impl Record {
         let (priority, payload, payload_base64) = match role {
             Role::Outcomes => (None, None, None),
             Role::DeadLetter => {
-                let (text, encoded) = match std::str::from_utf8(&outcome.item.payload) {
-                    Ok(text) => (Some(text.to_string()), None),
-                    Err(_) => (
-                        None,
-                        Some(base64::engine::general_purpose::STANDARD.encode(&outcome.item.payload)),
-                    ),
-                };
+                let (text, encoded) = encode_payload(&outcome.item.payload);
                 (Some(outcome.item.priority), text, encoded)
             }
         };
@@ -147,7 +141,17 @@ impl Record {
             id: self.id.clone(),
             priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
             payload,
+            defect: None,
         })
+    }
+}
+
+/// A dead letter's payload as records keep it: `(payload, payload_base64)`,
+/// the text when it is UTF-8, else base64. The one place that rule lives.
+pub fn encode_payload(payload: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(payload) {
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(payload))),
     }
 }
 
@@ -157,14 +161,10 @@ impl Record {
 pub fn encode_json_line(outcome: &Outcome, role: Role, out: &mut Vec<u8>) -> serde_json::Result<()> {
     let (priority, payload, payload_base64) = match role {
         Role::Outcomes => (None, None, None),
-        Role::DeadLetter => match std::str::from_utf8(&outcome.item.payload) {
-            Ok(text) => (Some(outcome.item.priority), Some(text), None),
-            Err(_) => (
-                Some(outcome.item.priority),
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(&outcome.item.payload)),
-            ),
-        },
+        Role::DeadLetter => {
+            let (text, encoded) = encode_payload(&outcome.item.payload);
+            (Some(outcome.item.priority), text, encoded)
+        }
     };
     let view = RecordView {
         id: &outcome.item.id,
@@ -198,7 +198,7 @@ struct RecordView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     priority: Option<Priority>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<&'a str>,
+    payload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_base64: Option<String>,
 }

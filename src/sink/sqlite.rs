@@ -36,13 +36,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::types::{ToSql, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OpenFlags, Row, TransactionBehavior};
 
-use super::{DoneLookup, Record, Role, Sink, SinkError};
-use crate::item::{Item, Outcome, Status};
+use super::{encode_payload, DoneLookup, Record, Role, Sink, SinkError};
+use crate::item::{Outcome, Status};
 
 /// The schema this lote writes, kept in `PRAGMA user_version` (0 = a new
 /// file). Both roles share it when they share a file.
@@ -489,32 +489,10 @@ fn record_from_row(row: &Row<'_>, role: Role) -> rusqlite::Result<Record> {
             ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes.to_vec(),
             _ => Vec::new(),
         };
-        // `Record::new` owns the rule "text when UTF-8, else base64"; let it
-        // encode the payload rather than restating the rule here.
-        let item = Item {
-            id: record.id.clone(),
-            priority: row.get(8)?,
-            payload,
-        };
-        let encoded = Record::new(&bare_outcome(item), Role::DeadLetter);
-        (record.priority, record.payload, record.payload_base64) =
-            (encoded.priority, encoded.payload, encoded.payload_base64);
+        (record.payload, record.payload_base64) = encode_payload(&payload);
+        record.priority = Some(row.get(8)?);
     }
     Ok(record)
-}
-
-/// An outcome carrying only `item`, for [`Record::new`]'s payload encoding.
-fn bare_outcome(item: Item) -> Outcome {
-    Outcome {
-        item,
-        status: Status::Failed,
-        attempts: 0,
-        output: None,
-        error: None,
-        started_at: UNIX_EPOCH,
-        finished_at: UNIX_EPOCH,
-        duration: Duration::ZERO,
-    }
 }
 
 /// Maps a SQLite error to a sink error: damage is `Corrupt` (retrying cannot

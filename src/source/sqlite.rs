@@ -255,6 +255,7 @@ impl Source for SqliteSource {
                             ValueRef::Integer(p) => p.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
                             _ => DEFAULT_PRIORITY,
                         },
+                        defect: None,
                     })
                 })
                 .map_err(|e| self.error("claiming rows: reading".into(), e))?;
