@@ -76,6 +76,7 @@
 //! ```
 
 pub mod commit;
+pub mod config;
 pub mod dead_letter;
 pub mod handler;
 pub mod item;
@@ -85,6 +86,7 @@ pub mod queue;
 pub mod session;
 pub mod sink;
 pub mod source;
+pub mod status;
 mod sync;
 pub mod writer;
 

@@ -6,6 +6,8 @@
 //! Any `Fn(&CallContext, &Item) -> Result<String, Failure>` closure is a
 //! handler; so are the kinds in this folder, one file each.
 
+pub mod exec;
+pub mod http;
 mod noop;
 
 pub use noop::Noop;

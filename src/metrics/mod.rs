@@ -6,15 +6,19 @@
 //! else is synchronised through them, so every access is `Relaxed`.
 
 mod histogram;
+pub mod prometheus;
 
 pub use histogram::{Histogram, HistogramSnapshot};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::handler::Failure;
 use crate::policy::Transition;
+use crate::queue::QueueStats;
 use crate::source::ReturnReason;
 use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::Mutex;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -100,6 +104,37 @@ pub struct Metrics {
     pub handler_time: Histogram,
     /// From pulled to outcome, retries included.
     pub end_to_end: Histogram,
+    /// The running session's queue, sampled by status and metrics writers.
+    pub queue: QueueProbe,
+}
+
+type Probe = Arc<dyn Fn() -> QueueStats + Send + Sync>;
+
+/// A way to read the running session's queue from another thread. Set by
+/// `Session::run` for its duration; empty between sessions.
+#[derive(Default)]
+pub struct QueueProbe(
+    /// Protects the probe; taken only by a status reader and at session
+    /// start and end, never on the work path.
+    Mutex<Option<Probe>>,
+);
+
+impl QueueProbe {
+    /// The queue's stats now, if a session is running.
+    pub fn stats(&self) -> Option<QueueStats> {
+        let probe = self.0.lock().clone();
+        probe.map(|read| read())
+    }
+
+    pub(crate) fn set(&self, probe: Option<Probe>) {
+        *self.0.lock() = probe;
+    }
+}
+
+impl std::fmt::Debug for QueueProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("QueueProbe").field(&self.stats()).finish()
+    }
 }
 
 impl Metrics {

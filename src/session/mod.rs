@@ -264,6 +264,10 @@ impl Session {
         let started = Instant::now();
         let threads = self.config.threads;
         let queue: Arc<WorkQueue<Job>> = Arc::new(WorkQueue::new(self.config.queue.clone()));
+        {
+            let queue = Arc::clone(&queue);
+            self.metrics.queue.set(Some(Arc::new(move || queue.stats())));
+        }
         let stop = self.stop.child();
         // The session's end also ends the deadline thread's sleep.
         let over = stop.child();
@@ -369,6 +373,7 @@ impl Session {
             }
         });
         drop(stopper);
+        self.metrics.queue.set(None);
 
         // Work still queued after a stop goes back untouched.
         let left: Vec<Item> = queue.take_work().into_iter().map(|job| job.item).collect();

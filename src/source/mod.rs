@@ -7,7 +7,9 @@
 //! are durable. These calls come from different threads, so a source is
 //! `Sync` and locks what it must inside.
 
+pub mod lines;
 mod memory;
+pub mod spool;
 mod sqlite;
 
 pub use memory::VecSource;
