@@ -11,7 +11,11 @@ use crate::source::{Source, SourceError};
 /// Every dead letter, oldest first; one per id (a JSONL file may hold an id
 /// more than once, and its last line wins, as it does everywhere).
 pub fn list(sink: &mut dyn Sink) -> Result<Vec<Record>, SinkError> {
-    let records = sink.records()?;
+    Ok(latest_per_id(sink.records()?))
+}
+
+/// The last record of each id, in the order of those last records.
+pub fn latest_per_id(records: Vec<Record>) -> Vec<Record> {
     let mut seen = std::collections::HashSet::new();
     let mut latest: Vec<Record> = records
         .into_iter()
@@ -19,7 +23,7 @@ pub fn list(sink: &mut dyn Sink) -> Result<Vec<Record>, SinkError> {
         .filter(|r| seen.insert(r.id.clone()))
         .collect();
     latest.reverse();
-    Ok(latest)
+    latest
 }
 
 /// What a requeue did.

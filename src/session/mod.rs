@@ -390,6 +390,7 @@ impl Session {
         }
         let producer_end = outcome?;
 
+        let source_drained = producer_end == ProducerEnd::Drained;
         let end = match (stop.reason(), producer_end) {
             (Some(StopReason::Deadline), _) => EndReason::Deadline,
             (Some(_), _) => EndReason::Stopped,
@@ -407,6 +408,7 @@ impl Session {
             returned: counts.returned.get(),
             commits: counts.commits.get(),
             commit_errors: counts.commit_errors.get(),
+            source_drained,
             elapsed: started.elapsed(),
         };
         log::info!("{summary}");

@@ -55,6 +55,8 @@ pub struct SessionSummary {
     pub commits: u64,
     /// Chunks the committer refused (their items stay unacknowledged).
     pub commit_errors: u64,
+    /// True if the producer saw the source run dry: nothing was left to pull.
+    pub source_drained: bool,
     pub elapsed: Duration,
 }
 
@@ -62,6 +64,12 @@ impl SessionSummary {
     /// Items that reached an outcome (done, failed or skipped).
     pub fn processed(&self) -> u64 {
         self.done + self.failed + self.skipped
+    }
+
+    /// True if items may be left at the source: some went back, or the
+    /// producer stopped before the source ran dry.
+    pub fn items_left(&self) -> bool {
+        self.returned > 0 || !self.source_drained
     }
 
     /// True if every item taken is accounted for: processed or returned.

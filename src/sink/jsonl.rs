@@ -157,6 +157,23 @@ impl JsonlSink {
         })
     }
 
+    /// Every complete record in `config`'s files, oldest first, without
+    /// opening a sink: no lock is taken and nothing is repaired, so it is
+    /// safe while a writer appends (a batch in flight is simply not read).
+    /// For `lote dead-letter list` while the daemon runs.
+    pub fn read_records(config: &JsonlConfig) -> Result<Vec<Record>, SinkError> {
+        let mut records = Vec::new();
+        let rotated = (1..=config.keep_files).rev().map(|k| rotated(&config.path, k));
+        for file in rotated.chain([config.path.clone()]) {
+            for_each_line(&file, None, false, |_, record| {
+                records.extend(record);
+                Ok(())
+            })
+            .map_err(|e| SinkError::io(&file, format!("cannot read records: {e}")))?;
+        }
+        Ok(records)
+    }
+
     /// The active file.
     pub fn path(&self) -> &Path {
         &self.config.path
