@@ -3,7 +3,8 @@
 //!
 //! Each line of `samples/readings.txt` is one item. The handler turns a
 //! reading into a JSON document, the way an uplink handler would before
-//! sending it; malformed lines fail for good and go to the dead-letter sink,
+//! sending it; two malformed readings the demo adds fail for good and go to
+//! the dead-letter sink,
 //! and a simulated flaky uplink makes some first attempts fail so the retry
 //! policy shows. Two workers, commits every 5 outcomes, a 10 s deadline, a
 //! circuit breaker. Outcomes land in `state/demo-outcomes.db` (SQLite, table
@@ -50,8 +51,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         .nth(1)
         .unwrap_or_else(|| "samples/readings.txt".to_string());
     let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    // Two malformed readings of our own, so the dead-letter path shows.
+    let malformed = ["sensor=boiler-2 celsius=not-a-number", "sensor=intake"];
     let items = text
         .lines()
+        .chain(malformed)
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(n, line)| Item::new(format!("line-{}", n + 1), line.as_bytes().to_vec()));

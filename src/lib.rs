@@ -77,6 +77,7 @@
 
 pub mod commit;
 pub mod config;
+pub mod daemon;
 pub mod dead_letter;
 pub mod handler;
 pub mod item;

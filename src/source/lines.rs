@@ -1,6 +1,53 @@
 //! `lines`: a file, or standard input; one item per line (SPEC §3.6).
+//!
+//! The input is read lazily through a buffer, a pull's worth of lines at a
+//! time, so a multi-gigabyte file costs no more memory than its longest line
+//! (bounded by `max_bytes`). Empty lines are skipped but still counted, so a
+//! line's number is its line number in the file (1-based).
+//!
+//! - `text`: the payload is the line without its `\n` (or `\r\n`); the id is
+//!   the line number.
+//! - `ndjson`: each line is `{"id": string|number, "priority": int,
+//!   "payload": any}`. A string payload becomes its bytes, any other JSON
+//!   value its compact JSON text; a missing (or null) `id` is the line
+//!   number, a missing (or null) `priority` the default; other fields are
+//!   ignored. Blank lines are skipped.
+//!
+//! A UTF-8 byte-order mark at the start of the input is dropped.
+//!
+//! # Invariants
+//!
+//! - Each non-empty line becomes exactly one item. A line that cannot be an
+//!   item (not a JSON object with the right field types, longer than
+//!   `max_bytes`) becomes a *defective* item whose id is its line number: it
+//!   fails without running and is dead-lettered with the reason, and the
+//!   lines after it are read as usual.
+//! - A line longer than `max_bytes` is never held in memory: the bytes past
+//!   the limit are counted and dropped as they are read.
+//! - A file cannot remember what is done. `ack` does nothing and
+//!   [`Source::needs_resume`] is true: the session asks the sink which
+//!   pulled ids are already done and skips them, so a rerun over the same
+//!   file resumes where the last one stopped. The sink's records are the
+//!   memory.
+//! - Items given back are kept in memory and served before new lines, so a
+//!   stopped session's items come back within the same run; across runs the
+//!   sink-based resume covers them.
+//! - Reading may block (a quiet pipe on stdin). It happens under its own
+//!   lock, which only `pull` takes, so a worker giving items back is never
+//!   held up by it; and a pull that already has items does not wait for
+//!   more input than is buffered. (A blocked read of stdin is not interrupted
+//!   by a stop: it returns with the next line or the end of input.)
 
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::{Pull, ReturnReason, Source, SourceError};
+use crate::item::{Item, Outcome, Priority, DEFAULT_PRIORITY};
+use crate::sync::Mutex;
 
 /// How lines are read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,4 +69,353 @@ pub struct LinesConfig {
     /// Longer lines fail as defective and go to the dead-letter sink.
     /// Default 1 MiB.
     pub max_bytes: usize,
+}
+
+impl LinesConfig {
+    /// Text lines from the file at `path`, at most 1 MiB each.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        LinesConfig {
+            path: Some(path.into()),
+            format: LinesFormat::Text,
+            max_bytes: 1024 * 1024,
+        }
+    }
+
+    /// Text lines from standard input (`path: "-"`), at most 1 MiB each.
+    pub fn stdin() -> Self {
+        LinesConfig {
+            path: None,
+            ..LinesConfig::new("-")
+        }
+    }
+}
+
+/// The read buffer's size: large enough that a pull's worth of short lines
+/// is one read(2).
+const BUFFER: usize = 64 * 1024;
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A file of lines (or standard input) as a source.
+pub struct LinesSource {
+    config: LinesConfig,
+    /// The file's path, or "standard input", for messages.
+    input_name: String,
+    /// The input and where it is. Only `pull` locks it (the producer thread),
+    /// and holds it while reading, which may block on a pipe.
+    reader: Mutex<Reader>,
+    /// Items given back, served before new lines. Locked for a queue
+    /// operation only, by `pull` and `give_back`.
+    returned: Mutex<VecDeque<Item>>,
+}
+
+struct Reader {
+    input: BufReader<Box<dyn Read + Send>>,
+    /// The number of the last line read (0 before the first).
+    line: u64,
+    at_end: bool,
+    /// A read error met while a pull already had items: those are handed
+    /// over, and the next pull reports the error.
+    error: Option<SourceError>,
+    /// The current line, reused from line to line.
+    buf: Vec<u8>,
+}
+
+/// What the next line turned out to be.
+enum Next {
+    Item(Item),
+    /// An empty line (or a blank one in NDJSON): skipped, but counted.
+    Blank,
+    End,
+}
+
+impl LinesSource {
+    /// Opens the file (or takes standard input). Nothing is read until the
+    /// first pull.
+    pub fn open(config: LinesConfig) -> Result<Self, SourceError> {
+        let (input_name, input): (String, Box<dyn Read + Send>) = match &config.path {
+            None => ("standard input".to_string(), Box::new(io::stdin())),
+            Some(path) => {
+                let name = path.display().to_string();
+                let fail = |e: io::Error| SourceError::new(format!("lines source {name}: opening"), e);
+                let file = File::open(path).map_err(fail)?;
+                if file.metadata().map_err(fail)?.is_dir() {
+                    return Err(SourceError::new(
+                        format!("lines source {name}: opening"),
+                        "it is a directory; a lines source reads one file (a spool source takes a directory)",
+                    ));
+                }
+                (name, Box::new(file))
+            }
+        };
+        Ok(LinesSource {
+            config,
+            input_name,
+            reader: Mutex::new(Reader {
+                input: BufReader::with_capacity(BUFFER, input),
+                line: 0,
+                at_end: false,
+                error: None,
+                buf: Vec::new(),
+            }),
+            returned: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Reads the next line and makes it an item.
+    fn next(&self, reader: &mut Reader) -> io::Result<Next> {
+        let max = self.config.max_bytes;
+        let Reader { input, line, buf, .. } = reader;
+        // One byte more than the limit, for a `\r` before the `\n`.
+        let Some(mut len) = read_line(input, buf, max.saturating_add(1))? else {
+            return Ok(Next::End);
+        };
+        *line += 1;
+        let n = *line;
+        if n == 1 && buf.starts_with(BOM) {
+            buf.drain(..BOM.len());
+            len -= BOM.len() as u64;
+        }
+        if len > max as u64 {
+            return Ok(Next::Item(Item::defective(
+                n.to_string(),
+                Vec::new(),
+                format!("line {n} is {len} bytes, over max_bytes {max}"),
+            )));
+        }
+        buf.truncate(len as usize);
+        Ok(match self.config.format {
+            LinesFormat::Text if buf.is_empty() => Next::Blank,
+            LinesFormat::Text => Next::Item(Item::new(n.to_string(), buf.as_slice())),
+            LinesFormat::Ndjson if buf.iter().all(u8::is_ascii_whitespace) => Next::Blank,
+            LinesFormat::Ndjson => Next::Item(ndjson_item(n, buf)),
+        })
+    }
+}
+
+impl Source for LinesSource {
+    fn describe(&self) -> String {
+        match &self.config.path {
+            Some(path) => format!("lines {}", path.display()),
+            None => "lines stdin".to_string(),
+        }
+    }
+
+    /// Items given back first, then up to `max` new lines; `Exhausted` at
+    /// the end of the input.
+    fn pull(&self, max: usize) -> Result<Pull, SourceError> {
+        let max = max.max(1);
+        let mut items: Vec<Item> = {
+            let mut returned = self.returned.lock();
+            let n = max.min(returned.len());
+            returned.drain(..n).collect()
+        };
+        let mut reader = self.reader.lock();
+        if let Some(error) = reader.error.take() {
+            if items.is_empty() {
+                return Err(error);
+            }
+            reader.error = Some(error);
+        }
+        while items.len() < max && !reader.at_end && reader.error.is_none() {
+            // With something to hand over, do not wait on a slow pipe.
+            if !items.is_empty() && reader.input.buffer().is_empty() {
+                break;
+            }
+            match self.next(&mut reader) {
+                Ok(Next::Item(item)) => items.push(item),
+                Ok(Next::Blank) => {}
+                Ok(Next::End) => reader.at_end = true,
+                Err(e) => {
+                    let error = SourceError::new(
+                        format!("lines source {}: reading line {}", self.input_name, reader.line + 1),
+                        e,
+                    );
+                    if items.is_empty() {
+                        return Err(error);
+                    }
+                    reader.error = Some(error);
+                }
+            }
+        }
+        Ok(if items.is_empty() {
+            Pull::Exhausted
+        } else {
+            Pull::Items(items)
+        })
+    }
+
+    fn give_back(&self, items: Vec<Item>, _reason: ReturnReason) -> Result<(), SourceError> {
+        self.returned.lock().extend(items);
+        Ok(())
+    }
+
+    /// Nothing to do: the sink's records are what a rerun consults.
+    fn ack(&self, _outcomes: &[Outcome]) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    fn requeue(&self, items: Vec<Item>) -> Result<(), SourceError> {
+        Err(SourceError::new(
+            format!("requeueing {} item(s) into {}", items.len(), self.describe()),
+            "a file of lines cannot take items back; requeue into a spool, sqlite or inbox source instead",
+        ))
+    }
+
+    fn needs_resume(&self) -> bool {
+        true
+    }
+}
+
+/// Reads one line into `buf` without its `\n`, keeping at most `keep` bytes
+/// of it and counting (and dropping) the rest. Returns the line's length
+/// without its `\n` or `\r\n` (which may exceed `keep`), or `None` at the
+/// end of the input.
+fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>, keep: usize) -> io::Result<Option<u64>> {
+    buf.clear();
+    let (mut len, mut any, mut ends_in_cr) = (0u64, false, false);
+    loop {
+        let available = match input.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            // End of input; a last line without `\n` still counts.
+            return Ok(any.then(|| len - u64::from(ends_in_cr)));
+        }
+        any = true;
+        let (chunk, used, complete) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], i + 1, true),
+            None => (available, available.len(), false),
+        };
+        let room = keep.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        len += chunk.len() as u64;
+        if let Some(&last) = chunk.last() {
+            ends_in_cr = last == b'\r';
+        }
+        input.consume(used);
+        if complete {
+            return Ok(Some(len - u64::from(ends_in_cr)));
+        }
+    }
+}
+
+/// One NDJSON line as an item, or as a defective item saying what is wrong.
+fn ndjson_item(line: u64, raw: &[u8]) -> Item {
+    let defective = |why: String| {
+        Item::defective(
+            line.to_string(),
+            raw,
+            format!("line {line} is not a JSON object with id/priority/payload: {why}"),
+        )
+    };
+    let mut object = match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(object)) => object,
+        Ok(other) => return defective(format!("it is {}", kind(&other))),
+        Err(e) => return defective(e.to_string()),
+    };
+    let id = match object.remove("id") {
+        None | Some(Value::Null) => line.to_string(),
+        Some(Value::String(id)) if id.is_empty() => return defective("\"id\" is an empty string".into()),
+        Some(Value::String(id)) => id,
+        Some(Value::Number(id)) => id.to_string(),
+        Some(other) => return defective(format!("\"id\" must be a string or a number, not {}", kind(&other))),
+    };
+    let priority = match object.remove("priority") {
+        None | Some(Value::Null) => DEFAULT_PRIORITY,
+        Some(Value::Number(p)) => match p.as_i64().and_then(|p| Priority::try_from(p).ok()) {
+            Some(p) => p,
+            None => return defective(format!("\"priority\" must be a 32-bit integer, not {p}")),
+        },
+        Some(other) => return defective(format!("\"priority\" must be an integer, not {}", kind(&other))),
+    };
+    let payload = match object.remove("payload") {
+        None => return defective("it has no \"payload\"".into()),
+        Some(Value::String(text)) => text.into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+    };
+    Item::new(id, payload).with_priority(priority)
+}
+
+/// "a string", "an array", … for messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], keep: usize) -> Vec<(Vec<u8>, u64)> {
+        // A tiny buffer, so lines cross buffer boundaries.
+        let mut input = BufReader::with_capacity(3, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while let Some(len) = read_line(&mut input, &mut buf, keep).unwrap() {
+            out.push((buf.clone(), len));
+        }
+        out
+    }
+
+    #[test]
+    fn read_line_strips_newlines_and_counts_what_it_drops() {
+        assert_eq!(
+            lines(b"ab\r\n\ncdefgh\nlast", 4),
+            vec![
+                (b"ab\r".to_vec(), 2),
+                (b"".to_vec(), 0),
+                (b"cdef".to_vec(), 6),
+                (b"last".to_vec(), 4)
+            ]
+        );
+        assert_eq!(lines(b"", 4), vec![]);
+        assert_eq!(lines(b"\n", 4), vec![(b"".to_vec(), 0)]);
+    }
+
+    #[test]
+    fn ndjson_fields_have_their_types_checked() {
+        let item = ndjson_item(3, br#"{"id": 7, "priority": 2, "payload": {"a": [1, 2]}}"#);
+        assert_eq!(
+            (item.id.as_str(), item.priority, item.payload.as_slice()),
+            ("7", 2, &br#"{"a":[1,2]}"#[..])
+        );
+        assert!(item.defect.is_none());
+        let item = ndjson_item(4, br#"{"payload": "text"}"#);
+        assert_eq!(
+            (item.id.as_str(), item.priority, item.payload.as_slice()),
+            ("4", DEFAULT_PRIORITY, &b"text"[..])
+        );
+        for (raw, why) in [
+            (
+                &br#"{"id": true, "payload": 1}"#[..],
+                "\"id\" must be a string or a number, not a boolean",
+            ),
+            (
+                br#"{"priority": "high", "payload": 1}"#,
+                "\"priority\" must be an integer, not a string",
+            ),
+            (
+                br#"{"priority": 1.5, "payload": 1}"#,
+                "must be a 32-bit integer, not 1.5",
+            ),
+            (br#"{"id": "x"}"#, "no \"payload\""),
+            (br#"[1]"#, "it is an array"),
+            (b"{oops", "key must be a string"),
+        ] {
+            let item = ndjson_item(9, raw);
+            let defect = item.defect.as_deref().unwrap();
+            assert!(defect.starts_with("line 9 is not a JSON object"), "{defect}");
+            assert!(defect.contains(why), "{defect} lacks {why}");
+            assert_eq!((item.id.as_str(), item.payload.as_slice()), ("9", raw));
+        }
+    }
 }

@@ -1,0 +1,376 @@
+//! Stage two: the raw config validated into a [`Config`] — defaults
+//! applied, impossible combinations refused with the key that causes them,
+//! paths resolved, directories created.
+
+mod handler;
+mod source;
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use super::error::Doc;
+use super::raw::{self, RawConfig, RawDeadLetter, RawSink};
+use super::value::{format_bytes, format_duration};
+use super::{
+    Config, ConfigError, MetricsSpec, SinkSpec, SourceSpec, DEFAULT_DEAD_LETTER_PATH, DEFAULT_DEAD_LETTER_SQLITE_PATH,
+    DEFAULT_LOG, DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_SINK_JSONL_PATH, DEFAULT_SINK_PATH,
+    DEFAULT_STATE_DIR,
+};
+use crate::queue::{QueueConfig, WhenFull};
+use crate::session::{Qos, SessionConfig};
+use crate::sink::{JsonlConfig, Role, SqliteConfig, Synchronous};
+use crate::writer::WriterConfig;
+
+/// Stage two: defaults, checks, engine types.
+pub(super) struct Build<'a> {
+    pub doc: &'a Doc<'a>,
+    pub warnings: Vec<String>,
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+impl Build<'_> {
+    fn err<T>(&self, key: &str, message: impl Into<String>) -> Result<T> {
+        Err(self.doc.error(key, message))
+    }
+
+    pub fn config(mut self, raw: RawConfig, cwd: &Path) -> Result<Config> {
+        let state_dir = raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        if state_dir.as_os_str().is_empty() {
+            return self.err(
+                "state_dir",
+                "is empty; expected a directory, e.g. ./state or /var/lib/lote",
+            );
+        }
+        let state_dir = absolute(cwd, &state_dir);
+        let log = raw.log.map_or(DEFAULT_LOG, |l| l.as_str()).to_string();
+
+        let (mut session, every) = self.session(raw.session.unwrap_or_default(), raw.queue.unwrap_or_default())?;
+        let source = self.source(raw.source, &state_dir, every)?;
+        let (handler, policy, qos) = self.handler(raw.handler, &state_dir)?;
+        session.qos = qos;
+
+        let (sink, writer) = self.sink(raw.sink, &state_dir)?;
+        let dead_letter = self.dead_letter(raw.dead_letter, &state_dir)?;
+        if let Some(dead) = &dead_letter {
+            if dead.path() == sink.path() {
+                return Err(self.doc.error_at(
+                    "dead_letter.path",
+                    &["dead_letter.path", "sink.path", "dead_letter"],
+                    format!(
+                        "is the sink's file too ({}); two sinks in one file would fight over it (and the JSONL \
+                         lock); expected another path, e.g. dead-letter.{}",
+                        dead.path().display(),
+                        if dead.kind() == "sqlite" { "db" } else { "jsonl" }
+                    ),
+                ));
+            }
+        }
+        let writer = WriterConfig {
+            done_lookups: qos == Qos::ExactlyOnce || matches!(source, SourceSpec::Lines(_)),
+            ..writer
+        };
+        let metrics = self.metrics(raw.metrics.unwrap_or_default(), &state_dir)?;
+
+        // The engine's own check, a backstop behind the located ones above.
+        session
+            .validate()
+            .map_err(|e| self.doc.error("session", e.to_string()))?;
+
+        // Last, because it touches the disk: the directories lote writes to.
+        self.create_dir("state_dir", &["state_dir"], &state_dir, None)?;
+        self.create_parent("sink.path", sink.path())?;
+        if let Some(dead) = &dead_letter {
+            self.create_parent("dead_letter.path", dead.path())?;
+        }
+        if let Some(textfile) = &metrics.textfile {
+            self.create_parent("metrics.textfile", textfile)?;
+        }
+
+        Ok(Config {
+            state_dir,
+            log,
+            session,
+            every,
+            source,
+            handler,
+            policy,
+            sink,
+            dead_letter,
+            writer,
+            metrics,
+            warnings: self.warnings,
+        })
+    }
+
+    fn session(&self, s: raw::RawSession, q: raw::RawQueue) -> Result<(SessionConfig, Option<Duration>)> {
+        let d = SessionConfig::default();
+        let threads = s.threads.unwrap_or(d.threads);
+        if threads == 0 {
+            return self.err(
+                "session.threads",
+                "must be at least 1 (found 0); expected the number of worker threads, e.g. 4",
+            );
+        }
+        let chunk = s.chunk.unwrap_or(d.chunk);
+        if chunk == 0 {
+            return self.err(
+                "session.chunk",
+                "must be at least 1 (found 0); expected how many outcomes each worker commits at once, e.g. 50",
+            );
+        }
+        let max_items = match (s.max_items, s.lote) {
+            (Some(a), Some(b)) => {
+                return Err(self.doc.error_at(
+                    "session.lote",
+                    &["session.lote"],
+                    format!(
+                        "`max_items` ({a}) and its seed-003 alias `lote` ({b}) are both given; expected one of them"
+                    ),
+                ))
+            }
+            (a, b) => a.or(b).unwrap_or(d.max_items),
+        };
+        let (deadline_key, deadline) = match (s.deadline, s.timer) {
+            (Some(_), Some(_)) => {
+                return self.err(
+                    "session.timer",
+                    "`deadline` and its seed-003 alias `timer` are both given; expected one of them",
+                )
+            }
+            (Some(d), None) => ("session.deadline", Some(d.0)),
+            (None, Some(t)) => ("session.timer", Some(t.0)),
+            (None, None) => ("session.deadline", None),
+        };
+        let every = s.every.map(|e| e.0);
+        if deadline == Some(Duration::ZERO) {
+            return self.err(
+                deadline_key,
+                "is 0; expected a positive duration like 4m, or no deadline (omit the key)",
+            );
+        }
+        if every == Some(Duration::ZERO) {
+            return self.err(
+                "session.every",
+                "is 0; expected a period like 5m, or omit it for one session",
+            );
+        }
+        if let (Some(deadline), Some(every)) = (deadline, every) {
+            if deadline >= every {
+                return self.err(
+                    deadline_key,
+                    format!(
+                        "{} is not shorter than `every` ({}); sessions never overlap, so each must stop before the \
+                         next is due; expected a deadline below {}",
+                        format_duration(deadline),
+                        format_duration(every),
+                        format_duration(every),
+                    ),
+                );
+            }
+        }
+        let poll_interval = s.poll_every.map_or(d.poll_interval, |p| p.0);
+        if poll_interval.is_zero() {
+            return self.err(
+                "session.poll_every",
+                "is 0; expected a pause like 1s (0 would spin on an idle source)",
+            );
+        }
+
+        let dq = QueueConfig::default();
+        let capacity = q.capacity.unwrap_or(dq.capacity);
+        if capacity == 0 {
+            return self.err(
+                "queue.capacity",
+                "must be at least 1 (found 0); expected how many items the queue holds, e.g. 1024",
+            );
+        }
+        let when_full = q.when_full.map_or(dq.when_full, |w| match w {
+            raw::WhenFullRaw::Block => WhenFull::Block,
+            raw::WhenFullRaw::DropOldest => WhenFull::DropOldest,
+            raw::WhenFullRaw::DropNewest => WhenFull::DropNewest,
+            raw::WhenFullRaw::DropWrite => WhenFull::DropWrite,
+            raw::WhenFullRaw::Reject => WhenFull::Reject,
+        });
+        let block_timeout = q.block_timeout.map(|t| t.0);
+        if block_timeout.is_some() && when_full != WhenFull::Block {
+            return self.err(
+                "queue.block_timeout",
+                format!(
+                    "has no effect with `when_full: {}` (only `block` waits for room); expected either \
+                     `when_full: block` or no block_timeout",
+                    when_full.as_str()
+                ),
+            );
+        }
+        let session = SessionConfig {
+            threads,
+            chunk,
+            max_items,
+            deadline,
+            queue: QueueConfig {
+                capacity,
+                when_full,
+                block_timeout,
+            },
+            pull_batch: d.pull_batch,
+            poll_interval,
+            qos: d.qos,
+        };
+        Ok((session, every))
+    }
+
+    fn sink(&self, raw: Option<RawSink>, state_dir: &Path) -> Result<(SinkSpec, WriterConfig)> {
+        let (spec, w) = match raw {
+            Some(raw) => self.sink_spec(raw, Role::Outcomes, state_dir)?,
+            None => (
+                SinkSpec::Sqlite(SqliteConfig::new(
+                    absolute(state_dir, Path::new(DEFAULT_SINK_PATH)),
+                    Role::Outcomes,
+                )),
+                raw::RawWriter::default(),
+            ),
+        };
+        let d = WriterConfig::default();
+        let writer = WriterConfig {
+            batch: w.batch.unwrap_or(d.batch),
+            flush_every: w.flush_every.map_or(d.flush_every, |t| t.0),
+            max_retries: w.max_retries.unwrap_or(d.max_retries),
+            drain_timeout: w.drain_timeout.map_or(d.drain_timeout, |t| t.0),
+            ..d
+        };
+        if writer.batch == 0 {
+            return self.err(
+                "sink.batch",
+                "must be at least 1 (found 0); expected outcomes per write, e.g. 500",
+            );
+        }
+        if writer.flush_every.is_zero() {
+            return self.err("sink.flush_every", "is 0; expected how long a batch may wait, e.g. 1s");
+        }
+        if writer.drain_timeout.is_zero() {
+            return self.err(
+                "sink.drain_timeout",
+                "is 0, so nothing queued would be written at shutdown; expected e.g. 30s",
+            );
+        }
+        Ok((spec, writer))
+    }
+
+    fn dead_letter(&self, raw: Option<RawDeadLetter>, state_dir: &Path) -> Result<Option<SinkSpec>> {
+        match raw {
+            None => Ok(Some(SinkSpec::Jsonl(JsonlConfig::new(
+                absolute(state_dir, Path::new(DEFAULT_DEAD_LETTER_PATH)),
+                Role::DeadLetter,
+            )))),
+            Some(RawDeadLetter::None) => Ok(None),
+            Some(RawDeadLetter::Sink(raw)) => {
+                let (spec, writer) = self.sink_spec(raw, Role::DeadLetter, state_dir)?;
+                if let Some(key) = writer.given().first() {
+                    return self.err(
+                        &format!("dead_letter.{key}"),
+                        "belongs under `sink:`; expected no writer keys here: one write-behind thread writes \
+                         both sinks, so `batch`, `flush_every`, `max_retries` and `drain_timeout` are set once, \
+                         under `sink:`",
+                    );
+                }
+                Ok(Some(spec))
+            }
+        }
+    }
+
+    fn sink_spec(&self, raw: RawSink, role: Role, state_dir: &Path) -> Result<(SinkSpec, raw::RawWriter)> {
+        let dead = role == Role::DeadLetter;
+        Ok(match raw {
+            RawSink::Sqlite(s) => {
+                let default = if dead {
+                    DEFAULT_DEAD_LETTER_SQLITE_PATH
+                } else {
+                    DEFAULT_SINK_PATH
+                };
+                let path = absolute(state_dir, &s.path.unwrap_or_else(|| default.into()));
+                let d = SqliteConfig::new(path, role);
+                let spec = SqliteConfig {
+                    synchronous: s.synchronous.map_or(d.synchronous, |x| match x {
+                        raw::SynchronousRaw::Normal => Synchronous::Normal,
+                        raw::SynchronousRaw::Full => Synchronous::Full,
+                    }),
+                    busy_timeout: s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+                    ..d
+                };
+                (SinkSpec::Sqlite(spec), s.writer)
+            }
+            RawSink::Jsonl(j) => {
+                let default = if dead {
+                    DEFAULT_DEAD_LETTER_PATH
+                } else {
+                    DEFAULT_SINK_JSONL_PATH
+                };
+                let path = absolute(state_dir, &j.path.unwrap_or_else(|| default.into()));
+                let d = JsonlConfig::new(path, role);
+                let spec = JsonlConfig {
+                    rotate_bytes: j.rotate_bytes.map_or(d.rotate_bytes, |b| (b.0 > 0).then_some(b.0)),
+                    keep_files: j.keep_files.unwrap_or(d.keep_files),
+                    ..d
+                };
+                (SinkSpec::Jsonl(spec), j.writer)
+            }
+        })
+    }
+
+    fn metrics(&self, m: raw::RawMetrics, state_dir: &Path) -> Result<MetricsSpec> {
+        let every = m.every.map_or(DEFAULT_METRICS_EVERY, |t| t.0);
+        if every.is_zero() {
+            return self.err(
+                "metrics.every",
+                "is 0; expected how often the textfile is written, e.g. 15s",
+            );
+        }
+        let log_every = m.log_every.map_or(DEFAULT_METRICS_LOG_EVERY, |t| t.0);
+        if log_every.is_zero() {
+            return self.err(
+                "metrics.log_every",
+                "is 0; expected how often the summary is logged, e.g. 30s",
+            );
+        }
+        Ok(MetricsSpec {
+            every,
+            textfile: m.textfile.map(|t| absolute(state_dir, &t)),
+            log_every,
+        })
+    }
+
+    fn usize_bytes(&self, key: &str, n: u64) -> Result<usize> {
+        usize::try_from(n).or_else(|_| self.err(key, format!("{} is too large for this machine", format_bytes(n))))
+    }
+
+    fn create_parent(&self, key: &str, file: &Path) -> Result<()> {
+        match file.parent() {
+            Some(dir) => self.create_dir(key, &[key, "state_dir"], dir, Some(file)),
+            None => Ok(()),
+        }
+    }
+
+    fn create_dir(&self, key: &str, places: &[&str], dir: &Path, for_file: Option<&Path>) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            let what = match for_file {
+                Some(file) => format!("the directory {} for {}", dir.display(), file.display()),
+                None => format!("the directory {}", dir.display()),
+            };
+            self.doc.error_at(
+                key,
+                places,
+                format!("cannot create {what}: {e}; expected a directory lote can create and write to"),
+            )
+        })
+    }
+}
+
+/// `path` against `base` unless absolute, with `.` components dropped
+/// (`..` is kept: it may cross a symlink).
+pub(super) fn absolute(base: &Path, path: &Path) -> PathBuf {
+    base.join(path)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}

@@ -1,0 +1,233 @@
+//! Stage two for `handler:`: the handler's engine config and the call
+//! policy around it (`qos`, `timeout`, `retry`, `breaker`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{absolute, Build, Result};
+use crate::config::raw::{self, RawHandler};
+use crate::config::{value, ConfigError, HandlerSpec};
+use crate::handler::exec::ExecConfig;
+use crate::handler::http::HttpConfig;
+use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
+use crate::session::Qos;
+
+impl Build<'_> {
+    pub(super) fn handler(
+        &mut self,
+        raw: Option<RawHandler>,
+        state_dir: &Path,
+    ) -> Result<(HandlerSpec, CallPolicy, Qos)> {
+        let Some(raw) = raw else {
+            return Err(self.doc.whole("`handler:` is missing").with_key("handler"));
+        };
+        let (policy, qos) = self.policy(raw.policy())?;
+        let spec = match raw {
+            RawHandler::Exec(e) => HandlerSpec::Exec(self.exec(e, state_dir)?),
+            RawHandler::Http(h) => HandlerSpec::Http(self.http(h, policy.timeout)?),
+            RawHandler::Noop(_) => HandlerSpec::Noop,
+        };
+        Ok((spec, policy, qos))
+    }
+
+    fn policy(&mut self, p: &raw::RawPolicy) -> Result<(CallPolicy, Qos)> {
+        let qos = p.qos.map_or(Qos::default(), |q| match q {
+            raw::QosRaw::AtMostOnce => Qos::AtMostOnce,
+            raw::QosRaw::AtLeastOnce => Qos::AtLeastOnce,
+            raw::QosRaw::ExactlyOnce => Qos::ExactlyOnce,
+        });
+        let timeout = p.timeout.map(|t| t.0);
+        if timeout == Some(Duration::ZERO) {
+            return self.err(
+                "handler.timeout",
+                "is 0; expected a per-call limit like 30s, or omit it for none",
+            );
+        }
+        let d = RetryPolicy::default();
+        let retry = match &p.retry {
+            None => d,
+            Some(r) => RetryPolicy {
+                attempts: r.attempts.unwrap_or(d.attempts),
+                backoff: r.backoff.map_or(d.backoff, |b| b.0),
+                max_backoff: r.max_backoff.map_or(d.max_backoff, |b| b.0),
+                jitter: r.jitter.unwrap_or(d.jitter),
+            },
+        };
+        // The engine's checks and words; the key is the field its message names.
+        retry
+            .validate()
+            .map_err(|why| self.engine_error("handler.retry", &why))?;
+        if qos == Qos::AtMostOnce && p.retry.as_ref().is_some_and(|r| r.attempts.is_some_and(|a| a > 1)) {
+            self.warnings.push(
+                "handler.retry: `qos: at_most_once` never retries, so `retry.attempts` has no effect".to_string(),
+            );
+        }
+        let (breaker, when_open) = match &p.breaker {
+            None => (None, WhenOpen::default()),
+            Some(b) => {
+                let d = BreakerConfig::default();
+                let config = BreakerConfig {
+                    failures: b.failures.unwrap_or(d.failures),
+                    open_for: b.open_for.map_or(d.open_for, |t| t.0),
+                    half_open_probes: b.half_open_probes.unwrap_or(d.half_open_probes),
+                };
+                config
+                    .validate()
+                    .map_err(|why| self.engine_error("handler.breaker", &why))?;
+                let when_open = b.when_open.map_or(WhenOpen::default(), |w| match w {
+                    raw::WhenOpenRaw::Wait => WhenOpen::Wait,
+                    raw::WhenOpenRaw::Skip => WhenOpen::Skip,
+                });
+                (Some(Arc::new(Breaker::new(config))), when_open)
+            }
+        };
+        Ok((
+            CallPolicy {
+                retry,
+                breaker,
+                when_open,
+                timeout,
+            },
+            qos,
+        ))
+    }
+
+    /// An engine validation message ("retry attempts is 0; expected …") as
+    /// an error on `section.<field>`, the field being its second word.
+    fn engine_error(&self, section: &str, why: &str) -> ConfigError {
+        let field = why.split_whitespace().nth(1).unwrap_or_default();
+        let key = format!("{section}.{field}");
+        self.doc.error_at(&key, &[&key, section], why)
+    }
+
+    fn exec(&mut self, e: raw::RawExec, state_dir: &Path) -> Result<ExecConfig> {
+        let d = ExecConfig::default();
+        let Some(command) = e.command else {
+            return self.err(
+                "handler.command",
+                format!(
+                    "is missing; expected the program and its arguments: {}",
+                    value::ARGV_EXPECTED
+                ),
+            );
+        };
+        let command = command.0;
+        let Some(program) = command.first() else {
+            return self.err(
+                "handler.command",
+                "is empty; expected the program and its arguments, e.g. [\"/usr/bin/foo\", \"--flag\"]",
+            );
+        };
+        if program.is_empty() {
+            return self.err(
+                "handler.command",
+                "starts with an empty program name; expected e.g. \"/usr/bin/foo\"",
+            );
+        }
+        self.check_program(program)?;
+        let fatal_exit_codes = e.fatal_exit_codes.unwrap_or(d.fatal_exit_codes);
+        if let Some(bad) = fatal_exit_codes.iter().find(|c| !(1..=255).contains(*c)) {
+            return self.err(
+                "handler.fatal_exit_codes",
+                format!("contains {bad}; expected exit codes from 1 to 255 (0 means success)"),
+            );
+        }
+        let env: Vec<(String, String)> = e.env.map_or(d.env, |m| m.into_iter().collect());
+        for (name, value) in &env {
+            if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+                return self.err(
+                    &format!("handler.env.{name}"),
+                    "is not a valid environment variable; expected a name without `=` and values without NUL bytes",
+                );
+            }
+        }
+        Ok(ExecConfig {
+            command,
+            fatal_exit_codes,
+            output_limit: match e.output_limit {
+                None => d.output_limit,
+                Some(b) => self.usize_bytes("handler.output_limit", b.0)?,
+            },
+            kill_grace: e.kill_grace.map_or(d.kill_grace, |t| t.0),
+            env,
+            workdir: e.workdir.map(|w| absolute(state_dir, &w)),
+        })
+    }
+
+    /// An absolute program must exist and be executable; a bare name is
+    /// looked up in PATH, and only warned about (the service's PATH may differ).
+    fn check_program(&mut self, program: &str) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let executable =
+            |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        let path = Path::new(program);
+        if path.is_absolute() {
+            if !executable(path) {
+                return self.err(
+                    "handler.command",
+                    format!("the program {program} is not an executable file; expected the full path of a program"),
+                );
+            }
+        } else if !program.contains('/') {
+            let found = std::env::var_os("PATH")
+                .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| executable(&dir.join(program))));
+            if !found {
+                self.warnings.push(format!(
+                    "handler.command: `{program}` is not in this PATH; give its full path if the service's PATH differs"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn http(&self, h: raw::RawHttp, timeout: Option<Duration>) -> Result<HttpConfig> {
+        let d = HttpConfig::default();
+        let Some(url) = h.url else {
+            return self.err(
+                "handler.url",
+                "is missing; expected the URL to send items to, e.g. https://example.com/items",
+            );
+        };
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
+        if host.is_none_or(str::is_empty) || url.contains(char::is_whitespace) {
+            return self.err(
+                "handler.url",
+                format!("`{url}` is not an http(s) URL; expected http://host[:port]/path or https://…"),
+            );
+        }
+        let method = h.method.unwrap_or(d.method).to_ascii_uppercase();
+        if method.is_empty() || !method.chars().all(|c| c.is_ascii_alphabetic()) {
+            return self.err(
+                "handler.method",
+                format!("`{method}` is not an HTTP method; expected e.g. POST or PUT"),
+            );
+        }
+        let headers: Vec<(String, String)> = h.headers.map_or(d.headers, |m| m.into_iter().collect());
+        for (name, value) in &headers {
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(token) || value.contains(['\r', '\n']) {
+                return self.err(
+                    &format!("handler.headers.{name}"),
+                    "is not a valid header; expected a name of letters, digits and -, and a one-line value",
+                );
+            }
+        }
+        let connect_timeout = h.connect_timeout.map_or(d.connect_timeout, |t| t.0);
+        if connect_timeout.is_zero() {
+            return self.err("handler.connect_timeout", "is 0; expected a limit like 5s");
+        }
+        Ok(HttpConfig {
+            url,
+            method,
+            headers,
+            connect_timeout,
+            timeout: timeout.unwrap_or(d.timeout),
+            output_limit: match h.output_limit {
+                None => d.output_limit,
+                Some(b) => self.usize_bytes("handler.output_limit", b.0)?,
+            },
+        })
+    }
+}

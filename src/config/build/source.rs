@@ -1,0 +1,175 @@
+//! Stage two for `source:`: each kind's engine config.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{absolute, Build, Result};
+use crate::config::raw::{self, RawSource};
+use crate::config::value::format_duration;
+use crate::config::SourceSpec;
+use crate::source::lines::{LinesConfig, LinesFormat};
+use crate::source::spool::{OnDone, SpoolConfig, SpoolPriority};
+use crate::source::SqliteSourceConfig;
+
+impl Build<'_> {
+    pub(super) fn source(
+        &self,
+        raw: Option<RawSource>,
+        state_dir: &Path,
+        every: Option<Duration>,
+    ) -> Result<SourceSpec> {
+        let Some(raw) = raw else {
+            return Err(self.doc.whole("`source:` is missing").with_key("source"));
+        };
+        Ok(match raw {
+            RawSource::Spool(s) => {
+                let Some(path) = s.path else {
+                    return self.err(
+                        "source.path",
+                        "is missing; expected the spool directory, e.g. path: ./spool",
+                    );
+                };
+                let d = SpoolConfig::new(absolute(state_dir, &path));
+                let max_bytes = s.max_bytes.map_or(d.max_bytes, |b| b.0);
+                if max_bytes == 0 {
+                    return self.err(
+                        "source.max_bytes",
+                        "is 0, so no file could be processed; expected a size like 16MiB",
+                    );
+                }
+                let priority = match s.priority {
+                    None => d.priority,
+                    Some(raw::SpoolPriorityRaw::FilenamePrefix) => SpoolPriority::FilenamePrefix,
+                    Some(raw::SpoolPriorityRaw::Fixed) => SpoolPriority::Fixed,
+                    Some(raw::SpoolPriorityRaw::JsonField(name)) if name.trim().is_empty() => {
+                        return self.err(
+                            "source.priority.json_field",
+                            "is empty; expected a JSON field name, e.g. {json_field: priority}",
+                        )
+                    }
+                    Some(raw::SpoolPriorityRaw::JsonField(name)) => SpoolPriority::JsonField(name),
+                };
+                SourceSpec::Spool(SpoolConfig {
+                    on_done: s.on_done.map_or(d.on_done, |o| match o {
+                        raw::OnDoneRaw::Move => OnDone::Move,
+                        raw::OnDoneRaw::Delete => OnDone::Delete,
+                    }),
+                    priority,
+                    stable_for: s.stable_for.map_or(d.stable_for, |t| t.0),
+                    max_bytes,
+                    stream: false,
+                    dir: d.dir,
+                })
+            }
+            RawSource::Lines(l) => {
+                let Some(path) = l.path else {
+                    return self.err(
+                        "source.path",
+                        "is missing; expected a file of items, one per line, or \"-\" for standard input",
+                    );
+                };
+                let path = if path.as_os_str() == "-" {
+                    if let Some(every) = every {
+                        return Err(self.doc.error_at(
+                            "source.path",
+                            &["source.path", "session.every"],
+                            format!(
+                                "is \"-\" (standard input), which can be read only once, but `session.every` ({}) \
+                                 starts a session on a period; expected a file, or no `every`",
+                                format_duration(every)
+                            ),
+                        ));
+                    }
+                    None
+                } else {
+                    Some(absolute(state_dir, &path))
+                };
+                let d = LinesConfig::stdin();
+                let max_bytes = match l.max_bytes {
+                    None => d.max_bytes,
+                    Some(b) => self.usize_bytes("source.max_bytes", b.0)?,
+                };
+                if max_bytes == 0 {
+                    return self.err(
+                        "source.max_bytes",
+                        "is 0, so no line could be processed; expected a size like 1MiB",
+                    );
+                }
+                SourceSpec::Lines(LinesConfig {
+                    path,
+                    format: l.format.map_or(d.format, |f| match f {
+                        raw::LinesFormatRaw::Text => LinesFormat::Text,
+                        raw::LinesFormatRaw::Ndjson => LinesFormat::Ndjson,
+                    }),
+                    max_bytes,
+                })
+            }
+            RawSource::Sqlite(s) => self.sqlite_source(s, state_dir)?,
+        })
+    }
+
+    fn sqlite_source(&self, s: raw::RawSqliteSource, state_dir: &Path) -> Result<SourceSpec> {
+        let Some(path) = s.path else {
+            return self.err(
+                "source.path",
+                "is missing; expected the SQLite file holding the work table",
+            );
+        };
+        let Some(table) = s.table else {
+            return self.err("source.table", "is missing; expected the name of the work table");
+        };
+        let d = SqliteSourceConfig::new(absolute(state_dir, &path), table);
+        let config = SqliteSourceConfig {
+            id_column: s.id_column.unwrap_or(d.id_column),
+            payload_column: s.payload_column.unwrap_or(d.payload_column),
+            priority_column: s.priority_column.unwrap_or(d.priority_column),
+            status_column: s.status_column.unwrap_or(d.status_column),
+            pending: s.pending.unwrap_or(d.pending),
+            running: s.running.unwrap_or(d.running),
+            done: s.done.unwrap_or(d.done),
+            failed: s.failed.unwrap_or(d.failed),
+            busy_timeout: s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+            stream: false,
+            path: d.path,
+            table: d.table,
+        };
+        let names = [
+            ("table", Some(&config.table)),
+            ("id_column", Some(&config.id_column)),
+            ("payload_column", Some(&config.payload_column)),
+            ("priority_column", config.priority_column.as_ref()),
+            ("status_column", Some(&config.status_column)),
+        ];
+        for (key, name) in names {
+            if let Some(name) = name {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return self.err(
+                        &format!("source.{key}"),
+                        format!("`{name}` is not a plain SQL name; expected letters, digits and `_` only"),
+                    );
+                }
+            }
+        }
+        let values = [
+            ("pending", &config.pending),
+            ("running", &config.running),
+            ("done", &config.done),
+            ("failed", &config.failed),
+        ];
+        for (i, (key, value)) in values.iter().enumerate() {
+            if value.is_empty() {
+                return self.err(
+                    &format!("source.{key}"),
+                    "is empty; expected the status value that means it",
+                );
+            }
+            if let Some((other, _)) = values[..i].iter().find(|(_, v)| v == value) {
+                return self.err(
+                    &format!("source.{key}"),
+                    format!("is `{value}`, the same as `{other}`; expected four different status values"),
+                );
+            }
+        }
+        Ok(SourceSpec::Sqlite(config))
+    }
+}

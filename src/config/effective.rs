@@ -1,0 +1,256 @@
+//! The effective config as YAML (`lote check`): every key with its value,
+//! defaults filled in, paths absolute, in `config.yaml`'s layout. `null`
+//! marks a key that is off (no deadline, no breaker, no textfile). Loading it
+//! again gives an equal [`Config`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_yaml::{Mapping, Value};
+
+use super::value::{format_bytes, format_duration};
+use super::{Config, HandlerSpec, SinkSpec, SourceSpec};
+use crate::policy::WhenOpen;
+use crate::sink::JsonlConfig;
+use crate::source::lines::LinesFormat;
+use crate::source::spool::{OnDone, SpoolPriority};
+
+/// A mapping with its keys in the given order.
+fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Mapping(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect::<Mapping>(),
+    )
+}
+
+fn dur(d: Duration) -> Value {
+    Value::from(format_duration(d))
+}
+
+fn opt_dur(d: Option<Duration>) -> Value {
+    d.map_or(Value::Null, dur)
+}
+
+fn path(p: &Path) -> Value {
+    Value::from(p.to_string_lossy().into_owned())
+}
+
+fn bytes(n: u64) -> Value {
+    Value::from(format_bytes(n))
+}
+
+fn pairs(entries: &[(String, String)]) -> Value {
+    Value::Mapping(
+        entries
+            .iter()
+            .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+            .collect(),
+    )
+}
+
+pub(super) fn to_yaml(c: &Config) -> String {
+    let s = &c.session;
+    let q = &s.queue;
+    let top = map([
+        ("state_dir", path(&c.state_dir)),
+        ("log", Value::from(c.log.as_str())),
+        (
+            "session",
+            map([
+                ("threads", s.threads.into()),
+                ("chunk", s.chunk.into()),
+                ("max_items", s.max_items.into()),
+                ("deadline", opt_dur(s.deadline)),
+                ("every", opt_dur(c.every)),
+                ("poll_every", dur(s.poll_interval)),
+            ]),
+        ),
+        (
+            "queue",
+            map([
+                ("capacity", q.capacity.into()),
+                ("when_full", q.when_full.as_str().into()),
+                ("block_timeout", opt_dur(q.block_timeout)),
+            ]),
+        ),
+        ("source", source(&c.source)),
+        ("handler", handler(c)),
+        ("sink", sink(&c.sink, Some(c))),
+        (
+            "dead_letter",
+            c.dead_letter
+                .as_ref()
+                .map_or_else(|| map([("kind", "none".into())]), |d| sink(d, None)),
+        ),
+        (
+            "metrics",
+            map([
+                ("every", dur(c.metrics.every)),
+                ("textfile", c.metrics.textfile.as_deref().map_or(Value::Null, path)),
+                ("log_every", dur(c.metrics.log_every)),
+            ]),
+        ),
+    ]);
+    // Serializing a Value of strings, numbers and mappings cannot fail.
+    serde_yaml::to_string(&top).unwrap_or_default()
+}
+
+fn source(spec: &SourceSpec) -> Value {
+    match spec {
+        SourceSpec::Spool(s) => map([
+            ("kind", "spool".into()),
+            ("path", path(&s.dir)),
+            (
+                "on_done",
+                match s.on_done {
+                    OnDone::Move => "move",
+                    OnDone::Delete => "delete",
+                }
+                .into(),
+            ),
+            (
+                "priority",
+                match &s.priority {
+                    SpoolPriority::FilenamePrefix => "filename_prefix".into(),
+                    SpoolPriority::Fixed => "fixed".into(),
+                    SpoolPriority::JsonField(name) => map([("json_field", name.as_str().into())]),
+                },
+            ),
+            ("stable_for", dur(s.stable_for)),
+            ("max_bytes", bytes(s.max_bytes)),
+        ]),
+        SourceSpec::Lines(l) => map([
+            ("kind", "lines".into()),
+            ("path", l.path.as_deref().map_or_else(|| "-".into(), path)),
+            (
+                "format",
+                match l.format {
+                    LinesFormat::Text => "text",
+                    LinesFormat::Ndjson => "ndjson",
+                }
+                .into(),
+            ),
+            ("max_bytes", bytes(l.max_bytes as u64)),
+        ]),
+        SourceSpec::Sqlite(s) => map([
+            ("kind", "sqlite".into()),
+            ("path", path(&s.path)),
+            ("table", s.table.as_str().into()),
+            ("id_column", s.id_column.as_str().into()),
+            ("payload_column", s.payload_column.as_str().into()),
+            (
+                "priority_column",
+                s.priority_column.as_deref().map_or(Value::Null, Value::from),
+            ),
+            ("status_column", s.status_column.as_str().into()),
+            ("pending", s.pending.as_str().into()),
+            ("running", s.running.as_str().into()),
+            ("done", s.done.as_str().into()),
+            ("failed", s.failed.as_str().into()),
+            ("busy_timeout", dur(s.busy_timeout)),
+        ]),
+    }
+}
+
+fn handler(c: &Config) -> Value {
+    let p = &c.policy;
+    let mut out = match &c.handler {
+        HandlerSpec::Exec(e) => map([
+            ("kind", "exec".into()),
+            ("command", e.command.iter().map(|a| Value::from(a.as_str())).collect()),
+            (
+                "fatal_exit_codes",
+                e.fatal_exit_codes.iter().map(|&code| Value::from(code)).collect(),
+            ),
+            ("output_limit", bytes(e.output_limit as u64)),
+            ("kill_grace", dur(e.kill_grace)),
+            ("env", pairs(&e.env)),
+            ("workdir", e.workdir.as_deref().map_or(Value::Null, path)),
+        ]),
+        HandlerSpec::Http(h) => map([
+            ("kind", "http".into()),
+            ("url", h.url.as_str().into()),
+            ("method", h.method.as_str().into()),
+            ("headers", pairs(&h.headers)),
+            ("connect_timeout", dur(h.connect_timeout)),
+            ("output_limit", bytes(h.output_limit as u64)),
+        ]),
+        HandlerSpec::Noop => map([("kind", "noop".into())]),
+    };
+    let breaker = match &p.breaker {
+        None => Value::Null,
+        Some(b) => {
+            let b = b.config();
+            map([
+                ("failures", b.failures.into()),
+                ("open_for", dur(b.open_for)),
+                ("half_open_probes", b.half_open_probes.into()),
+                (
+                    "when_open",
+                    match p.when_open {
+                        WhenOpen::Wait => "wait",
+                        WhenOpen::Skip => "skip",
+                    }
+                    .into(),
+                ),
+            ])
+        }
+    };
+    let common = [
+        ("qos", Value::from(c.session.qos.as_str())),
+        ("timeout", opt_dur(p.timeout)),
+        (
+            "retry",
+            map([
+                ("attempts", p.retry.attempts.into()),
+                ("backoff", dur(p.retry.backoff)),
+                ("max_backoff", dur(p.retry.max_backoff)),
+                ("jitter", p.retry.jitter.into()),
+            ]),
+        ),
+        ("breaker", breaker),
+    ];
+    if let Value::Mapping(m) = &mut out {
+        for (k, v) in common {
+            m.insert(k.into(), v);
+        }
+    }
+    out
+}
+
+/// A sink's keys; with the config, the writer's keys too (`sink:` only).
+fn sink(spec: &SinkSpec, writer_of: Option<&Config>) -> Value {
+    let mut out = match spec {
+        SinkSpec::Sqlite(s) => map([
+            ("kind", "sqlite".into()),
+            ("path", path(&s.path)),
+            ("synchronous", s.synchronous.as_str().into()),
+            ("busy_timeout", dur(s.busy_timeout)),
+        ]),
+        SinkSpec::Jsonl(JsonlConfig {
+            path: p,
+            rotate_bytes,
+            keep_files,
+            ..
+        }) => map([
+            ("kind", "jsonl".into()),
+            ("path", path(p)),
+            ("rotate_bytes", bytes(rotate_bytes.unwrap_or(0))),
+            ("keep_files", (*keep_files).into()),
+        ]),
+    };
+    if let (Some(c), Value::Mapping(m)) = (writer_of, &mut out) {
+        let w = &c.writer;
+        for (k, v) in [
+            ("batch", Value::from(w.batch)),
+            ("flush_every", dur(w.flush_every)),
+            ("max_retries", w.max_retries.into()),
+            ("drain_timeout", dur(w.drain_timeout)),
+        ] {
+            m.insert(k.into(), v);
+        }
+    }
+    out
+}

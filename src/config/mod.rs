@@ -1,0 +1,580 @@
+//! The config file (SPEC §4), in two stages (STYLE habit 6).
+//!
+//! 1. `raw`: serde types that mirror the YAML exactly, unknown keys refused,
+//!    every field optional.
+//! 2. [`Config`]: validated, defaults applied, paths resolved, and built from
+//!    the engine's own types ([`SessionConfig`], [`CallPolicy`],
+//!    [`WriterConfig`], each source's, handler's and sink's config) so the
+//!    daemon builds everything from it directly.
+//!
+//! The same [`Config::load`] runs in `lote check`, in the unit's
+//! `ExecStartPre` and at start. Every error is a [`ConfigError`] naming the
+//! file, the line and column, the dotted key, and what was expected.
+//!
+//! # Paths
+//!
+//! `state_dir` resolves against the current directory (SPEC §4's `./state`
+//! demo runs from the checkout); every other relative path — source, sink,
+//! dead letters, `workdir`, the metrics textfile — resolves against
+//! `state_dir`. [`Config`] holds them absolute, so a daemon may change
+//! directory. Loading creates `state_dir` and the sinks' and textfile's
+//! directories (`create_dir_all`): a directory that cannot be created is a
+//! config error, found before anything starts.
+//!
+//! # Defaults
+//!
+//! Where an engine type has a default (`SessionConfig::default()`,
+//! `RetryPolicy::default()`, `SpoolConfig::new`, …) that is the config's
+//! default too; the rest are the `DEFAULT_*` constants here.
+
+mod build;
+mod effective;
+mod error;
+mod raw;
+mod value;
+
+pub use error::ConfigError;
+pub use value::{format_bytes, format_duration, parse_bytes, parse_duration};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeSeed;
+
+use crate::handler::exec::ExecConfig;
+use crate::handler::http::HttpConfig;
+use crate::policy::{Breaker, CallPolicy};
+use crate::session::SessionConfig;
+use crate::sink::{JsonlConfig, SqliteConfig};
+use crate::source::lines::LinesConfig;
+use crate::source::spool::SpoolConfig;
+use crate::source::SqliteSourceConfig;
+use crate::writer::WriterConfig;
+use build::Build;
+use error::Doc;
+use raw::{Kinds, Section};
+
+/// `state_dir` when none is given.
+pub const DEFAULT_STATE_DIR: &str = "./state";
+/// `log` when none is given.
+pub const DEFAULT_LOG: &str = "info";
+/// `metrics.every`: how often the Prometheus textfile is written.
+pub const DEFAULT_METRICS_EVERY: Duration = Duration::from_secs(15);
+/// `metrics.log_every`: how often the summary log line is written.
+pub const DEFAULT_METRICS_LOG_EVERY: Duration = Duration::from_secs(30);
+/// The sink when `sink:` is left out: SQLite, under `state_dir`.
+pub const DEFAULT_SINK_PATH: &str = "outcomes.db";
+/// `sink.path` for `kind: jsonl` when no path is given.
+pub const DEFAULT_SINK_JSONL_PATH: &str = "outcomes.jsonl";
+/// The dead-letter sink when `dead_letter:` is left out: JSONL, under `state_dir`.
+pub const DEFAULT_DEAD_LETTER_PATH: &str = "dead-letter.jsonl";
+/// `dead_letter.path` for `kind: sqlite` when no path is given.
+pub const DEFAULT_DEAD_LETTER_SQLITE_PATH: &str = "dead-letter.db";
+
+/// A validated config: what the daemon runs.
+///
+/// `Clone` shares the circuit breaker (`policy.breaker` is an `Arc`), as
+/// every session of one daemon should.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Absolute. lote's files live here; relative paths resolved against it.
+    pub state_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug` or `trace` (`RUST_LOG` wins).
+    pub log: String,
+    /// Threads, chunk, max_items, deadline, the queue (`queue:`), the poll
+    /// interval (`session.poll_every`) and the QoS (`handler.qos`).
+    pub session: SessionConfig,
+    /// `session.every`: start a session on this period; `None` = one session
+    /// (or one continuous session for a stream source).
+    pub every: Option<Duration>,
+    pub source: SourceSpec,
+    pub handler: HandlerSpec,
+    /// `handler.retry`, `handler.breaker` (with `when_open`), `handler.timeout`.
+    pub policy: CallPolicy,
+    pub sink: SinkSpec,
+    /// `None` with `dead_letter: {kind: none}`.
+    pub dead_letter: Option<SinkSpec>,
+    /// `sink.batch`, `flush_every`, `max_retries`, `drain_timeout`;
+    /// `done_lookups` is on for `qos: exactly_once` and for a `lines` source.
+    pub writer: WriterConfig,
+    pub metrics: MetricsSpec,
+    /// Things that are allowed but probably not meant (a program not found in
+    /// PATH, retries under `at_most_once`). Not errors; the daemon logs them
+    /// once its logger is up, `lote check` prints them.
+    pub warnings: Vec<String>,
+}
+
+/// Where items come from (`source:`). The daemon sets `stream` on spool and
+/// sqlite sources that it polls; loading leaves it `false`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    Spool(SpoolConfig),
+    Lines(LinesConfig),
+    Sqlite(SqliteSourceConfig),
+}
+
+/// What runs per item (`handler:`); its policies are [`Config::policy`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandlerSpec {
+    Exec(ExecConfig),
+    Http(HttpConfig),
+    Noop,
+}
+
+/// A sink (`sink:`, role outcomes) or the dead-letter sink (`dead_letter:`,
+/// role dead letters).
+#[derive(Clone, Debug)]
+pub enum SinkSpec {
+    Sqlite(SqliteConfig),
+    Jsonl(JsonlConfig),
+}
+
+impl SinkSpec {
+    /// The file it writes.
+    pub fn path(&self) -> &Path {
+        match self {
+            SinkSpec::Sqlite(c) => &c.path,
+            SinkSpec::Jsonl(c) => &c.path,
+        }
+    }
+
+    /// `sqlite` or `jsonl`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkSpec::Sqlite(_) => "sqlite",
+            SinkSpec::Jsonl(_) => "jsonl",
+        }
+    }
+}
+
+impl PartialEq for SinkSpec {
+    // The sink configs do not derive PartialEq; destructured in full so a new
+    // field is a compile error here rather than a silent inequality.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SinkSpec::Sqlite(a), SinkSpec::Sqlite(b)) => {
+                let SqliteConfig {
+                    path,
+                    role,
+                    synchronous,
+                    busy_timeout,
+                } = a;
+                (path, role, synchronous, busy_timeout) == (&b.path, &b.role, &b.synchronous, &b.busy_timeout)
+            }
+            (SinkSpec::Jsonl(a), SinkSpec::Jsonl(b)) => {
+                let JsonlConfig {
+                    path,
+                    role,
+                    rotate_bytes,
+                    keep_files,
+                } = a;
+                (path, role, rotate_bytes, keep_files) == (&b.path, &b.role, &b.rotate_bytes, &b.keep_files)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `metrics:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsSpec {
+    /// How often the textfile is written. Default 15s.
+    pub every: Duration,
+    /// A node_exporter textfile (absolute), written atomically; `None` = none.
+    pub textfile: Option<PathBuf>,
+    /// How often the summary log line is written. Default 30s.
+    pub log_every: Duration,
+}
+
+impl PartialEq for Config {
+    /// Equal settings. The breakers are compared by their settings (each
+    /// load makes a new one); `warnings` are not compared.
+    fn eq(&self, other: &Self) -> bool {
+        let Config {
+            state_dir,
+            log,
+            session,
+            every,
+            source,
+            handler,
+            policy,
+            sink,
+            dead_letter,
+            writer,
+            metrics,
+            warnings: _,
+        } = self;
+        let CallPolicy {
+            retry,
+            breaker,
+            when_open,
+            timeout,
+        } = policy;
+        let breaker_config = |b: &Option<Arc<Breaker>>| b.as_ref().map(|b| b.config().clone());
+        (state_dir, log, session, every, source, handler)
+            == (
+                &other.state_dir,
+                &other.log,
+                &other.session,
+                &other.every,
+                &other.source,
+                &other.handler,
+            )
+            && (retry, when_open, timeout) == (&other.policy.retry, &other.policy.when_open, &other.policy.timeout)
+            && breaker_config(breaker) == breaker_config(&other.policy.breaker)
+            && (sink, dead_letter, writer, metrics) == (&other.sink, &other.dead_letter, &other.writer, &other.metrics)
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_yaml(&text, path),
+            Err(e) => Err(ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                column: None,
+                key: None,
+                message: format!("cannot read the config file: {e}"),
+            }),
+        }
+    }
+
+    /// Validates `text`; `file` names it in errors. Relative paths resolve as
+    /// the module doc says; directories are created as it says.
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let doc = Doc { file, text };
+        let kinds = first_pass(&doc)?;
+        let raw = raw::RawConfigSeed(kinds)
+            .deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(|e| doc.yaml_error(&e))?;
+        let cwd = std::env::current_dir().map_err(|e| {
+            doc.error(
+                "state_dir",
+                format!("cannot read the current directory to resolve it: {e}"),
+            )
+        })?;
+        Build {
+            doc: &doc,
+            warnings: Vec::new(),
+        }
+        .config(raw, &cwd)
+    }
+
+    /// The effective config, every default filled in, in `config.yaml`'s
+    /// layout (for `lote check`). It loads again into an equal `Config`.
+    pub fn effective_yaml(&self) -> String {
+        effective::to_yaml(self)
+    }
+}
+
+/// Pass one: parse the YAML (syntax errors, duplicate keys) and read the
+/// `kind:` of each tagged section, so pass two can deserialize each section
+/// straight into its kind's struct (see [`raw`]).
+fn first_pass(doc: &Doc) -> Result<Kinds, ConfigError> {
+    use serde_yaml::Value;
+    let value: Value = serde_yaml::from_str(doc.text).map_err(|e| doc.yaml_error(&e))?;
+    let top = match &value {
+        Value::Mapping(top) => top,
+        Value::Null => return Err(doc.whole(
+            "the file is empty; expected a mapping with at least `source:` and `handler:` sections (see config.yaml)",
+        )),
+        _ => {
+            return Err(doc.at_start(
+                "expected a mapping of sections (`session:`, `source:`, `handler:`, …) at the top of the \
+                 file",
+            ))
+        }
+    };
+    Ok(Kinds {
+        source: section_kind(doc, top, &raw::SOURCE, true, raw::source_kind)?,
+        handler: section_kind(doc, top, &raw::HANDLER, true, raw::handler_kind)?,
+        sink: section_kind(doc, top, &raw::SINK, false, raw::sink_kind)?,
+        dead_letter: section_kind(doc, top, &raw::DEAD_LETTER, false, raw::dead_letter_kind)?,
+    })
+}
+
+fn section_kind<K>(
+    doc: &Doc,
+    top: &serde_yaml::Mapping,
+    section: &Section,
+    required: bool,
+    parse: fn(&str) -> Option<K>,
+) -> Result<Option<K>, ConfigError> {
+    use serde_yaml::Value;
+    let names = backquoted(section.kinds);
+    let key = section.key;
+    let expected = format!("expected a mapping with a `kind:` (one of {names}) and that kind's keys");
+    let body = match top.get(key) {
+        None if required => return Err(doc.whole(format!("`{key}:` is missing; {expected}")).with_key(key)),
+        None => return Ok(None),
+        Some(Value::Mapping(body)) => body,
+        Some(Value::Null) if key == "dead_letter" => {
+            return Err(doc.error(
+                key,
+                format!("is empty; {expected} (`kind: none` for no dead-letter sink)"),
+            ))
+        }
+        Some(Value::Null) => return Err(doc.error(key, format!("is empty; {expected}"))),
+        Some(_) => return Err(doc.error(key, format!("is not a mapping; {expected}"))),
+    };
+    let kind_key = format!("{key}.kind");
+    match body.get("kind") {
+        None => Err(doc.error(key, format!("has no `kind:`; expected one of {names}"))),
+        Some(Value::String(name)) => match parse(name) {
+            Some(kind) => Ok(Some(kind)),
+            None if section.later.contains(&name.as_str()) => Err(doc.error(
+                &kind_key,
+                format!(
+                    "kind `{name}` is specified in SPEC but not implemented in this build of lote; expected one \
+                     of {names}"
+                ),
+            )),
+            None => Err(doc.error(
+                &kind_key,
+                format!(
+                    "unknown kind `{name}`; expected one of {names}{}",
+                    error::did_you_mean(name, &format!("expected {names}"))
+                ),
+            )),
+        },
+        Some(_) => Err(doc.error(&kind_key, format!("must be a name; expected one of {names}"))),
+    }
+}
+
+fn backquoted(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+impl ConfigError {
+    fn with_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_string());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::absolute;
+    use super::*;
+    use crate::policy::WhenOpen;
+    use crate::queue::WhenFull;
+    use crate::session::Qos;
+    use crate::sink::{Role, Synchronous};
+    use crate::source::lines::LinesFormat;
+    use crate::source::spool::{OnDone, SpoolPriority};
+
+    fn load(dir: &Path, sections: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(
+            &format!("state_dir: {}\n{sections}", dir.display()),
+            Path::new("test.yaml"),
+        )
+    }
+
+    /// Loads, prints the effective config, loads that, and checks both agree.
+    fn round_trip(config: &Config) {
+        let text = config.effective_yaml();
+        let again = Config::from_yaml(&text, Path::new("effective.yaml"))
+            .unwrap_or_else(|e| panic!("effective config refused: {e}\n{text}"));
+        assert_eq!(&again, config, "\n{text}");
+        assert_eq!(again.effective_yaml(), text);
+    }
+
+    #[test]
+    fn every_kind_fills_its_engine_config_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = load(
+            dir.path(),
+            "source: {kind: spool, path: in, on_done: delete, priority: {json_field: prio}, stable_for: 250ms, \
+             max_bytes: 2MiB}\n\
+             handler:\n  kind: http\n  url: https://example.com/items\n  method: put\n  headers: {X-Token: abc}\n  \
+             timeout: 10s\n  qos: exactly_once\n  breaker: {failures: 3, when_open: skip}\n\
+             sink: {kind: jsonl, rotate_bytes: 0, keep_files: 2, batch: 10}\n\
+             dead_letter: {kind: sqlite, synchronous: full}\n",
+        )
+        .unwrap();
+        let SourceSpec::Spool(s) = &spool.source else { panic!() };
+        assert_eq!(s.dir, dir.path().join("in"));
+        assert_eq!(
+            (s.on_done, s.stable_for, s.max_bytes),
+            (OnDone::Delete, Duration::from_millis(250), 2 << 20)
+        );
+        assert_eq!(s.priority, SpoolPriority::JsonField("prio".into()));
+        assert!(!s.stream, "the daemon decides");
+        let HandlerSpec::Http(h) = &spool.handler else { panic!() };
+        assert_eq!((h.method.as_str(), h.timeout), ("PUT", Duration::from_secs(10)));
+        assert_eq!(h.headers, [("X-Token".to_string(), "abc".to_string())]);
+        assert_eq!(spool.policy.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(spool.policy.when_open, WhenOpen::Skip);
+        assert_eq!(spool.policy.breaker.as_ref().unwrap().config().failures, 3);
+        assert_eq!(spool.session.qos, Qos::ExactlyOnce);
+        assert!(spool.writer.done_lookups, "exactly-once asks the sink");
+        assert_eq!(spool.writer.batch, 10);
+        let SinkSpec::Jsonl(j) = &spool.sink else { panic!() };
+        assert_eq!(
+            (j.path.clone(), j.rotate_bytes, j.keep_files, j.role),
+            (dir.path().join("outcomes.jsonl"), None, 2, Role::Outcomes)
+        );
+        let Some(SinkSpec::Sqlite(d)) = &spool.dead_letter else {
+            panic!()
+        };
+        assert_eq!(
+            (d.path.clone(), d.synchronous, d.role),
+            (dir.path().join("dead-letter.db"), Synchronous::Full, Role::DeadLetter)
+        );
+        round_trip(&spool);
+
+        let sqlite = load(
+            dir.path(),
+            "source: {kind: sqlite, path: work.db, table: items, priority_column: null, pending: new}\n\
+             handler:\n  kind: exec\n  command: [sh, -c, cat]\n  env: {A: '1'}\n  workdir: w\n  output_limit: 1KB\n\
+             dead_letter: {kind: none}\n\
+             queue: {when_full: reject, capacity: 8}\n\
+             session: {every: 1m, deadline: 30s}\n",
+        )
+        .unwrap();
+        let SourceSpec::Sqlite(s) = &sqlite.source else {
+            panic!()
+        };
+        assert_eq!(
+            (s.table.as_str(), s.priority_column.clone(), s.pending.as_str()),
+            ("items", None, "new")
+        );
+        assert_eq!(s.path, dir.path().join("work.db"));
+        let HandlerSpec::Exec(e) = &sqlite.handler else {
+            panic!()
+        };
+        assert_eq!((e.output_limit, e.workdir.clone()), (1000, Some(dir.path().join("w"))));
+        assert_eq!(e.env, [("A".to_string(), "1".to_string())]);
+        assert!(sqlite.dead_letter.is_none());
+        assert_eq!(sqlite.session.queue.when_full, WhenFull::Reject);
+        assert_eq!(sqlite.every, Some(Duration::from_secs(60)));
+        assert!(!sqlite.writer.done_lookups);
+        round_trip(&sqlite);
+
+        let stdin = load(
+            dir.path(),
+            "source: {kind: lines, path: \"-\", format: ndjson}\nhandler: {kind: noop}\n",
+        )
+        .unwrap();
+        let SourceSpec::Lines(l) = &stdin.source else { panic!() };
+        assert_eq!((l.path.clone(), l.format), (None, LinesFormat::Ndjson));
+        round_trip(&stdin);
+    }
+
+    #[test]
+    fn serde_internally_tagged_enums_lose_the_place_which_is_why_kinds_take_two_passes() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+        #[allow(dead_code)]
+        enum Tagged {
+            Lines { path: String },
+        }
+        let text = "kind: lines\npath: x\nbogus: 1\n";
+        let err = serde_yaml::from_str::<Tagged>(text).unwrap_err();
+        assert!(err.to_string().contains("unknown field `bogus`"), "rejected, as hoped");
+        let at = err.location().map(|l| (l.line(), l.column()));
+        assert_ne!(
+            at,
+            Some((3, 1)),
+            "…but not located; if this fails, serde learned to, and one pass would do"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let ours = load(
+            dir.path(),
+            "source:\n  kind: lines\n  path: x\n  bogus: 1\nhandler: {kind: noop}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (ours.line, ours.column, ours.key.as_deref()),
+            (Some(5), Some(3), Some("source.bogus"))
+        );
+    }
+
+    #[test]
+    fn warnings_are_kept_not_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load(
+            dir.path(),
+            "source: {kind: lines, path: x}\nhandler:\n  kind: exec\n  command: [no-such-program-lote]\n  \
+             qos: at_most_once\n  retry: {attempts: 4}\n",
+        )
+        .unwrap();
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        assert!(config.warnings.iter().any(|w| w.contains("not in this PATH")));
+        assert!(config.warnings.iter().any(|w| w.contains("never retries")));
+    }
+
+    #[test]
+    fn paths_resolve_against_state_dir_and_directories_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let state = dir.path().join("new/state");
+        let config = Config::from_yaml(
+            &format!(
+                "state_dir: {}\nsource: {{kind: lines, path: ./in.txt}}\nhandler: {{kind: noop}}\n\
+                 sink: {{kind: sqlite, path: {}/db/outcomes.db}}\nmetrics: {{textfile: prom/lote.prom}}\n",
+                state.display(),
+                elsewhere.path().display()
+            ),
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        assert!(state.is_dir());
+        let SourceSpec::Lines(l) = &config.source else { panic!() };
+        assert_eq!(l.path, Some(state.join("in.txt")));
+        assert_eq!(
+            config.sink.path(),
+            elsewhere.path().join("db/outcomes.db"),
+            "absolute stays"
+        );
+        assert!(elsewhere.path().join("db").is_dir());
+        assert_eq!(config.metrics.textfile, Some(state.join("prom/lote.prom")));
+        assert!(state.join("prom").is_dir());
+    }
+
+    /// Every truncation, every line dropped and every line indented by a tab
+    /// of the reference config: an error or a config, never a panic, and an
+    /// error always names a place or a key.
+    #[test]
+    fn mangled_reference_configs_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = include_str!("../../config.yaml")
+            .replace("state_dir: ./state", &format!("state_dir: {}", dir.path().display()));
+        let lines: Vec<&str> = text.lines().collect();
+        let mut variants: Vec<String> = text
+            .char_indices()
+            .step_by(3)
+            .map(|(i, _)| text[..i].to_string())
+            .collect();
+        for i in 0..lines.len() {
+            let mut dropped = lines.clone();
+            dropped.remove(i);
+            variants.push(dropped.join("\n"));
+            let mut tabbed: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            tabbed[i] = format!("\t{}", tabbed[i]);
+            variants.push(tabbed.join("\n"));
+        }
+        for variant in &variants {
+            if let Err(e) = Config::from_yaml(variant, Path::new("mangled.yaml")) {
+                assert!(
+                    e.line.is_some() || e.key.is_some() || e.message.contains("empty"),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn absolute_drops_dots_but_keeps_parents() {
+        assert_eq!(absolute(Path::new("/w"), Path::new("./state")), Path::new("/w/state"));
+        assert_eq!(
+            absolute(Path::new("/w/state"), Path::new("../x")),
+            Path::new("/w/state/../x")
+        );
+        assert_eq!(absolute(Path::new("/w"), Path::new("/etc/x")), Path::new("/etc/x"));
+    }
+}

@@ -1,0 +1,528 @@
+//! Stage one: the YAML exactly as written (SPEC §4).
+//!
+//! Every struct denies unknown keys, and every field is an `Option`: "not
+//! given" stays visible until stage two ([`super::build`]) applies the
+//! default, so an alias given together with its key can be refused. Each
+//! field's `///` is its user documentation; `config.yaml` says the same.
+//!
+//! `source`, `handler`, `sink` and `dead_letter` pick their variant with
+//! `kind:`. serde's internally tagged enums would reject unknown keys too,
+//! but they buffer the section first and so lose every line and column
+//! inside it (checked: errors come out at 1:1 with no key). So the kinds are
+//! read in a first pass over a [`serde_yaml::Value`], and the second pass
+//! deserializes each section straight into its variant's struct through a
+//! seed that knows the kind ([`kinds`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::de::{Deserializer, IgnoredAny};
+use serde::Deserialize;
+
+use super::value::{Argv, ByteSize, Dur};
+
+mod kinds;
+pub use kinds::*;
+
+/// The whole file.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    /// Where lote keeps its files. Relative paths elsewhere in the config
+    /// resolve against it; it resolves against the current directory.
+    /// Default `./state`.
+    pub state_dir: Option<PathBuf>,
+    /// Log level: `error`, `warn`, `info`, `debug`, `trace`. `RUST_LOG` wins.
+    /// Default `info`.
+    pub log: Option<LogLevel>,
+    pub session: Option<RawSession>,
+    pub queue: Option<RawQueue>,
+    /// Required.
+    pub source: Option<RawSource>,
+    /// Required.
+    pub handler: Option<RawHandler>,
+    /// Default `{kind: sqlite, path: outcomes.db}`.
+    pub sink: Option<RawSink>,
+    /// Default `{kind: jsonl, path: dead-letter.jsonl}`; `{kind: none}` for none.
+    pub dead_letter: Option<RawDeadLetter>,
+    pub metrics: Option<RawMetrics>,
+}
+
+/// The top-level keys, in the order `config.yaml` documents them.
+pub const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "log",
+    "session",
+    "queue",
+    "source",
+    "handler",
+    "sink",
+    "dead_letter",
+    "metrics",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// `session:` — one run of seed 003's producer/consumer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    /// Worker threads (≥ 1). Seed 003 calls it `threads` too. Default 4.
+    pub threads: Option<usize>,
+    /// Each worker commits every `chunk` outcomes (≥ 1). Default 50.
+    pub chunk: Option<usize>,
+    /// Most items taken from the source per session; 0 = no limit. Alias
+    /// `lote` (seed 003). Default 0.
+    pub max_items: Option<usize>,
+    /// Seed 003's name for `max_items`.
+    pub lote: Option<usize>,
+    /// Stop the session this long after it starts. Alias `timer` (seed 003).
+    /// Default none.
+    pub deadline: Option<Dur>,
+    /// Seed 003's name for `deadline`.
+    pub timer: Option<Dur>,
+    /// Start a session on this period; omitted = one session (or one
+    /// continuous session for a stream source). Default none.
+    pub every: Option<Dur>,
+    /// How long the producer waits before asking an idle stream source
+    /// again. Default 1s.
+    pub poll_every: Option<Dur>,
+}
+
+/// `queue:` — the bounded priority queue between the producer and the workers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    /// Most work items queued at once (≥ 1). Default 1024.
+    pub capacity: Option<usize>,
+    /// `block` (default), `drop_oldest`, `drop_newest`, `drop_write`, `reject`.
+    pub when_full: Option<WhenFullRaw>,
+    /// With `block` only: how long a push waits for room. Default: forever.
+    pub block_timeout: Option<Dur>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFullRaw {
+    Block,
+    DropOldest,
+    DropNewest,
+    DropWrite,
+    Reject,
+}
+
+// ---------------------------------------------------------------- source
+
+#[derive(Debug)]
+pub enum RawSource {
+    Spool(RawSpool),
+    Lines(RawLines),
+    Sqlite(RawSqliteSource),
+}
+
+/// `source: {kind: spool}` — a directory; one file = one item.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// `spool`; read by the first pass, which picked this struct.
+    #[serde(rename = "kind", default)]
+    _kind: IgnoredAny,
+    /// The directory to take files from. Required.
+    pub path: Option<PathBuf>,
+    /// What happens to a done file: `move` (to `<path>/done/`, default) or `delete`.
+    pub on_done: Option<OnDoneRaw>,
+    /// Where an item's priority comes from: `filename_prefix` (default;
+    /// `1-x.json` → 1), `fixed` (all the same), or `{json_field: NAME}` (an
+    /// integer field of the file's JSON object).
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub priority: Option<SpoolPriorityRaw>,
+    /// A file must be unchanged this long before it is taken. Default 1s.
+    pub stable_for: Option<Dur>,
+    /// Larger files are dead-lettered unread. Default 16MiB.
+    pub max_bytes: Option<ByteSize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDoneRaw {
+    Move,
+    Delete,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolPriorityRaw {
+    FilenamePrefix,
+    Fixed,
+    JsonField(String),
+}
+
+/// `source: {kind: lines}` — one item per line of a file or of stdin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLines {
+    #[serde(rename = "kind", default)]
+    _kind: IgnoredAny,
+    /// The file, or `"-"` (quoted) for standard input. Required.
+    pub path: Option<PathBuf>,
+    /// `text` (default; the line is the payload, the id its number) or
+    /// `ndjson` (`{"id", "priority", "payload"}` per line).
+    pub format: Option<LinesFormatRaw>,
+    /// Longer lines are dead-lettered. Default 1MiB.
+    pub max_bytes: Option<ByteSize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinesFormatRaw {
+    Text,
+    Ndjson,
+}
+
+/// `source: {kind: sqlite}` — a work table in a SQLite file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqliteSource {
+    #[serde(rename = "kind", default)]
+    _kind: IgnoredAny,
+    /// The database file. Required.
+    pub path: Option<PathBuf>,
+    /// The work table. Required. Letters, digits and `_`.
+    pub table: Option<String>,
+    /// Default `id`.
+    pub id_column: Option<String>,
+    /// Default `payload` (TEXT or BLOB).
+    pub payload_column: Option<String>,
+    /// Default `priority`; `null`: every item gets the default priority.
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub priority_column: Option<Option<String>>,
+    /// Default `status`.
+    pub status_column: Option<String>,
+    /// Status values. Defaults `pending`, `running`, `done`, `failed`.
+    pub pending: Option<String>,
+    pub running: Option<String>,
+    pub done: Option<String>,
+    pub failed: Option<String>,
+    /// Wait this long for a lock another process holds. Default 5s.
+    pub busy_timeout: Option<Dur>,
+}
+
+/// Tells `key: null` (Some(None)) from a missing key (None).
+fn explicit_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+// ---------------------------------------------------------------- handler
+
+#[derive(Debug)]
+pub enum RawHandler {
+    Exec(RawExec),
+    Http(RawHttp),
+    Noop(RawNoop),
+}
+
+impl RawHandler {
+    /// The keys every handler kind has.
+    pub fn policy(&self) -> &RawPolicy {
+        match self {
+            RawHandler::Exec(h) => &h.policy,
+            RawHandler::Http(h) => &h.policy,
+            RawHandler::Noop(h) => &h.policy,
+        }
+    }
+}
+
+/// The keys every handler kind shares. Not `#[serde(flatten)]`: flattening
+/// buffers the section and cannot deny unknown keys, so each kind lists them
+/// again and hands them over with `policy()`.
+#[derive(Debug, Default)]
+pub struct RawPolicy {
+    pub qos: Option<QosRaw>,
+    pub timeout: Option<Dur>,
+    pub retry: Option<RawRetry>,
+    pub breaker: Option<RawBreaker>,
+}
+
+/// Declares a handler kind's struct with the shared policy keys added, and
+/// moves them into a [`RawPolicy`] after deserializing.
+macro_rules! handler_kind {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            pub policy: RawPolicy,
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Keys {
+                    #[serde(default)]
+                    #[allow(dead_code)]
+                    kind: IgnoredAny,
+                    $($(#[$fmeta])* $field: $ty,)*
+                    /// `at_most_once`, `at_least_once` (default), `exactly_once`.
+                    qos: Option<QosRaw>,
+                    /// Per-call (per-attempt) deadline. Default none (http: 30s).
+                    timeout: Option<Dur>,
+                    /// Retries of retryable failures. Default 3 attempts, 1s
+                    /// back-off doubling to at most 1m, ±20 % jitter.
+                    retry: Option<RawRetry>,
+                    /// Circuit breaker. Default none.
+                    breaker: Option<RawBreaker>,
+                }
+                let k = Keys::deserialize(deserializer)?;
+                Ok($name {
+                    $($field: k.$field,)*
+                    policy: RawPolicy { qos: k.qos, timeout: k.timeout, retry: k.retry, breaker: k.breaker },
+                })
+            }
+        }
+    };
+}
+
+handler_kind! {
+    /// `handler: {kind: exec}` — runs a command per item, payload on stdin.
+    RawExec {
+        /// The program and its arguments, as a list. Required.
+        command: Option<Argv>,
+        /// Exit codes that fail an item for good (no retry). Default none.
+        fatal_exit_codes: Option<Vec<i32>>,
+        /// Most bytes of stdout kept as the output. Default 64KiB.
+        output_limit: Option<ByteSize>,
+        /// Between SIGTERM to the child's process group and SIGKILL. Default 5s.
+        kill_grace: Option<Dur>,
+        /// Extra environment variables. Default none.
+        env: Option<BTreeMap<String, String>>,
+        /// The child's working directory. Default: lote's.
+        workdir: Option<PathBuf>,
+    }
+}
+
+handler_kind! {
+    /// `handler: {kind: http}` — sends each payload to a URL.
+    RawHttp {
+        /// `http://…` or `https://…`. Required.
+        url: Option<String>,
+        /// Default `POST`.
+        method: Option<String>,
+        /// Extra request headers. Default none.
+        headers: Option<BTreeMap<String, String>>,
+        /// Default 5s.
+        connect_timeout: Option<Dur>,
+        /// Most bytes of the response body kept as the output. Default 64KiB.
+        output_limit: Option<ByteSize>,
+    }
+}
+
+handler_kind! {
+    /// `handler: {kind: noop}` — done at once; for dry runs.
+    RawNoop {}
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // the config spellings, as lote::Qos
+pub enum QosRaw {
+    AtMostOnce,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+/// `handler.retry:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Total tries, the first included (≥ 1; 1 = no retry). Default 3.
+    pub attempts: Option<u32>,
+    /// Delay before the first retry; doubles each retry. Default 1s.
+    pub backoff: Option<Dur>,
+    /// Cap on one delay (a Retry-After hint may exceed it). Default 1m.
+    pub max_backoff: Option<Dur>,
+    /// Each delay is drawn from ±this fraction of the nominal one (0 to 1). Default 0.2.
+    pub jitter: Option<f64>,
+}
+
+/// `handler.breaker:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Consecutive retryable failures that open it (≥ 1). Default 5.
+    pub failures: Option<u32>,
+    /// How long it stays open before probing. Default 30s.
+    pub open_for: Option<Dur>,
+    /// Probe calls let through when half-open (≥ 1). Default 1.
+    pub half_open_probes: Option<u32>,
+    /// `wait` (default; pause workers) or `skip` (return items to the source).
+    pub when_open: Option<WhenOpenRaw>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenOpenRaw {
+    Wait,
+    Skip,
+}
+
+// ---------------------------------------------------------------- sinks
+
+#[derive(Debug)]
+pub enum RawSink {
+    Sqlite(RawSqliteSink),
+    Jsonl(RawJsonlSink),
+}
+
+#[derive(Debug)]
+pub enum RawDeadLetter {
+    Sink(RawSink),
+    None,
+}
+
+/// The write-behind thread's keys, allowed under `sink:` only (stage two
+/// refuses them under `dead_letter:`, which the same thread writes).
+#[derive(Debug, Default)]
+pub struct RawWriter {
+    pub batch: Option<usize>,
+    pub flush_every: Option<Dur>,
+    pub max_retries: Option<u32>,
+    pub drain_timeout: Option<Dur>,
+}
+
+impl RawWriter {
+    /// The keys given, for the error under `dead_letter:`.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.batch.is_some() {
+            keys.push("batch");
+        }
+        if self.flush_every.is_some() {
+            keys.push("flush_every");
+        }
+        if self.max_retries.is_some() {
+            keys.push("max_retries");
+        }
+        if self.drain_timeout.is_some() {
+            keys.push("drain_timeout");
+        }
+        keys
+    }
+}
+
+/// Declares a sink kind's struct with the writer keys added.
+macro_rules! sink_kind {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            pub writer: RawWriter,
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Keys {
+                    #[serde(default)]
+                    #[allow(dead_code)]
+                    kind: IgnoredAny,
+                    $($(#[$fmeta])* $field: $ty,)*
+                    /// A batch closes at this many outcomes (≥ 1). Default 500.
+                    batch: Option<usize>,
+                    /// … or this long after its oldest outcome arrived. Default 1s.
+                    flush_every: Option<Dur>,
+                    /// Retries of a failed flush; then its items stay
+                    /// unacknowledged and run again later. Default 5.
+                    max_retries: Option<u32>,
+                    /// At shutdown, how long to write what is queued. Default 30s.
+                    drain_timeout: Option<Dur>,
+                }
+                let k = Keys::deserialize(deserializer)?;
+                Ok($name {
+                    $($field: k.$field,)*
+                    writer: RawWriter {
+                        batch: k.batch,
+                        flush_every: k.flush_every,
+                        max_retries: k.max_retries,
+                        drain_timeout: k.drain_timeout,
+                    },
+                })
+            }
+        }
+    };
+}
+
+sink_kind! {
+    /// `sink: {kind: sqlite}` — table `outcomes` (or `dead_letters`), upsert by id, WAL.
+    RawSqliteSink {
+        /// The database file. Default `outcomes.db` (sink), `dead-letter.db` (dead_letter).
+        path: Option<PathBuf>,
+        /// `normal` (default; survives a crash of lote) or `full` (survives a power cut).
+        synchronous: Option<SynchronousRaw>,
+        /// Wait this long for a lock another process holds. Default 5s.
+        busy_timeout: Option<Dur>,
+    }
+}
+
+sink_kind! {
+    /// `sink: {kind: jsonl}` — one JSON object per line, fsynced per batch.
+    RawJsonlSink {
+        /// The file. Default `outcomes.jsonl` (sink), `dead-letter.jsonl` (dead_letter).
+        path: Option<PathBuf>,
+        /// Rotate the file at this size; 0 = never. Default 64MiB.
+        rotate_bytes: Option<ByteSize>,
+        /// Rotated files kept (`path.1` … `path.N`). Default 5.
+        keep_files: Option<usize>,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynchronousRaw {
+    Normal,
+    Full,
+}
+
+/// `dead_letter: {kind: none}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNone {
+    #[serde(default)]
+    #[allow(dead_code)]
+    kind: IgnoredAny,
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// `metrics:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// How often the Prometheus textfile is written. Default 15s.
+    pub every: Option<Dur>,
+    /// A node_exporter textfile, written atomically. Default none.
+    pub textfile: Option<PathBuf>,
+    /// A summary log line this often. Default 30s.
+    pub log_every: Option<Dur>,
+}

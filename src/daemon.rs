@@ -1,0 +1,541 @@
+//! The daemon: `lote run`. Builds the parts a config names (source, handler,
+//! sinks, the write-behind thread), runs sessions — one (`--once`), one per
+//! `session.every` tick, or one continuous session polling a stream source —
+//! and turns signals into stops, reloads and status lines.
+//!
+//! # Threads (besides a session's own, see `session`)
+//!
+//! | thread | started by | stopped by |
+//! |---|---|---|
+//! | signals (`lote-signals`) | [`run`] | [`run`] closing the signal iterator on the way out |
+//! | status (`lote-status`) | [`run`] | the `over` handle, stopped by [`run`] on the way out |
+//! | writer (`lote-writer`) | [`run`] via `Writer::start` | `Writer::close` after the last session (drain) |
+//!
+//! # Signals
+//!
+//! - SIGTERM / SIGINT: the first stops (sessions end the graceful way: Stop
+//!   sentinels, drain, exit 0); the second hurries (exec children are killed,
+//!   what is done is flushed, exit).
+//! - SIGHUP: the config is read again and applied at the next session
+//!   boundary; if it is invalid, the error is logged and the old one stays.
+//! - SIGUSR1: a status summary in the log.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+
+use crate::config::{Config, ConfigError, HandlerSpec, SinkSpec, SourceSpec};
+use crate::dead_letter::Requeued;
+use crate::handler::exec::ExecHandler;
+use crate::handler::http::HttpHandler;
+use crate::handler::{Handler, Noop};
+use crate::metrics::{prometheus, Metrics};
+use crate::session::{EndReason, Session, SessionSummary, StopHandle, StopLevel, StopReason};
+use crate::sink::{JsonlSink, Sink, SqliteSink};
+use crate::source::lines::LinesSource;
+use crate::source::spool::SpoolSource;
+use crate::source::{Source, SqliteSource};
+use crate::status::{Status, StatusSources};
+use crate::sync::Mutex;
+use crate::writer::Writer;
+
+/// How `lote run` was asked to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    /// One session, then exit (cron / systemd timer mode).
+    pub once: bool,
+}
+
+/// How a run ended, for the exit code (SPEC §3.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every session complete, no item failed: exit 0.
+    Complete,
+    /// Some items failed (dead-lettered): exit 3.
+    ItemsFailed,
+    /// The deadline stopped a `--once` session with items left: exit 4.
+    DeadlineWithItemsLeft,
+    /// Stopped by a signal, gracefully: exit 0.
+    Stopped,
+}
+
+impl RunEnd {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            RunEnd::Complete | RunEnd::Stopped => 0,
+            RunEnd::ItemsFailed => 3,
+            RunEnd::DeadlineWithItemsLeft => 4,
+        }
+    }
+
+    /// `--once`: the deadline with items left says more than failures (the
+    /// run is incomplete), failures more than success.
+    fn of_session(summary: &SessionSummary) -> RunEnd {
+        match &summary.end {
+            EndReason::Stopped => RunEnd::Stopped,
+            EndReason::Deadline if summary.items_left() => RunEnd::DeadlineWithItemsLeft,
+            _ if summary.failed > 0 => RunEnd::ItemsFailed,
+            _ => RunEnd::Complete,
+        }
+    }
+}
+
+/// Why the daemon could not run (exit 1).
+#[derive(Debug)]
+pub enum DaemonError {
+    Config(ConfigError),
+    /// Building a part from a valid config failed (a missing directory, a
+    /// damaged database, a program not found); the message says which.
+    Build(String),
+    Session(String),
+}
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonError::Config(e) => write!(f, "{e}"),
+            DaemonError::Build(why) => f.write_str(why),
+            DaemonError::Session(why) => write!(f, "session failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// The running parts a config names.
+struct Parts {
+    config: Config,
+    source: Arc<dyn Source>,
+    handler: Arc<dyn Handler>,
+    /// The exec handler again, to kill its children on the way out.
+    exec: Option<Arc<ExecHandler>>,
+    writer: Arc<Writer>,
+}
+
+impl Parts {
+    /// Builds everything `config` names. `stream`: sources poll when empty.
+    fn build(config: Config, stream: bool) -> Result<Parts, DaemonError> {
+        let build = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
+        let same_sqlite_file = match (&config.source, &config.sink) {
+            (SourceSpec::Sqlite(source), SinkSpec::Sqlite(sink)) => same_file(&source.path, &sink.path),
+            _ => false,
+        };
+        let mut table_ack = None;
+        let source: Arc<dyn Source> = match &config.source {
+            SourceSpec::Spool(spool) => {
+                let mut spool = spool.clone();
+                spool.stream = stream;
+                Arc::new(SpoolSource::open(spool).map_err(|e| build("opening the spool source", &e))?)
+            }
+            SourceSpec::Lines(lines) => {
+                Arc::new(LinesSource::open(lines.clone()).map_err(|e| build("opening the lines source", &e))?)
+            }
+            SourceSpec::Sqlite(table) => {
+                let mut table = table.clone();
+                table.stream = stream;
+                let source = SqliteSource::open(table).map_err(|e| build("opening the sqlite source", &e))?;
+                if same_sqlite_file {
+                    // One file: outcome and acknowledgement in one transaction.
+                    table_ack = Some(source.table_ack());
+                    Arc::new(source.acked_in_sink_transaction())
+                } else {
+                    Arc::new(source)
+                }
+            }
+        };
+        let mut exec = None;
+        let handler: Arc<dyn Handler> = match &config.handler {
+            HandlerSpec::Exec(spec) => {
+                let handler = Arc::new(ExecHandler::new(spec.clone()).map_err(|e| build("the exec handler", &e))?);
+                exec = Some(Arc::clone(&handler));
+                handler
+            }
+            HandlerSpec::Http(spec) => {
+                Arc::new(HttpHandler::new(spec.clone()).map_err(|e| build("the http handler", &e))?)
+            }
+            HandlerSpec::Noop => Arc::new(Noop),
+        };
+        let mut sink = open_sink(&config.sink)?;
+        if let Some(ack) = table_ack {
+            let SinkSpec::Sqlite(spec) = &config.sink else {
+                unreachable!("table_ack is only set for a sqlite sink")
+            };
+            let sqlite = SqliteSink::open(spec.clone()).map_err(|e| build("opening the sink", &e))?;
+            sink = Box::new(sqlite.with_table_ack(ack).map_err(|e| build("opening the sink", &e))?);
+        }
+        let dead_letter = match &config.dead_letter {
+            Some(spec) => Some(open_sink(spec)?),
+            None => None,
+        };
+        let writer = Writer::start(config.writer.clone(), sink, dead_letter, Arc::clone(&source))
+            .map_err(|e| build("starting the writer", &e))?;
+        Ok(Parts {
+            config,
+            source,
+            handler,
+            exec,
+            writer: Arc::new(writer),
+        })
+    }
+
+    /// Drains the writer and kills any exec child still running.
+    fn close(&self) {
+        let report = self.writer.close();
+        if report.unwritten == 0 {
+            log::info!("writer drained");
+        }
+        if let Some(exec) = &self.exec {
+            exec.kill_all_running();
+        }
+    }
+}
+
+fn open_sink(spec: &SinkSpec) -> Result<Box<dyn Sink>, DaemonError> {
+    let opened: Result<Box<dyn Sink>, _> = match spec {
+        SinkSpec::Sqlite(config) => SqliteSink::open(config.clone()).map(|s| Box::new(s) as Box<dyn Sink>),
+        SinkSpec::Jsonl(config) => JsonlSink::open(config.clone()).map(|s| Box::new(s) as Box<dyn Sink>),
+    };
+    opened.map_err(|e| DaemonError::Build(format!("opening a sink: {e}")))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canonical(a) == canonical(b)
+}
+
+/// What the status thread reports, shared with the session loop.
+struct Shared {
+    /// Protects what changes between sessions.
+    inputs: Mutex<Inputs>,
+    metrics: Arc<Metrics>,
+    started_at: SystemTime,
+    config_path: PathBuf,
+}
+
+struct Inputs {
+    state: &'static str,
+    sessions: u64,
+    last: Option<(SessionSummary, SystemTime)>,
+    writer: Option<Arc<Writer>>,
+    breaker: Option<Arc<crate::policy::Breaker>>,
+    threads: usize,
+    status_file: PathBuf,
+    textfile: Option<PathBuf>,
+    every: Duration,
+    log_every: Duration,
+}
+
+impl Shared {
+    fn capture(&self) -> Status {
+        let inputs = self.inputs.lock();
+        let writer_metrics = inputs.writer.as_ref().map(|w| Arc::clone(w.metrics()));
+        Status::capture(
+            StatusSources {
+                metrics: &self.metrics,
+                writer: writer_metrics.as_deref(),
+                breaker: inputs.breaker.as_deref(),
+                threads: inputs.threads,
+            },
+            inputs.state,
+            &self.config_path.display().to_string(),
+            self.started_at,
+            inputs.sessions,
+            inputs.last.as_ref().map(|(summary, at)| (summary, *at)),
+        )
+    }
+
+    /// Writes the status file and the metrics textfile.
+    fn write_files(&self) {
+        let status = self.capture();
+        let (status_file, textfile) = {
+            let inputs = self.inputs.lock();
+            (inputs.status_file.clone(), inputs.textfile.clone())
+        };
+        if let Err(e) = status.write(&status_file) {
+            log::warn!("writing the status file {}: {e}", status_file.display());
+        }
+        if let Some(textfile) = textfile {
+            let text = prometheus::render(&status, &self.metrics);
+            if let Err(e) = crate::status::write_atomically(&textfile, text.as_bytes()) {
+                log::warn!("writing the metrics textfile {}: {e}", textfile.display());
+            }
+        }
+    }
+
+    fn set_state(&self, state: &'static str) {
+        self.inputs.lock().state = state;
+    }
+}
+
+/// The status thread: files every `metrics.every`, a summary line every
+/// `metrics.log_every`, warnings (queue ≥ 80 %, breaker open) when they
+/// start. Ends when `over` stops.
+fn status_thread(shared: &Shared, over: &StopHandle) {
+    let mut next_log = Instant::now();
+    let mut warned: Vec<String> = Vec::new();
+    loop {
+        let (every, log_every) = {
+            let inputs = shared.inputs.lock();
+            (inputs.every, inputs.log_every)
+        };
+        shared.write_files();
+        let status = shared.capture();
+        let warnings = status.warnings();
+        for warning in warnings.iter().filter(|w| !warned.contains(w)) {
+            log::warn!("{warning}");
+        }
+        warned = warnings;
+        if Instant::now() >= next_log {
+            log::info!("{}", status.summary_line());
+            next_log = Instant::now() + log_every;
+        }
+        if over.sleep(every.min(log_every).max(Duration::from_millis(100))) {
+            return;
+        }
+    }
+}
+
+/// `lote dead-letter requeue`: hands dead letters (`ids`, or all) back to
+/// the configured source and removes them from the dead-letter sink.
+pub fn requeue_dead_letters(config: &Config, ids: Option<&[String]>) -> Result<Requeued, DaemonError> {
+    let Some(spec) = &config.dead_letter else {
+        return Err(DaemonError::Build("this config has no dead_letter sink".into()));
+    };
+    let source: Box<dyn Source> = match &config.source {
+        SourceSpec::Spool(spool) => {
+            Box::new(SpoolSource::open(spool.clone()).map_err(|e| DaemonError::Build(e.to_string()))?)
+        }
+        SourceSpec::Sqlite(table) => {
+            Box::new(SqliteSource::open(table.clone()).map_err(|e| DaemonError::Build(e.to_string()))?)
+        }
+        SourceSpec::Lines(_) => {
+            return Err(DaemonError::Build(
+                "a lines source cannot take items back; requeue into a spool or sqlite source instead".into(),
+            ))
+        }
+    };
+    let mut sink = open_sink(spec)?;
+    crate::dead_letter::requeue(sink.as_mut(), source.as_ref(), ids).map_err(|e| DaemonError::Build(e.to_string()))
+}
+
+/// `lote run` with a config already loaded (and logging set up from it).
+pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
+    let stop = StopHandle::new();
+    let reload = Arc::new(AtomicBool::new(false));
+    let status_wanted = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new());
+
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+        .map_err(|e| DaemonError::Build(format!("installing signal handlers: {e}")))?;
+    let signals_handle = signals.handle();
+    let stream = !options.once && config.every.is_none();
+    // The running session's own stop handle (a child of `stop`).
+    let current: Arc<Mutex<Option<StopHandle>>> = Arc::new(Mutex::new(None));
+    let signal_thread = {
+        let (stop, reload, status_wanted) = (stop.clone(), Arc::clone(&reload), Arc::clone(&status_wanted));
+        let (current, continuous) = (Arc::clone(&current), stream);
+        thread::Builder::new()
+            .name("lote-signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    match signal {
+                        SIGTERM | SIGINT => {
+                            let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                            match stop.trigger(StopReason::Signal(name.into())) {
+                                StopLevel::Hurry => log::warn!("{name} again: cutting in-flight work short"),
+                                _ => log::info!("{name}: stopping after the items in hand"),
+                            }
+                        }
+                        SIGHUP => {
+                            log::info!("SIGHUP: the config is read again at the next session boundary");
+                            reload.store(true, Ordering::Relaxed);
+                            // A continuous session has no boundary of its
+                            // own: end it (gracefully) so one comes.
+                            if let Some(session) = current.lock().as_ref().filter(|_| continuous) {
+                                session.stop(StopReason::Requested);
+                            }
+                        }
+                        SIGUSR1 => status_wanted.store(true, Ordering::Relaxed),
+                        _ => {}
+                    }
+                }
+            })
+            .map_err(|e| DaemonError::Build(format!("starting the signal thread: {e}")))?
+    };
+
+    let result = (|| {
+        let mut parts = Parts::build(config, stream)?;
+        let shared = Shared {
+            inputs: Mutex::new(inputs_of(&parts)),
+            metrics: Arc::clone(&metrics),
+            started_at: SystemTime::now(),
+            config_path: options.config_path.clone(),
+        };
+        let over = stop.child();
+        let result = thread::scope(|scope| {
+            let status = thread::Builder::new()
+                .name("lote-status".into())
+                .spawn_scoped(scope, || status_thread(&shared, &over))
+                .map_err(|e| DaemonError::Build(format!("starting the status thread: {e}")))?;
+            let result = session_loop(
+                &mut parts,
+                &options,
+                &stop,
+                &current,
+                &metrics,
+                &shared,
+                &reload,
+                &status_wanted,
+            );
+            shared.set_state("draining");
+            parts.close();
+            shared.set_state("stopped");
+            over.stop(StopReason::Requested);
+            let _ = status.join();
+            shared.write_files();
+            result
+        });
+        result
+    })();
+    signals_handle.close();
+    let _ = signal_thread.join();
+    result
+}
+
+fn inputs_of(parts: &Parts) -> Inputs {
+    let config = &parts.config;
+    Inputs {
+        state: "starting",
+        sessions: 0,
+        last: None,
+        writer: Some(Arc::clone(&parts.writer)),
+        breaker: config.policy.breaker.clone(),
+        threads: config.session.threads,
+        status_file: config.state_dir.join("status.json"),
+        textfile: config.metrics.textfile.clone(),
+        every: config.metrics.every,
+        log_every: config.metrics.log_every,
+    }
+}
+
+/// Runs sessions until `--once` is done, a stop, or (stream) forever.
+#[allow(clippy::too_many_arguments)]
+fn session_loop(
+    parts: &mut Parts,
+    options: &RunOptions,
+    stop: &StopHandle,
+    current: &Mutex<Option<StopHandle>>,
+    metrics: &Arc<Metrics>,
+    shared: &Shared,
+    reload: &AtomicBool,
+    status_wanted: &AtomicBool,
+) -> Result<RunEnd, DaemonError> {
+    let mut end = RunEnd::Complete;
+    loop {
+        let started = Instant::now();
+        shared.set_state("running");
+        let session_stop = stop.child();
+        *current.lock() = Some(session_stop.clone());
+        let session = Session::new(
+            parts.config.session.clone(),
+            Arc::clone(&parts.source),
+            Arc::clone(&parts.handler),
+            Arc::clone(&parts.writer) as Arc<dyn crate::commit::Committer>,
+        )
+        .policy(parts.config.policy.clone())
+        .stop_handle(session_stop)
+        .metrics(Arc::clone(metrics));
+        let summary = session.run().map_err(|e| DaemonError::Session(e.to_string()));
+        *current.lock() = None;
+        let summary = summary?;
+        {
+            let mut inputs = shared.inputs.lock();
+            inputs.sessions += 1;
+            inputs.last = Some((summary.clone(), SystemTime::now()));
+            inputs.state = "idle";
+        }
+        shared.write_files();
+        if status_wanted.swap(false, Ordering::Relaxed) {
+            log::info!("{}", shared.capture().summary_line());
+        }
+        let this = RunEnd::of_session(&summary);
+        if options.once || stop.is_stopping() {
+            return Ok(if stop.is_stopping() { RunEnd::Stopped } else { this });
+        }
+        if this == RunEnd::ItemsFailed {
+            end = RunEnd::ItemsFailed;
+        }
+        let Some(every) = parts.config.every else {
+            if reload.swap(false, Ordering::Relaxed) {
+                // SIGHUP ended the continuous session: reload, go on.
+                apply_reload(parts, options, shared);
+                continue;
+            }
+            // A continuous session ended by itself (a lines file ran out).
+            return Ok(end);
+        };
+        let next = started + every;
+        if Instant::now() > next {
+            log::warn!(
+                "the session took {}ms, longer than session.every ({}ms): the next starts now",
+                started.elapsed().as_millis(),
+                every.as_millis()
+            );
+        } else if stop.sleep_until(next) {
+            return Ok(RunEnd::Stopped);
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            apply_reload(parts, options, shared);
+        }
+    }
+}
+
+/// SIGHUP: reads the config again; on success the parts are rebuilt, on
+/// failure the old config stays and the error is logged.
+fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) {
+    match Config::load(&options.config_path) {
+        Err(e) => log::error!("SIGHUP: the new config is invalid, keeping the old one: {e}"),
+        Ok(config) => {
+            let stream = !options.once && config.every.is_none();
+            if std::env::var_os("RUST_LOG").is_none() {
+                log::set_max_level(level_filter(&config.log));
+            }
+            // The old writer drains before the new parts open the same files.
+            parts.close();
+            match Parts::build(config, stream) {
+                Ok(new) => {
+                    *parts = new;
+                    let mut inputs = shared.inputs.lock();
+                    let (sessions, last) = (inputs.sessions, inputs.last.take());
+                    *inputs = Inputs {
+                        sessions,
+                        last,
+                        ..inputs_of(parts)
+                    };
+                    drop(inputs);
+                    log::info!("SIGHUP: config reloaded");
+                }
+                Err(e) => {
+                    log::error!("SIGHUP: the new config could not be applied ({e}); keeping the old one");
+                    let old = parts.config.clone();
+                    match Parts::build(old, stream) {
+                        Ok(rebuilt) => *parts = rebuilt,
+                        Err(e) => log::error!("rebuilding the old parts failed too: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `log:` level as a filter (`info` for anything unknown; the config
+/// validation has already refused unknown names).
+pub fn level_filter(level: &str) -> log::LevelFilter {
+    level.parse().unwrap_or(log::LevelFilter::Info)
+}
