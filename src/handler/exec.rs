@@ -7,9 +7,10 @@
 //!   absolute path (through PATH when it has no `/`); each call runs that file
 //!   with `command[1..]` as its arguments. Nothing is ever parsed by a shell
 //!   (SPEC §3.10); a user who wants one writes `["sh", "-c", "…"]` themselves.
-//! - **What the child gets.** stdin: the payload, written by its own thread and
-//!   then closed (an empty payload is `/dev/null`), so a child that reads slowly,
-//!   or not at all, cannot deadlock lote. Environment: lote's own, then
+//! - **What the child gets.** stdin: the payload, written as the pipe takes it
+//!   by the call's `poll` loop (which reads stdout and stderr in the same
+//!   loop) and then closed (an empty payload is `/dev/null`), so a child that
+//!   reads slowly, or not at all, cannot deadlock lote. Environment: lote's own, then
 //!   `config.env`, then `LOTE_ITEM_ID`, `LOTE_ATTEMPT`, `LOTE_PRIORITY` (lote's
 //!   three win). Working directory: `config.workdir`, else lote's.
 //! - **What lote keeps.** stdout: the first `output_limit` bytes become the
@@ -55,22 +56,22 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::{CallContext, Failure, Handler};
 use crate::item::Item;
-use crate::session::StopLevel;
 use crate::sync::Mutex;
 
 /// Bytes of stderr kept (the tail) for a failure message.
@@ -289,55 +290,12 @@ impl Handler for ExecHandler {
 
         let started = Instant::now();
         let mut running = self.spawn(ctx, item)?;
-        let (events_tx, events) = mpsc::channel();
-        let helper_failed = |e: io::Error| Failure::retryable(format!("cannot start a helper thread: {e}"));
-
-        if let Some(stdin) = running.child.stdin.take() {
-            // A copy: the writer may outlive the call if the child's stdin is
-            // held open by a process that escaped its group.
-            let payload = item.payload.clone();
-            spawn_named("lote-exec-stdin", move || feed_stdin(stdin, &payload)).map_err(helper_failed)?;
-        }
-        let stdout = running.child.stdout.take().expect("stdout is piped");
-        let stdout = Capture::start(
-            "lote-exec-stdout",
-            stdout,
-            Keep::Head(self.config.output_limit),
-            &events_tx,
-        )
-        .map_err(helper_failed)?;
-        let stderr = running.child.stderr.take().expect("stderr is piped");
-        let stderr =
-            Capture::start("lote-exec-stderr", stderr, Keep::Tail(STDERR_KEEP), &events_tx).map_err(helper_failed)?;
-        let pid = running.pgid;
-        let exit_tx = events_tx.clone();
-        spawn_named("lote-exec-wait", move || wait_for_exit(pid, exit_tx)).map_err(helper_failed)?;
-        // Wakes the wait below at once on a hurry; called at once if lote is
-        // already hurrying. Unregistered when `_hurry` drops.
-        let hurry_tx = events_tx.clone();
-        let _hurry = ctx.stop_handle().on_change(move |level| {
-            if level == StopLevel::Hurry {
-                let _ = hurry_tx.send(Event::Hurry);
-            }
-        });
-        // `events_tx` lives to the end of the call, so `events` never
-        // disconnects: every wait below ends by an event or by its timeout.
-        let mut waits = Waits {
-            events,
-            pipes_open: 2,
-            leader_exited: false,
-        };
-
-        let cut = waits.run(ctx.deadline(), started);
-        if cut.is_some() {
-            let _ = killpg(running.pgid, Signal::SIGTERM);
-            waits.grace(self.config.kill_grace);
-        }
+        let mut pump = Pump::new(&mut running.child, &item.payload, self.config.output_limit)
+            .map_err(|e| Failure::retryable(format!("cannot set up the child's pipes: {e}")))?;
+        let cut = pump.run(running.pgid, ctx, started, self.config.kill_grace);
         // SIGKILL to the group: the leader if it outlived the grace, or
         // whatever it left behind.
         let status = running.finish();
-        waits.drain(PIPE_DRAIN);
-        drop(events_tx);
 
         if let Some(cut) = cut {
             return Err(match cut {
@@ -348,10 +306,10 @@ impl Handler for ExecHandler {
         let status =
             status.map_err(|e| Failure::retryable(format!("cannot wait for {}: {e}", self.program.display())))?;
         if status.success() {
-            let bytes = stdout.take();
+            let bytes = pump.out;
             return Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()));
         }
-        let tail = stderr.take();
+        let tail = pump.err_tail();
         let tail = String::from_utf8_lossy(&tail);
         let tail = tail.trim();
         let with_tail = |head: String| {
@@ -408,16 +366,6 @@ impl Drop for Running<'_> {
     }
 }
 
-/// What wakes a waiting call.
-enum Event {
-    /// The leader exited (observed without reaping it).
-    LeaderExited,
-    /// stdout or stderr reached end-of-file.
-    PipeClosed,
-    /// lote is in a hurry.
-    Hurry,
-}
-
 /// Why a call cut its child short.
 enum Cut {
     /// The deadline passed, this long after the spawn.
@@ -425,180 +373,255 @@ enum Cut {
     Hurry,
 }
 
-/// The call's side of the event channel, and what it has heard so far.
-struct Waits {
-    events: Receiver<Event>,
-    pipes_open: u8,
-    leader_exited: bool,
+/// How long the pump sleeps at most between looks at the deadline, the hurry
+/// flag and the leader's exit while the child runs.
+const TICK: Duration = Duration::from_millis(20);
+
+/// One call's pipes, pumped from the calling thread with `poll(2)` (what
+/// std's `Command::output` does): the payload goes into stdin as the pipe
+/// takes it, stdout and stderr are read as they come, so a child that writes
+/// a lot while reading slowly cannot deadlock the call. One thread per call
+/// and no helpers: measured, four helper threads per call cost more than the
+/// child itself on 2 cores (benches/exec.rs).
+struct Pump<'p> {
+    stdin: Option<ChildStdin>,
+    payload: &'p [u8],
+    /// How much of `payload` went into stdin.
+    written: usize,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    /// The first `output_limit` bytes of stdout.
+    out: Vec<u8>,
+    output_limit: usize,
+    /// The end of stderr (trimmed to `STDERR_KEEP` in batches).
+    err: Vec<u8>,
+    /// Seen with `waitid(WNOWAIT)`: the leader exited, not yet reaped.
+    exited: bool,
 }
 
-impl Waits {
-    /// Waits for one event until `until` (`None`: with no time limit). Returns
-    /// the event that ended the wait (`None` on timeout). Counts pipes closed.
-    fn next(&mut self, until: Option<Instant>) -> Option<Event> {
-        let event = match until {
-            Some(until) => match self
-                .events
-                .recv_timeout(until.saturating_duration_since(Instant::now()))
-            {
-                Ok(event) => event,
-                Err(RecvTimeoutError::Timeout) => return None,
-                // The call holds a sender, so this cannot happen; a timeout is
-                // the safe reading.
-                Err(RecvTimeoutError::Disconnected) => return None,
-            },
-            None => self.events.recv().ok()?,
-        };
-        match event {
-            Event::LeaderExited => self.leader_exited = true,
-            Event::PipeClosed => self.pipes_open -= 1,
-            Event::Hurry => {}
+impl<'p> Pump<'p> {
+    fn new(child: &mut Child, payload: &'p [u8], output_limit: usize) -> io::Result<Self> {
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        if let Some(fd) = &stdin {
+            set_nonblocking(fd)?;
         }
-        Some(event)
+        if let Some(fd) = &stdout {
+            set_nonblocking(fd)?;
+        }
+        if let Some(fd) = &stderr {
+            set_nonblocking(fd)?;
+        }
+        Ok(Pump {
+            stdin,
+            payload,
+            written: 0,
+            stdout,
+            stderr,
+            out: Vec::new(),
+            output_limit,
+            err: Vec::new(),
+            exited: false,
+        })
     }
 
-    /// The normal wait: until the leader exits (`None`), the deadline passes or
-    /// lote hurries.
-    fn run(&mut self, deadline: Option<Instant>, started: Instant) -> Option<Cut> {
+    fn pipes_closed(&self) -> bool {
+        self.stdout.is_none() && self.stderr.is_none()
+    }
+
+    /// Pumps until the leader has exited and its pipes are drained (`None`),
+    /// or the call is cut short: on the deadline or a hurry the group gets
+    /// SIGTERM, and the pump returns once the leader exits or `grace` passes.
+    fn run(&mut self, pgid: Pid, ctx: &CallContext<'_>, started: Instant, grace: Duration) -> Option<Cut> {
+        let mut cut = None;
+        let mut grace_until: Option<Instant> = None;
+        let mut drain_until: Option<Instant> = None;
+        let mut exit_looks = 0u32;
         loop {
-            match self.next(deadline) {
-                Some(Event::LeaderExited) => return None,
-                Some(Event::Hurry) => return Some(Cut::Hurry),
-                Some(Event::PipeClosed) => {}
-                None if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    return Some(Cut::Deadline(started.elapsed()));
+            if !self.exited && leader_exited(pgid) {
+                self.exited = true;
+                // Whatever it left in its group dies with it. The leader is
+                // not reaped, so the pgid is still ours (module invariants).
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            let now = Instant::now();
+            if self.exited {
+                // Drain what the group wrote; a descendant that escaped the
+                // group and holds a pipe open gets `PIPE_DRAIN`, no more.
+                let until = *drain_until.get_or_insert(now + PIPE_DRAIN);
+                if self.pipes_closed() || now >= until {
+                    return cut;
                 }
-                // `recv` failed without a deadline (impossible, see `next`):
-                // treat like a deadline rather than spin.
-                None if deadline.is_none() => return Some(Cut::Deadline(started.elapsed())),
-                None => {}
+            } else if cut.is_none() {
+                let why = if ctx.is_cancelled() {
+                    Some(Cut::Hurry)
+                } else if ctx.deadline().is_some_and(|d| now >= d) {
+                    Some(Cut::Deadline(started.elapsed()))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    let _ = killpg(pgid, Signal::SIGTERM);
+                    grace_until = Some(now + grace);
+                    cut = Some(why);
+                }
+            } else if grace_until.is_some_and(|until| now >= until) {
+                return cut; // `finish` sends the SIGKILL
+            }
+            let mut wait = TICK;
+            if self.pipes_closed() && !self.exited {
+                // The exit follows end-of-file within microseconds (the
+                // kernel closes the files first): look again at once a few
+                // times, then back off.
+                exit_looks += 1;
+                if exit_looks <= 16 {
+                    std::thread::yield_now();
+                    continue;
+                }
+                wait = Duration::from_micros(250 << (exit_looks - 16).min(6)).min(TICK);
+            }
+            for until in [ctx.deadline().filter(|_| cut.is_none()), grace_until, drain_until]
+                .into_iter()
+                .flatten()
+            {
+                wait = wait.min(until.saturating_duration_since(now));
+            }
+            self.poll_once(wait);
+        }
+    }
+
+    /// One `poll` over the open pipes (or a sleep when none is open), then
+    /// as much writing and reading as they allow without blocking.
+    fn poll_once(&mut self, wait: Duration) {
+        let timeout = PollTimeout::from(u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX));
+        let (ready_in, ready_out, ready_err) = {
+            let mut fds = Vec::with_capacity(3);
+            let mut slots = [None; 3];
+            if let Some(fd) = &self.stdin {
+                slots[0] = Some(fds.len());
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+            }
+            if let Some(fd) = &self.stdout {
+                slots[1] = Some(fds.len());
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(fd) = &self.stderr {
+                slots[2] = Some(fds.len());
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            }
+            if fds.is_empty() {
+                std::thread::sleep(wait);
+                return;
+            }
+            if poll(&mut fds, timeout).is_err() {
+                return; // EINTR: the caller looks at the clock and comes back
+            }
+            let ready = |slot: Option<usize>| slot.is_some_and(|i| fds[i].revents().is_some_and(|r| !r.is_empty()));
+            (ready(slots[0]), ready(slots[1]), ready(slots[2]))
+        };
+        if ready_in {
+            self.feed();
+        }
+        if ready_out {
+            let (limit, out) = (self.output_limit, &mut self.out);
+            if drain(&mut self.stdout, |chunk| keep_head(out, limit, chunk)) {
+                self.stdout = None;
+            }
+        }
+        if ready_err {
+            let err = &mut self.err;
+            if drain(&mut self.stderr, |chunk| keep_tail(err, STDERR_KEEP, chunk)) {
+                self.stderr = None;
             }
         }
     }
 
-    /// After SIGTERM: until the leader exits or `grace` passes.
-    fn grace(&mut self, grace: Duration) {
-        let until = Instant::now() + grace;
-        while !self.leader_exited && Instant::now() < until {
-            self.next(Some(until));
-        }
-    }
-
-    /// After the group is dead: until both pipes are closed or `limit` passes.
-    fn drain(&mut self, limit: Duration) {
-        let until = Instant::now() + limit;
-        while self.pipes_open > 0 && Instant::now() < until {
-            self.next(Some(until));
-        }
-    }
-}
-
-/// Which bytes of a stream to keep.
-#[derive(Clone, Copy)]
-enum Keep {
-    /// The first n.
-    Head(usize),
-    /// The last n.
-    Tail(usize),
-}
-
-/// A pipe read to end-of-file by its own thread, keeping some of the bytes.
-/// The buffer is shared rather than returned so the call can take what was
-/// read even if the reader is still blocked on an escaped descendant.
-struct Capture {
-    keep: Keep,
-    /// What was kept so far. Locked per chunk read, and by `take`.
-    bytes: Mutex<Vec<u8>>,
-}
-
-impl Capture {
-    fn start(
-        name: &str,
-        mut pipe: impl Read + Send + 'static,
-        keep: Keep,
-        events: &Sender<Event>,
-    ) -> io::Result<Arc<Capture>> {
-        let capture = Arc::new(Capture {
-            keep,
-            bytes: Mutex::new(Vec::new()),
-        });
-        let reader = Arc::clone(&capture);
-        let events = events.clone();
-        spawn_named(name, move || {
-            let mut chunk = vec![0u8; 32 * 1024];
-            // Bytes seen so far (the head limit counts these, not the buffer,
-            // so a `take` does not reopen the head).
-            let mut seen = 0usize;
-            loop {
-                match pipe.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        reader.push(&chunk[..n], seen);
-                        seen = seen.saturating_add(n);
+    /// Writes what the pipe takes; closes stdin when the payload is in (or
+    /// the child stopped reading: EPIPE is its own business).
+    fn feed(&mut self) {
+        let Some(stdin) = self.stdin.as_mut() else { return };
+        while self.written < self.payload.len() {
+            match stdin.write(&self.payload[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::BrokenPipe {
+                        log::debug!("exec: writing the payload to the child's stdin failed: {e}");
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            let _ = events.send(Event::PipeClosed);
-        })?;
-        Ok(capture)
-    }
-
-    fn push(&self, chunk: &[u8], seen: usize) {
-        match self.keep {
-            Keep::Head(limit) => {
-                let room = limit.saturating_sub(seen).min(chunk.len());
-                if room > 0 {
-                    self.bytes.lock().extend_from_slice(&chunk[..room]);
-                }
-            }
-            Keep::Tail(limit) => {
-                let mut bytes = self.bytes.lock();
-                bytes.extend_from_slice(chunk);
-                // Trim in batches, not per chunk.
-                if bytes.len() > 2 * limit {
-                    let excess = bytes.len() - limit;
-                    bytes.drain(..excess);
+                    break;
                 }
             }
         }
+        self.stdin = None; // closing it is the child's end-of-file
     }
 
-    fn take(&self) -> Vec<u8> {
-        let mut bytes = std::mem::take(&mut *self.bytes.lock());
-        if let Keep::Tail(limit) = self.keep {
-            let excess = bytes.len().saturating_sub(limit);
-            bytes.drain(..excess);
+    /// The kept end of stderr.
+    fn err_tail(&self) -> Vec<u8> {
+        tail_of(&self.err, STDERR_KEEP).to_vec()
+    }
+}
+
+/// Keeps the first `limit` bytes of a stream in `kept`; the rest is dropped.
+fn keep_head(kept: &mut Vec<u8>, limit: usize, chunk: &[u8]) {
+    let room = limit.saturating_sub(kept.len()).min(chunk.len());
+    kept.extend_from_slice(&chunk[..room]);
+}
+
+/// Keeps (at least) the last `limit` bytes of a stream in `kept`, trimming
+/// in batches rather than per chunk; `tail_of` cuts it to size.
+fn keep_tail(kept: &mut Vec<u8>, limit: usize, chunk: &[u8]) {
+    kept.extend_from_slice(chunk);
+    if kept.len() > 2 * limit {
+        let excess = kept.len() - limit;
+        kept.drain(..excess);
+    }
+}
+
+fn tail_of(bytes: &[u8], limit: usize) -> &[u8] {
+    &bytes[bytes.len().saturating_sub(limit)..]
+}
+
+/// Reads a non-blocking pipe until it would block, handing each chunk to
+/// `keep`. True at end-of-file (or an error, read as end-of-file).
+fn drain(pipe: &mut Option<impl Read>, mut keep: impl FnMut(&[u8])) -> bool {
+    let Some(reader) = pipe.as_mut() else { return true };
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => keep(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
         }
-        bytes
     }
 }
 
-/// Writes the payload and closes stdin. A child that exits without reading
-/// it all is its own business (EPIPE is not an error here; std leaves
-/// SIGPIPE ignored in lote).
-fn feed_stdin(mut stdin: std::process::ChildStdin, payload: &[u8]) {
-    if let Err(e) = stdin.write_all(payload) {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            log::debug!("exec: writing the payload to the child's stdin failed: {e}");
+fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// True once `pgid`'s leader has exited, seen without reaping it (WNOWAIT:
+/// its pid, the pgid, is not recycled before `Running::finish`).
+fn leader_exited(pgid: Pid) -> bool {
+    loop {
+        match waitid(
+            Id::Pid(pgid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+        ) {
+            Ok(WaitStatus::StillAlive) => return false,
+            Ok(_) => return true,
+            Err(Errno::EINTR) => {}
+            // ECHILD/EINVAL cannot happen for our own unreaped child; if
+            // they do, there is nothing to wait for.
+            Err(_) => return true,
         }
     }
-}
-
-/// Blocks until `pid` exits, without reaping it, then says so.
-fn wait_for_exit(pid: Pid, events: Sender<Event>) {
-    // WNOWAIT: the leader stays a zombie, so its pid (the pgid) is not
-    // recycled before `Running::finish` has sent its last signal. Any result
-    // but EINTR ends the wait: an exit, or an error that cannot happen for our
-    // own unreaped child (ECHILD, EINVAL) — either way the call should go on.
-    while let Err(Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
-    let _ = events.send(Event::LeaderExited);
-}
-
-fn spawn_named(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    // Reused helper threads: four thread starts per call were the cost.
-    super::helpers::run(name, body)
 }
 
 /// `program` as an absolute path to an executable file, or an error saying
@@ -645,26 +668,20 @@ mod tests {
 
     #[test]
     fn head_keeps_the_first_bytes_across_chunks() {
-        let capture = Capture {
-            keep: Keep::Head(5),
-            bytes: Mutex::new(Vec::new()),
-        };
-        capture.push(b"abc", 0);
-        capture.push(b"defg", 3);
-        capture.push(b"hij", 7);
-        assert_eq!(capture.take(), b"abcde");
+        let mut kept = Vec::new();
+        for chunk in [&b"abc"[..], b"defg", b"hij"] {
+            keep_head(&mut kept, 5, chunk);
+        }
+        assert_eq!(kept, b"abcde");
     }
 
     #[test]
     fn tail_keeps_the_last_bytes() {
-        let capture = Capture {
-            keep: Keep::Tail(4),
-            bytes: Mutex::new(Vec::new()),
-        };
+        let mut kept = Vec::new();
         for chunk in [&b"0123"[..], b"4567", b"89"] {
-            capture.push(chunk, 0);
+            keep_tail(&mut kept, 4, chunk);
         }
-        assert_eq!(capture.take(), b"6789");
+        assert_eq!(tail_of(&kept, 4), b"6789");
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! handler; so are the kinds in this folder, one file each.
 
 pub mod exec;
-mod helpers;
 pub mod http;
 mod noop;
 
