@@ -386,3 +386,119 @@ fn check_accepts_the_reference_config_and_refuses_bad_ones_with_where_and_what()
     assert_eq!(setup.run(&["run", "--no-such-flag"]).status.code(), Some(2));
     assert_eq!(setup.run(&["--help"]).status.code(), Some(0));
 }
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "waited {limit:?} for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_runs_sessions_on_a_period_and_sighup_reloads_or_keeps_the_old_config() {
+    let setup = Setup::new();
+    let spool = setup.spool(3);
+    let body = |command: &str| {
+        spool_config(
+            &spool,
+            &format!("handler:\n  kind: exec\n  command: {command}"),
+            "  threads: 2\n  every: 300ms",
+        )
+    };
+    let config = setup.config(&body(r#"["cat"]"#));
+    let mut child = setup.spawn(&["run", "-c", config.to_str().unwrap()]);
+    let pid = Pid::from_raw(child.id() as i32);
+    let outputs = |setup: &Setup| -> Vec<(String, String)> {
+        let Ok(conn) = rusqlite::Connection::open(setup.path("state/outcomes.db")) else {
+            return Vec::new();
+        };
+        let Ok(mut s) = conn.prepare("SELECT id, output FROM outcomes ORDER BY id") else {
+            return Vec::new();
+        };
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.collect::<Result<_, _>>().unwrap_or_default()
+    };
+    wait_for("the first session", Duration::from_secs(10), || {
+        outputs(&setup).len() == 3
+    });
+
+    // A later tick takes files that arrive later.
+    fs::write(spool.join("late-1.txt"), "late one\n").unwrap();
+    wait_for("a later session", Duration::from_secs(10), || {
+        outputs(&setup).len() == 4
+    });
+
+    // An invalid config on SIGHUP: logged, the old one stays.
+    fs::write(&config, "session: {threads: 0}\n").unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    fs::write(spool.join("late-2.txt"), "late two\n").unwrap();
+    wait_for("a session after the bad reload", Duration::from_secs(10), || {
+        outputs(&setup).len() == 5
+    });
+
+    // A valid one on SIGHUP: applied at the next session boundary.
+    fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nlog: info\n{}",
+            setup.path("state").display(),
+            body(r#"["tr", "a-z", "A-Z"]"#)
+        ),
+    )
+    .unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    thread::sleep(Duration::from_millis(800));
+    fs::write(spool.join("late-3.txt"), "late three\n").unwrap();
+    wait_for("a session after the reload", Duration::from_secs(10), || {
+        outputs(&setup).len() == 6
+    });
+    let all = outputs(&setup);
+    let late3 = all.iter().find(|(id, _)| id == "late-3.txt").unwrap();
+    assert_eq!(late3.1, "LATE THREE\n", "the reloaded handler ran it");
+
+    kill(pid, Signal::SIGUSR1).unwrap();
+    thread::sleep(Duration::from_millis(600));
+    kill(pid, Signal::SIGTERM).unwrap();
+    let (code, _, err) = wait(&mut child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("keeping the old one"),
+        "the bad config was reported:\n{err}"
+    );
+    assert!(err.contains("config reloaded"), "{err}");
+    assert!(err.contains("workers"), "SIGUSR1 logged a status line:\n{err}");
+}
+
+#[test]
+fn a_lines_source_reads_standard_input() {
+    use std::io::Write as _;
+    let setup = Setup::new();
+    let config = setup.config(
+        "source:\n  kind: lines\n  path: \"-\"\n  format: ndjson\nhandler:\n  kind: exec\n  command: [\"cat\"]\nsink:\n  kind: jsonl\n  path: outcomes.jsonl\n",
+    );
+    let mut child = setup
+        .lote(&["run", "--once", "-c", config.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..5 {
+        writeln!(stdin, r#"{{"id": "reading-{i}", "payload": "value {i}"}}"#).unwrap();
+    }
+    writeln!(stdin, "not json").unwrap();
+    drop(stdin);
+    let (code, _, err) = wait(&mut child, Duration::from_secs(20));
+    assert_eq!(code, Some(3), "the malformed line failed: {err}");
+    let records = fs::read_to_string(setup.path("state/outcomes.jsonl")).unwrap();
+    for i in 0..5 {
+        assert!(
+            records.contains(&format!(r#""id":"reading-{i}","status":"done""#)),
+            "{records}"
+        );
+    }
+    let dead = fs::read_to_string(setup.path("state/dead-letter.jsonl")).unwrap();
+    assert!(dead.contains("line 6") && dead.contains("not json"), "{dead}");
+}
