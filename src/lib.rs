@@ -15,8 +15,9 @@
 //!   attempts, output or error, timings).
 //! - [`source`]: the [`Source`] trait (yield items, take back the ones not
 //!   processed, receive acknowledgements, take dead letters back);
-//!   [`source::VecSource`] (in memory) and [`source::SqliteSource`] (a work
-//!   table in a SQLite file).
+//!   [`source::VecSource`] (in memory), [`source::SqliteSource`] (a work
+//!   table in a SQLite file), [`source::spool::SpoolSource`] (a directory,
+//!   one file per item) and [`source::lines::LinesSource`] (a file or stdin).
 //! - [`queue`]: [`WorkQueue`], the bounded priority queue and its messages
 //!   (`Stop < Work(priority, seq) < EndOfData`), with the five `when_full`
 //!   modes. Nothing else lives there.
@@ -24,7 +25,8 @@
 //!   thread, the workers, the deadline thread, the [`StopHandle`] that stops
 //!   them, [`Qos`], and the [`SessionSummary`] a session returns.
 //! - [`handler`]: the [`Handler`] trait, its [`CallContext`] and [`Failure`];
-//!   closures are handlers; [`handler::Noop`].
+//!   closures are handlers; [`handler::Noop`], [`handler::exec::ExecHandler`]
+//!   (a command per item) and [`handler::http::HttpHandler`].
 //! - [`policy`]: what runs around a handler: [`policy::RetryPolicy`]
 //!   (exponential back-off with jitter), [`policy::Breaker`] (a lock-free
 //!   circuit breaker), the per-call timeout, and the loop that applies them.
@@ -36,7 +38,12 @@
 //!   and [`sink::JsonlSink`]; both also serve as the dead-letter sink.
 //! - [`dead_letter`]: list dead letters and requeue them into the source.
 //! - [`metrics`]: counters on atomics and latency histograms (queue wait,
-//!   handler time, end to end) with p50/p90/p99.
+//!   handler time, end to end) with p50/p90/p99; [`metrics::prometheus`]
+//!   renders them for a node_exporter textfile.
+//! - [`status`]: the status snapshot behind `status.json` and `lote status`.
+//! - [`config`]: the config file, raw then validated into the types above.
+//! - [`daemon`]: `lote run` — parts from a config, sessions on a schedule,
+//!   signals, reload. `src/main.rs` is the thin CLI over it.
 //! - `sync` (private): the Mutex/Condvar/atomics in use, swapped for loom's
 //!   under `--cfg loom`.
 //!

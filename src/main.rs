@@ -127,6 +127,9 @@ fn run(command: Command) -> Result<u8, String> {
             let (path, loaded) = config.load()?;
             init_logging(&loaded.log);
             log::info!("lote {} starting with {}", env!("CARGO_PKG_VERSION"), path.display());
+            for warning in &loaded.warnings {
+                log::warn!("{}: {warning}", path.display());
+            }
             let end = daemon::run(
                 RunOptions {
                     config_path: path,
@@ -141,6 +144,9 @@ fn run(command: Command) -> Result<u8, String> {
         Command::Check { config } => {
             let (path, loaded) = config.load()?;
             print!("{}", loaded.effective_yaml());
+            for warning in &loaded.warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             eprintln!("{}: ok", path.display());
             Ok(0)
         }
