@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | signals (`lote-signals`) | [`run`] | [`run`] closing the signal iterator on the way out |
 //! | status (`lote-status`) | [`run`] | the `over` handle, stopped by [`run`] on the way out |
+//! | notify (`lote-notify`) | [`run`], only under systemd (`NOTIFY_SOCKET` set) | the `over` handle, like status |
 //! | writer (`lote-writer`) | [`run`] via `Writer::start` | `Writer::close` after the last session (drain) |
 //!
 //! # Signals
@@ -19,6 +20,20 @@
 //! - SIGHUP: the config is read again and applied at the next session
 //!   boundary; if it is invalid, the error is logged and the old one stays.
 //! - SIGUSR1: a status summary in the log.
+//!
+//! # systemd (`Type=notify`; all silent without `NOTIFY_SOCKET`)
+//!
+//! - `READY=1` once the config is valid and the parts are built (stores
+//!   open, writer started).
+//! - `STATUS=` from the notify thread, at most once a second: state, queue,
+//!   busy workers, throughput, breaker, writer depth; while draining,
+//!   `draining: writer depth N`; when the watchdog withholds, why.
+//! - `STOPPING=1` on the first SIGTERM/SIGINT, or when the last session
+//!   ends, whichever comes first.
+//! - `EXTEND_TIMEOUT_USEC` while the writer drains, each time its depth went
+//!   down since the notify thread's last look.
+//! - `WATCHDOG=1` (with `WatchdogSec=`) only while the workers and the
+//!   writer progress or are idle by design: the rule is in `crate::notify`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +50,7 @@ use crate::handler::exec::ExecHandler;
 use crate::handler::http::HttpHandler;
 use crate::handler::{Handler, Noop};
 use crate::metrics::{prometheus, Metrics};
+use crate::notify::{Bounds, DrainWatch, Notifier, Progress, Watchdog, MAX_TICK};
 use crate::session::{EndReason, Session, SessionSummary, StopHandle, StopLevel, StopReason};
 use crate::sink::{JsonlSink, Sink, SqliteSink};
 use crate::source::lines::LinesSource;
@@ -229,6 +245,8 @@ struct Inputs {
     textfile: Option<PathBuf>,
     every: Duration,
     log_every: Duration,
+    /// The watchdog's bounds for the running config (`crate::notify`).
+    bounds: Bounds,
 }
 
 impl Shared {
@@ -301,6 +319,86 @@ fn status_thread(shared: &Shared, over: &StopHandle) {
     }
 }
 
+/// The notify thread (only with `NOTIFY_SOCKET`): every `WATCHDOG_USEC / 2`
+/// (at most [`MAX_TICK`]) it applies the watchdog rule and pings if healthy;
+/// it sends a `STATUS=` line at most once a second, and while the writer
+/// drains, its depth and a timeout extension each time the depth went down.
+/// Ends when `over` stops.
+fn notify_thread(shared: &Shared, over: &StopHandle, notifier: &Notifier) {
+    let period = notifier.watchdog_period();
+    // Not below 10 ms: a nonsense WATCHDOG_USEC must not make a busy loop.
+    let tick = period.map_or(MAX_TICK, |p| (p / 2).clamp(Duration::from_millis(10), MAX_TICK));
+    let look = || {
+        let inputs = shared.inputs.lock();
+        let writer = inputs.writer.as_ref().map(|w| Arc::clone(w.metrics()));
+        let breaker = inputs.breaker.as_ref().map(|b| b.state().as_str());
+        (inputs.state, inputs.bounds, inputs.threads, breaker, writer)
+    };
+    let (_, bounds, ..) = look();
+    let mut watchdog = Watchdog::new(bounds, Progress::default(), Instant::now());
+    let mut wedged = false;
+    let mut drain = DrainWatch::default();
+    // (when, outcomes) at the last running STATUS line, for the throughput.
+    let mut last_status: Option<(Instant, u64)> = None;
+    let mut last_drain_depth = None;
+    loop {
+        let (state, bounds, threads, breaker, writer) = look();
+        let progress = Progress::read(&shared.metrics, writer.as_deref());
+        let now = Instant::now();
+        if period.is_some() {
+            watchdog.set_bounds(bounds);
+            match watchdog.check(progress, now) {
+                Ok(()) => {
+                    if std::mem::take(&mut wedged) {
+                        log::warn!("watchdog: progress again; pinging systemd again");
+                    }
+                    notifier.watchdog();
+                }
+                Err(why) if !wedged => {
+                    wedged = true;
+                    log::error!("watchdog: {why}; withholding WATCHDOG=1 so that systemd restarts lote");
+                    notifier.status(&format!("wedged: {why}"));
+                }
+                Err(_) => {}
+            }
+        }
+        if state == "draining" {
+            if let Some(by) = drain.look(progress.writer_depth) {
+                notifier.extend(by);
+            }
+            if last_drain_depth != Some(progress.writer_depth) && !wedged {
+                notifier.status(&format!("draining: writer depth {}", progress.writer_depth));
+                last_drain_depth = Some(progress.writer_depth);
+            }
+        } else if !wedged && last_status.is_none_or(|(at, _)| now.duration_since(at) >= MAX_TICK) {
+            let m = &shared.metrics;
+            let outcomes = m.done.get() + m.failed.get() + m.skipped.get();
+            let rate = last_status.map_or(0.0, |(at, before)| {
+                outcomes.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()
+            });
+            let queue = m
+                .queue
+                .stats()
+                .map_or_else(|| "-".into(), |q| format!("{}/{}", q.len, q.capacity));
+            let mut line = format!(
+                "{state} | queue {queue} | busy {}/{threads} | {rate:.1} items/s | done {} failed {}",
+                progress.busy_workers,
+                m.done.get(),
+                m.failed.get()
+            );
+            if let Some(breaker) = breaker {
+                line.push_str(&format!(" | breaker {breaker}"));
+            }
+            line.push_str(&format!(" | writer depth {}", progress.writer_depth));
+            notifier.status(&line);
+            last_status = Some((now, outcomes));
+        }
+        if over.sleep(tick) {
+            return;
+        }
+    }
+}
+
 /// `lote dead-letter requeue`: hands dead letters (`ids`, or all) back to
 /// the configured source and removes them from the dead-letter sink.
 pub fn requeue_dead_letters(config: &Config, ids: Option<&[String]>) -> Result<Requeued, DaemonError> {
@@ -330,6 +428,7 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
     let reload = Arc::new(AtomicBool::new(false));
     let status_wanted = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
+    let notifier = Notifier::from_env();
 
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| DaemonError::Build(format!("installing signal handlers: {e}")))?;
@@ -339,7 +438,7 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
     let current: Arc<Mutex<Option<StopHandle>>> = Arc::new(Mutex::new(None));
     let signal_thread = {
         let (stop, reload, status_wanted) = (stop.clone(), Arc::clone(&reload), Arc::clone(&status_wanted));
-        let (current, continuous) = (Arc::clone(&current), stream);
+        let (current, continuous, notifier) = (Arc::clone(&current), stream, notifier.clone());
         thread::Builder::new()
             .name("lote-signals".into())
             .spawn(move || {
@@ -349,7 +448,10 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
                             let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
                             match stop.trigger(StopReason::Signal(name.into())) {
                                 StopLevel::Hurry => log::warn!("{name} again: cutting in-flight work short"),
-                                _ => log::info!("{name}: stopping after the items in hand"),
+                                _ => {
+                                    log::info!("{name}: stopping after the items in hand");
+                                    notifier.stopping();
+                                }
                             }
                         }
                         SIGHUP => {
@@ -371,18 +473,30 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
 
     let result = (|| {
         let mut parts = Parts::build(config, stream)?;
+        notifier.ready("started");
         let shared = Shared {
             inputs: Mutex::new(inputs_of(&parts)),
             metrics: Arc::clone(&metrics),
             started_at: SystemTime::now(),
             config_path: options.config_path.clone(),
         };
-        let over = stop.child();
+        // Not a child of `stop`: the status and notify threads report the
+        // drain that follows a stop, so they end only when `run` says.
+        let over = StopHandle::new();
         let result = thread::scope(|scope| {
             let status = thread::Builder::new()
                 .name("lote-status".into())
                 .spawn_scoped(scope, || status_thread(&shared, &over))
                 .map_err(|e| DaemonError::Build(format!("starting the status thread: {e}")))?;
+            let notify = if notifier.is_enabled() {
+                let spawned = thread::Builder::new()
+                    .name("lote-notify".into())
+                    .spawn_scoped(scope, || notify_thread(&shared, &over, &notifier))
+                    .map_err(|e| DaemonError::Build(format!("starting the notify thread: {e}")))?;
+                Some(spawned)
+            } else {
+                None
+            };
             let result = session_loop(
                 &mut parts,
                 &options,
@@ -393,11 +507,15 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
                 &reload,
                 &status_wanted,
             );
+            notifier.stopping();
             shared.set_state("draining");
             parts.close();
             shared.set_state("stopped");
             over.stop(StopReason::Requested);
             let _ = status.join();
+            if let Some(notify) = notify {
+                let _ = notify.join();
+            }
             shared.write_files();
             result
         });
@@ -421,6 +539,7 @@ fn inputs_of(parts: &Parts) -> Inputs {
         textfile: config.metrics.textfile.clone(),
         every: config.metrics.every,
         log_every: config.metrics.log_every,
+        bounds: Bounds::of(config),
     }
 }
 

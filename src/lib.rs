@@ -43,7 +43,11 @@
 //! - [`status`]: the status snapshot behind `status.json` and `lote status`.
 //! - [`config`]: the config file, raw then validated into the types above.
 //! - [`daemon`]: `lote run` — parts from a config, sessions on a schedule,
-//!   signals, reload. `src/main.rs` is the thin CLI over it.
+//!   signals, reload.
+//! - [`cli`]: the command line's definition (clap), shared by `src/main.rs`
+//!   (thin: parse, log, exit codes) and the man page generator.
+//! - [`notify`]: systemd's sd_notify protocol (ready, status, stopping,
+//!   drain extensions) and the watchdog's health rule.
 //! - `sync` (private): the Mutex/Condvar/atomics in use, swapped for loom's
 //!   under `--cfg loom`.
 //!
@@ -82,6 +86,7 @@
 //! # }
 //! ```
 
+pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod daemon;
@@ -89,6 +94,7 @@ pub mod dead_letter;
 pub mod handler;
 pub mod item;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod queue;
 pub mod session;

@@ -1,114 +1,21 @@
-//! The `lote` binary: the CLI of SPEC §3.8, thin over the library. Parsing
-//! and exit codes live here; everything else is `lote::daemon` and friends.
+//! The `lote` binary: the CLI of SPEC §3.8, thin over the library. The clap
+//! types are `lote::cli` (shared with the man page generator,
+//! `examples/manpage.rs`); dispatch and exit codes live here; everything
+//! else is `lote::daemon` and friends.
 //!
 //! Exit codes: 0 done (or stopped by a signal), 1 fatal error (config, I/O),
 //! 2 usage, 3 some items failed (dead-lettered), 4 stopped by the deadline
 //! with items left.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 
-use lote::config::{Config, SinkSpec};
+use lote::cli::{Cli, Command, DeadLetterCommand};
+use lote::config::SinkSpec;
 use lote::daemon::{self, RunOptions};
 use lote::sink::{JsonlSink, Record, Sink, SqliteSink};
 use lote::status::Status;
-
-/// lote moves work items from a source (a spool directory, a file of lines, a
-/// SQLite table), through worker threads and a handler (a command, an HTTP
-/// call), and persists every outcome to SQLite or JSONL. It stops cleanly on
-/// a signal or a deadline without losing an item.
-#[derive(Parser, Debug)]
-#[command(name = "lote", version, about, long_about = None, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run sessions: one with --once, else one per `session.every`, else one
-    /// continuous session that polls the source. SIGTERM/SIGINT stop
-    /// gracefully (twice: hurry), SIGHUP reloads the config, SIGUSR1 logs a
-    /// status line.
-    Run {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Run one session, then exit (cron / timer mode). Exit code 0 done,
-        /// 3 items failed, 4 deadline reached with items left.
-        #[arg(long)]
-        once: bool,
-    },
-    /// Validate the config and print the effective config, defaults filled in.
-    Check {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// Show the running (or last) daemon's status from <state_dir>/status.json.
-    Status {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Print the status file's JSON instead of the summary.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List or requeue items that failed for good.
-    #[command(subcommand)]
-    DeadLetter(DeadLetterCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum DeadLetterCommand {
-    /// List the dead letters: id, attempts, error.
-    List {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// One JSON record per line, payload included.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Hand dead letters back to the source as pending items and remove them
-    /// from the dead-letter sink.
-    Requeue {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The id of a dead letter to requeue (repeat for more).
-        #[arg(long = "id", value_name = "ID", required_unless_present = "all")]
-        ids: Vec<String>,
-        /// Requeue every dead letter.
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-    },
-}
-
-#[derive(Args, Debug)]
-struct ConfigArg {
-    /// The config file [default: /etc/lote/config.yaml if it exists, else ./config.yaml]
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    path: Option<PathBuf>,
-}
-
-impl ConfigArg {
-    fn resolve(&self) -> PathBuf {
-        if let Some(path) = &self.path {
-            return path.clone();
-        }
-        let system = Path::new("/etc/lote/config.yaml");
-        if system.exists() {
-            system.to_path_buf()
-        } else {
-            PathBuf::from("config.yaml")
-        }
-    }
-
-    fn load(&self) -> Result<(PathBuf, Config), String> {
-        let path = self.resolve();
-        Config::load(&path)
-            .map(|config| (path, config))
-            .map_err(|e| e.to_string())
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

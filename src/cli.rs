@@ -1,0 +1,131 @@
+//! The command line of SPEC §3.8, as clap types. They live in the library,
+//! not in `src/main.rs`, so that `examples/manpage.rs` can render lote(8)
+//! from the same definition the binary parses (`Cli::command()`): the man
+//! page cannot drift from `--help`. The binary (`src/main.rs`) matches on
+//! [`Command`] and maps results to exit codes.
+//!
+//! Exit codes: 0 done (or stopped by a signal), 1 fatal error (config, I/O),
+//! 2 usage, 3 some items failed (dead-lettered), 4 stopped by the deadline
+//! with items left.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+/// The config file used when `-c` is not given and it exists.
+pub const SYSTEM_CONFIG: &str = "/etc/lote/config.yaml";
+
+/// What `lote --help` and lote(8) show after the options: the parts of the
+/// interface that are not flags (exit codes, signals, files).
+const AFTER_HELP: &str = "\
+Exit codes of `run --once`: 0 complete with no item failed (or stopped gracefully by a signal), \
+1 fatal error (config, I/O), 2 usage, 3 some items failed (dead-lettered), \
+4 stopped by the deadline with items left (run again to finish them).
+
+Signals: SIGTERM/SIGINT stop gracefully (workers finish the item in hand, queued items go back \
+to the source, outcomes are drained); a second one hurries (exec children are killed). \
+SIGHUP re-reads the config at the next session boundary. SIGUSR1 logs a status line.
+
+Files: /etc/lote/config.yaml (the default config), <state_dir>/status.json (read by `lote status`). \
+Under systemd: lote.service, lote@NAME.service (/etc/lote/NAME.yaml), \
+lote-once@NAME.timer (`run --once` on a calendar).";
+
+/// lote moves work items from a source (a spool directory, a file of lines, a
+/// SQLite table), through worker threads and a handler (a command, an HTTP
+/// call), and persists every outcome to SQLite or JSONL. It stops cleanly on
+/// a signal or a deadline without losing an item.
+#[derive(Parser, Debug)]
+#[command(name = "lote", version, about, long_about = None, propagate_version = true, after_long_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run sessions: one with --once, else one per `session.every`, else one
+    /// continuous session that polls the source. SIGTERM/SIGINT stop
+    /// gracefully (twice: hurry), SIGHUP reloads the config, SIGUSR1 logs a
+    /// status line.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run one session, then exit (cron / timer mode). Exit code 0 done,
+        /// 3 items failed, 4 deadline reached with items left.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Validate the config and print the effective config, defaults filled in.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show the running (or last) daemon's status from <state_dir>/status.json.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the status file's JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List or requeue items that failed for good.
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLetterCommand {
+    /// List the dead letters: id, attempts, error.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON record per line, payload included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand dead letters back to the source as pending items and remove them
+    /// from the dead-letter sink.
+    Requeue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The id of a dead letter to requeue (repeat for more).
+        #[arg(long = "id", value_name = "ID", required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Requeue every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArg {
+    /// The config file [default: /etc/lote/config.yaml if it exists, else ./config.yaml]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub path: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file to read: `-c FILE`, else [`SYSTEM_CONFIG`] if it exists,
+    /// else `./config.yaml`.
+    pub fn resolve(&self) -> PathBuf {
+        if let Some(path) = &self.path {
+            return path.clone();
+        }
+        let system = Path::new(SYSTEM_CONFIG);
+        if system.exists() {
+            system.to_path_buf()
+        } else {
+            PathBuf::from("config.yaml")
+        }
+    }
+
+    /// Reads and validates the config; the error is the message to print.
+    pub fn load(&self) -> Result<(PathBuf, Config), String> {
+        let path = self.resolve();
+        Config::load(&path)
+            .map(|config| (path, config))
+            .map_err(|e| e.to_string())
+    }
+}
