@@ -491,9 +491,17 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
             let notify = if notifier.is_enabled() {
                 let spawned = thread::Builder::new()
                     .name("lote-notify".into())
-                    .spawn_scoped(scope, || notify_thread(&shared, &over, &notifier))
-                    .map_err(|e| DaemonError::Build(format!("starting the notify thread: {e}")))?;
-                Some(spawned)
+                    .spawn_scoped(scope, || notify_thread(&shared, &over, &notifier));
+                match spawned {
+                    Ok(spawned) => Some(spawned),
+                    Err(e) => {
+                        // The status thread is running: end it, or the scope
+                        // would wait for it forever.
+                        over.stop(StopReason::Requested);
+                        parts.close();
+                        return Err(DaemonError::Build(format!("starting the notify thread: {e}")));
+                    }
+                }
             } else {
                 None
             };
