@@ -151,7 +151,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let m = metrics.snapshot();
     println!(
         "retries={} handler p50={}µs p99={}µs end-to-end p99={}µs",
-        m.retries,
+        m.counters.retries,
         m.handler_time.p50.as_micros(),
         m.handler_time.p99.as_micros(),
         m.end_to_end.p99.as_micros()

@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{HistogramSnapshot, Metrics, MetricsSnapshot};
+use crate::metrics::{HistogramSnapshot, Metrics};
+// Part of the status file; defined beside the counters it copies.
+pub use crate::metrics::Counters;
 use crate::policy::{Breaker, BreakerState};
 use crate::session::SessionSummary;
 use crate::sink::timestamp;
@@ -128,23 +130,6 @@ pub struct WriterStatus {
     /// How long the oldest outcome not yet durable has waited; `None` when
     /// everything handed over is durable.
     pub oldest_unflushed_ms: Option<f64>,
-}
-
-/// The engine's counters, cumulative since the daemon started.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub pulled: u64,
-    pub queued: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub returned: u64,
-    pub retries: u64,
-    pub panics: u64,
-    pub timeouts: u64,
-    pub breaker_opens: u64,
-    pub commit_errors: u64,
-    pub source_errors: u64,
 }
 
 /// The three latency histograms, summarised.
@@ -275,7 +260,7 @@ impl Status {
                 last_flush_ms: millis(w.last_flush()),
                 oldest_unflushed_ms: w.oldest_unflushed_age().map(millis),
             }),
-            counters: Counters::from(&snapshot),
+            counters: snapshot.counters.clone(),
             latency: Latencies {
                 queue_wait: Latency::from(&snapshot.queue_wait),
                 handler: Latency::from(&snapshot.handler_time),
@@ -467,25 +452,6 @@ impl fmt::Display for Status {
             line(f, "warning", format_args!("{warning}"))?;
         }
         Ok(())
-    }
-}
-
-impl From<&MetricsSnapshot> for Counters {
-    fn from(s: &MetricsSnapshot) -> Self {
-        Counters {
-            pulled: s.pulled,
-            queued: s.queued,
-            done: s.done,
-            failed: s.failed,
-            skipped: s.skipped,
-            returned: s.returned,
-            retries: s.retries,
-            panics: s.panics,
-            timeouts: s.timeouts,
-            breaker_opens: s.breaker_opens,
-            commit_errors: s.commit_errors,
-            source_errors: s.source_errors,
-        }
     }
 }
 

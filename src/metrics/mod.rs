@@ -234,18 +234,20 @@ impl Metrics {
     /// A copy of every counter and histogram now.
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
-            pulled: self.pulled.get(),
-            queued: self.queued.get(),
-            done: self.done.get(),
-            failed: self.failed.get(),
-            skipped: self.skipped.get(),
-            returned: self.returned.get(),
-            retries: self.retries.get(),
-            panics: self.panics.get(),
-            timeouts: self.timeouts.get(),
-            breaker_opens: self.breaker_opens.get(),
-            commit_errors: self.commit_errors.get(),
-            source_errors: self.source_errors.get(),
+            counters: Counters {
+                pulled: self.pulled.get(),
+                queued: self.queued.get(),
+                done: self.done.get(),
+                failed: self.failed.get(),
+                skipped: self.skipped.get(),
+                returned: self.returned.get(),
+                retries: self.retries.get(),
+                panics: self.panics.get(),
+                timeouts: self.timeouts.get(),
+                breaker_opens: self.breaker_opens.get(),
+                commit_errors: self.commit_errors.get(),
+                source_errors: self.source_errors.get(),
+            },
             busy_workers: self.busy_workers.get(),
             queue_wait: self.queue_wait.snapshot(),
             handler_time: self.handler_time.snapshot(),
@@ -254,9 +256,11 @@ impl Metrics {
     }
 }
 
-/// Every counter and histogram at one moment.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MetricsSnapshot {
+/// The engine's counters at one moment, cumulative since the `Metrics` was
+/// made. Also the `counters` object of `status.json` (its field names are
+/// that file's contract: add fields, never rename).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
     pub pulled: u64,
     pub queued: u64,
     pub done: u64,
@@ -269,6 +273,12 @@ pub struct MetricsSnapshot {
     pub breaker_opens: u64,
     pub commit_errors: u64,
     pub source_errors: u64,
+}
+
+/// Every counter and histogram at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    pub counters: Counters,
     pub busy_workers: u64,
     pub queue_wait: HistogramSnapshot,
     pub handler_time: HistogramSnapshot,
