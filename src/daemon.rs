@@ -52,7 +52,7 @@ use crate::handler::{Handler, Noop};
 use crate::metrics::{prometheus, Metrics};
 use crate::notify::{Bounds, DrainWatch, Notifier, Progress, Watchdog, MAX_TICK};
 use crate::session::{EndReason, Session, SessionSummary, StopHandle, StopLevel, StopReason};
-use crate::sink::{JsonlSink, Sink, SqliteSink};
+use crate::sink::{JsonlSink, Sink, SqliteSink, TableAck};
 use crate::source::lines::LinesSource;
 use crate::source::spool::SpoolSource;
 use crate::source::{Source, SqliteSource};
@@ -144,26 +144,15 @@ impl Parts {
         };
         let mut table_ack = None;
         let source: Arc<dyn Source> = match &config.source {
-            SourceSpec::Spool(spool) => {
-                let mut spool = spool.clone();
-                spool.stream = stream;
-                Arc::new(SpoolSource::open(spool).map_err(|e| build("opening the spool source", &e))?)
-            }
-            SourceSpec::Lines(lines) => {
-                Arc::new(LinesSource::open(lines.clone()).map_err(|e| build("opening the lines source", &e))?)
-            }
-            SourceSpec::Sqlite(table) => {
+            SourceSpec::Sqlite(table) if same_sqlite_file => {
                 let mut table = table.clone();
                 table.stream = stream;
                 let source = SqliteSource::open(table).map_err(|e| build("opening the sqlite source", &e))?;
-                if same_sqlite_file {
-                    // One file: outcome and acknowledgement in one transaction.
-                    table_ack = Some(source.table_ack());
-                    Arc::new(source.acked_in_sink_transaction())
-                } else {
-                    Arc::new(source)
-                }
+                // One file: outcome and acknowledgement in one transaction.
+                table_ack = Some(source.table_ack());
+                Arc::new(source.acked_in_sink_transaction())
             }
+            spec => open_source(spec, stream)?,
         };
         let mut exec = None;
         let handler: Arc<dyn Handler> = match &config.handler {
@@ -177,16 +166,9 @@ impl Parts {
             }
             HandlerSpec::Noop => Arc::new(Noop),
         };
-        let mut sink = open_sink(&config.sink)?;
-        if let Some(ack) = table_ack {
-            let SinkSpec::Sqlite(spec) = &config.sink else {
-                unreachable!("table_ack is only set for a sqlite sink")
-            };
-            let sqlite = SqliteSink::open(spec.clone()).map_err(|e| build("opening the sink", &e))?;
-            sink = Box::new(sqlite.with_table_ack(ack).map_err(|e| build("opening the sink", &e))?);
-        }
+        let sink = open_sink(&config.sink, table_ack)?;
         let dead_letter = match &config.dead_letter {
-            Some(spec) => Some(open_sink(spec)?),
+            Some(spec) => Some(open_sink(spec, None)?),
             None => None,
         };
         let writer = Writer::start(config.writer.clone(), sink, dead_letter, Arc::clone(&source))
@@ -212,12 +194,37 @@ impl Parts {
     }
 }
 
-fn open_sink(spec: &SinkSpec) -> Result<Box<dyn Sink>, DaemonError> {
-    let opened: Result<Box<dyn Sink>, _> = match spec {
-        SinkSpec::Sqlite(config) => SqliteSink::open(config.clone()).map(|s| Box::new(s) as Box<dyn Sink>),
-        SinkSpec::Jsonl(config) => JsonlSink::open(config.clone()).map(|s| Box::new(s) as Box<dyn Sink>),
-    };
-    opened.map_err(|e| DaemonError::Build(format!("opening a sink: {e}")))
+/// Opens the source `spec` names. `stream`: an empty spool or table means
+/// "nothing yet" (a daemon polls) rather than the end of the session.
+fn open_source(spec: &SourceSpec, stream: bool) -> Result<Arc<dyn Source>, DaemonError> {
+    let failed = |kind: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("opening the {kind} source: {e}"));
+    Ok(match spec {
+        SourceSpec::Spool(spool) => {
+            let mut spool = spool.clone();
+            spool.stream = stream;
+            Arc::new(SpoolSource::open(spool).map_err(|e| failed("spool", &e))?)
+        }
+        SourceSpec::Lines(lines) => Arc::new(LinesSource::open(lines.clone()).map_err(|e| failed("lines", &e))?),
+        SourceSpec::Sqlite(table) => {
+            let mut table = table.clone();
+            table.stream = stream;
+            Arc::new(SqliteSource::open(table).map_err(|e| failed("sqlite", &e))?)
+        }
+    })
+}
+
+/// Opens the sink `spec` names; a SQLite sink with `table_ack` also marks
+/// the source's rows in each outcome transaction.
+fn open_sink(spec: &SinkSpec, table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, DaemonError> {
+    let failed = |e: &dyn std::fmt::Display| DaemonError::Build(format!("opening a sink: {e}"));
+    Ok(match (spec, table_ack) {
+        (SinkSpec::Sqlite(config), None) => Box::new(SqliteSink::open(config.clone()).map_err(|e| failed(&e))?),
+        (SinkSpec::Sqlite(config), Some(ack)) => {
+            let sink = SqliteSink::open(config.clone()).map_err(|e| failed(&e))?;
+            Box::new(sink.with_table_ack(ack).map_err(|e| failed(&e))?)
+        }
+        (SinkSpec::Jsonl(config), _) => Box::new(JsonlSink::open(config.clone()).map_err(|e| failed(&e))?),
+    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -405,20 +412,9 @@ pub fn requeue_dead_letters(config: &Config, ids: Option<&[String]>) -> Result<R
     let Some(spec) = &config.dead_letter else {
         return Err(DaemonError::Build("this config has no dead_letter sink".into()));
     };
-    let source: Box<dyn Source> = match &config.source {
-        SourceSpec::Spool(spool) => {
-            Box::new(SpoolSource::open(spool.clone()).map_err(|e| DaemonError::Build(e.to_string()))?)
-        }
-        SourceSpec::Sqlite(table) => {
-            Box::new(SqliteSource::open(table.clone()).map_err(|e| DaemonError::Build(e.to_string()))?)
-        }
-        SourceSpec::Lines(_) => {
-            return Err(DaemonError::Build(
-                "a lines source cannot take items back; requeue into a spool or sqlite source instead".into(),
-            ))
-        }
-    };
-    let mut sink = open_sink(spec)?;
+    // A lines source opens (nothing is read) and refuses the requeue itself.
+    let source = open_source(&config.source, false)?;
+    let mut sink = open_sink(spec, None)?;
     crate::dead_letter::requeue(sink.as_mut(), source.as_ref(), ids).map_err(|e| DaemonError::Build(e.to_string()))
 }
 
@@ -434,7 +430,10 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
         .map_err(|e| DaemonError::Build(format!("installing signal handlers: {e}")))?;
     let signals_handle = signals.handle();
     let stream = !options.once && config.every.is_none();
-    // The running session's own stop handle (a child of `stop`).
+    // The running session's own stop handle (a child of `stop`). Protects
+    // which session is current: set and cleared by the session loop, read
+    // by the signal thread (SIGHUP ends a continuous session); held only to
+    // set, clear or clone it.
     let current: Arc<Mutex<Option<StopHandle>>> = Arc::new(Mutex::new(None));
     let signal_thread = {
         let (stop, reload, status_wanted) = (stop.clone(), Arc::clone(&reload), Arc::clone(&status_wanted));

@@ -79,7 +79,11 @@ pub struct SqliteSource {
     /// True once the sink acknowledges in its own transaction.
     acked_by_sink: bool,
     /// Protects the connection: pulls (producer), give-backs (workers) and
-    /// acks (writer) come from different threads.
+    /// acks (writer) come from different threads. It is held across each
+    /// statement's disk write on purpose: a `Connection` is one SQLite
+    /// handle that must not be used by two threads at once, and SQLite
+    /// itself serialises writers to the file. Nobody holds it across a
+    /// handler call; the hot path (workers) takes it only to give items back.
     conn: Mutex<Connection>,
 }
 
