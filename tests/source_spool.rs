@@ -146,14 +146,18 @@ fn acknowledged_files_move_to_done_or_failed() {
 }
 
 #[test]
-fn a_done_file_of_the_same_name_is_replaced() {
+fn a_done_file_of_the_same_name_is_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "x", "new");
     let source = SpoolSource::open(config(dir.path())).unwrap();
     write(&dir.path().join("done"), "x", "old");
     let pulled = items(source.pull(10).unwrap());
     source.ack(&[outcome(&pulled[0], Status::Done)]).unwrap();
-    assert_eq!(fs::read(dir.path().join("done/x")).unwrap(), b"new");
+    assert_eq!(fs::read(dir.path().join("done/x")).unwrap(), b"old");
+    let done = names(&dir.path().join("done"));
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(done[1].starts_with("x.~") && done[1].ends_with('~'), "{done:?}");
+    assert_eq!(fs::read(dir.path().join("done").join(&done[1])).unwrap(), b"new");
 }
 
 #[test]
@@ -255,14 +259,25 @@ fn a_symlinked_done_directory_is_refused() {
 }
 
 #[test]
-fn dot_files_and_directories_are_skipped() {
+fn dot_files_are_skipped_and_directories_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), ".in-progress.json", "half");
     write(dir.path(), "ready.json", "whole");
     fs::create_dir(dir.path().join("a-directory")).unwrap();
     write(&dir.path().join("a-directory"), "nested", "not an item");
     let source = SpoolSource::open(config(dir.path())).unwrap();
-    assert_eq!(ids(&items(source.pull(100).unwrap())), vec!["ready.json"]);
+    let pulled = items(source.pull(100).unwrap());
+    assert_eq!(ids(&pulled), vec!["a-directory", "ready.json"]);
+    let defect = pulled[0].defect.as_deref().unwrap();
+    assert!(defect.starts_with("it is a directory"), "{defect}");
+    assert_eq!(pulled[1].defect, None);
+    source
+        .ack(&[outcome(&pulled[0], Status::Failed), outcome(&pulled[1], Status::Done)])
+        .unwrap();
+    assert_eq!(
+        fs::read(dir.path().join("failed/a-directory/nested")).unwrap(),
+        b"not an item"
+    );
     assert_eq!(source.pull(100).unwrap(), Pull::Exhausted);
     // The producer's rename makes the dot-file an item.
     fs::rename(

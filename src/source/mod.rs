@@ -10,6 +10,7 @@
 pub mod lines;
 mod memory;
 pub mod spool;
+mod spool_fs;
 mod sqlite;
 
 pub use memory::VecSource;

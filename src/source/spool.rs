@@ -61,17 +61,19 @@
 //!   is put back and waits again.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::spool_fs::{self, DirHandle, Kind, Stat, SubDir};
 use super::{Pull, ReturnReason, Source, SourceError};
 use crate::item::{Item, Outcome, Priority, Status, DEFAULT_PRIORITY};
 use crate::sync::Mutex;
@@ -137,6 +139,13 @@ const DONE: &str = "done";
 const FAILED: &str = "failed";
 const LOCK: &str = ".lote.lock";
 
+/// Names in `<dir>/` that are never items: lote's own subdirectories (the
+/// dot-names are skipped anyway) and the `lost+found` of a file system root.
+const RESERVED: [&str; 3] = [DONE, FAILED, "lost+found"];
+
+/// Why an entry whose name is not UTF-8 is dead-lettered.
+const NOT_UTF8: &str = "its name is not UTF-8: refused unread (the id shows each byte that is not UTF-8 as %XX)";
+
 /// A pull serves the sorted candidates of its last scan for at most this
 /// long before it scans again, so a newly arrived urgent file waits at most
 /// this long, and a backlog of 100 000 files is not listed once per pull.
@@ -152,29 +161,39 @@ const SCANS_PER_PULL: usize = 4;
 /// A spool directory as a source.
 pub struct SpoolSource {
     config: SpoolConfig,
-    claimed: PathBuf,
-    done: PathBuf,
-    failed: PathBuf,
+    /// `<dir>` itself, opened once: every name below it is resolved from
+    /// this handle, never from a path.
+    root: OwnedFd,
+    claimed: SubDir,
+    done: SubDir,
+    failed: SubDir,
     /// What pulls keep between scans. Only `pull` locks it (the producer
     /// thread), across a scan and its claims; `give_back` and `ack` never do,
     /// so a long scan never holds up a worker or the writer.
     scan: Mutex<ScanState>,
-    /// Files this source itself put back into `<dir>/` (give-backs, requeues,
-    /// crash repair) with their fingerprint: they are known to be complete, so
-    /// the next scan takes them without waiting `stable_for`. Filled by
-    /// `give_back`, `ack` and `requeue`, drained by the next scan; locked
-    /// only for a map operation.
-    complete: Mutex<HashMap<String, Fingerprint>>,
+    /// Entries this source itself put back into `<dir>/` (give-backs,
+    /// requeues, crash repair) with their fingerprint: they are known to be
+    /// complete, so the next scan takes them without waiting `stable_for`.
+    /// Filled by `give_back`, `ack` and `requeue`, drained by the next scan;
+    /// locked only for a map operation.
+    complete: Mutex<HashMap<OsString, Fingerprint>>,
+    /// Claimed entries whose name is not UTF-8, by item id (the escaped
+    /// name). They keep their own name in `.claimed/`, so a give-back or a
+    /// crash repair puts back exactly what was there; `ack` moves them to
+    /// `failed/` under the id. Filled by `claim`, emptied by `ack` and
+    /// `give_back`; locked only for a map operation.
+    raw_names: Mutex<HashMap<String, OsString>>,
     /// `.lote.lock`, held shared for the source's life, so that another
     /// source's `open` knows not to repair `.claimed/` under us. Released
     /// when the source is dropped (or the process dies).
     _lock: File,
 }
 
-/// What identifies one version of a file: if any of these change, it is
+/// What identifies one version of an entry: if any of these change, it is
 /// still being written (or was replaced).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Fingerprint {
+    kind: Kind,
     len: u64,
     mtime: SystemTime,
     dev: u64,
@@ -182,17 +201,28 @@ struct Fingerprint {
 }
 
 impl Fingerprint {
-    fn of(meta: &Metadata) -> Self {
+    fn of(stat: &Stat) -> Self {
         Fingerprint {
-            len: meta.len(),
-            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            dev: meta.dev(),
-            ino: meta.ino(),
+            kind: stat.kind,
+            len: stat.len,
+            mtime: stat.mtime,
+            dev: stat.dev,
+            ino: stat.ino,
+        }
+    }
+
+    /// The same entry: for a file, unchanged too; for anything else (never
+    /// read, and a directory's times change when it is moved), the same
+    /// inode.
+    fn same_entry(&self, other: &Fingerprint) -> bool {
+        match self.kind {
+            Kind::File => self == other,
+            _ => (self.kind, self.dev, self.ino) == (other.kind, other.dev, other.ino),
         }
     }
 }
 
-/// A file seen in `<dir>/` by a scan.
+/// An entry seen in `<dir>/` by a scan.
 struct Seen {
     fingerprint: Fingerprint,
     /// When this fingerprint was first seen.
@@ -206,23 +236,30 @@ struct Seen {
     generation: u64,
 }
 
-/// A file ready to be claimed.
+/// An entry ready to be claimed.
 struct Candidate {
-    name: String,
+    /// Its name in `<dir>/`.
+    name: OsString,
+    /// The item id: the name, escaped if it is not UTF-8.
+    id: String,
     priority: Priority,
     fingerprint: Fingerprint,
 }
 
 #[derive(Default)]
 struct ScanState {
-    seen: HashMap<String, Seen>,
-    /// Entries skipped with a warning (symlinks, non-UTF-8 names, special
-    /// files), with the scan that last saw them: each is logged once.
+    seen: HashMap<OsString, Seen>,
+    /// Symlinks skipped with a warning, with the scan that last saw them:
+    /// each is logged once.
     noted: HashMap<OsString, u64>,
-    /// The most urgent candidates of the last scan, in (priority, name) order.
+    /// Entries that could not be moved aside (a directory lote may not
+    /// move), with their fingerprint and the scan that last saw them: each is
+    /// logged once and skipped while it stays the same.
+    stuck: HashMap<OsString, (Fingerprint, u64)>,
+    /// The most urgent candidates of the last scan, in (priority, id) order.
     ready: VecDeque<Candidate>,
     scanned_at: Option<Instant>,
-    /// Files the last scan saw that are not stable yet.
+    /// Entries the last scan saw that are not stable yet.
     unstable: usize,
     generation: u64,
 }
@@ -233,48 +270,27 @@ impl SpoolSource {
     /// `dir` (when no other spool source has the directory open).
     pub fn open(config: SpoolConfig) -> Result<Self, SourceError> {
         let dir = config.dir.clone();
+        let context = format!("spool {}", dir.display());
         let fail = |path: &Path, what: &str, e: &dyn fmt::Display| {
-            SourceError::new(
-                format!("spool {}", dir.display()),
-                format!("{what} {}: {e}", path.display()),
-            )
+            SourceError::new(context.clone(), format!("{what} {}: {e}", path.display()))
         };
         fs::create_dir_all(&dir).map_err(|e| fail(&dir, "creating", &e))?;
-        if !dir.is_dir() {
-            return Err(fail(&dir, "opening", &"it is not a directory"));
-        }
-        let (claimed, done, failed) = (dir.join(CLAIMED), dir.join(DONE), dir.join(FAILED));
-        for sub in [&claimed, &done, &failed] {
-            match fs::symlink_metadata(sub) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(fail(
-                        sub,
-                        "checking",
-                        &"it exists but is not a directory (symlinks are not followed); move it away",
-                    ))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(sub).map_err(|e| fail(sub, "creating", &e))?;
-                }
-                Err(e) => return Err(fail(sub, "checking", &e)),
-            }
-        }
+        let root = spool_fs::open_root(&dir).map_err(|e| fail(&dir, "opening", &e))?;
+        let [claimed, done, failed] = [CLAIMED, DONE, FAILED].map(|name| SubDir::open(&root, &dir, name));
+        let (claimed, done, failed) = (
+            claimed.map_err(|e| SourceError::new(context.clone(), e))?,
+            done.map_err(|e| SourceError::new(context.clone(), e))?,
+            failed.map_err(|e| SourceError::new(context.clone(), e))?,
+        );
         let lock_path = dir.join(LOCK);
-        if fs::symlink_metadata(&lock_path).is_ok_and(|m| !m.is_file()) {
-            return Err(fail(&lock_path, "checking", &"it is not a regular file; remove it"));
-        }
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
+        let lock = spool_fs::open_lock_file(&root, LOCK.as_ref())
             .map_err(|e| fail(&lock_path, "opening the lock file", &e))?;
         let mut complete = HashMap::new();
+        let claimed_now = claimed.get(&root).map_err(|e| SourceError::new(context.clone(), e))?;
         match lock.try_lock() {
             Ok(()) => {
-                complete = repair_claims(&dir, &claimed).map_err(|(path, e)| fail(&path, "moving back", &e))?;
+                complete = repair_claims(&dir, &root, &claimed_now, &claimed.path)
+                    .map_err(|(path, e)| fail(&path, "moving back", &e))?;
                 // Another source may take the lock exclusively in between and
                 // find nothing to repair: nothing of ours is claimed yet.
                 lock.unlock().map_err(|e| fail(&lock_path, "unlocking", &e))?;
@@ -284,13 +300,13 @@ impl SpoolSource {
                 // Another source has the directory: its claims are its own.
                 // Waits only while another `open` repairs, a short moment.
                 lock.lock_shared().map_err(|e| fail(&lock_path, "locking", &e))?;
-                let left = fs::read_dir(&claimed).map(|d| d.count()).unwrap_or(0);
+                let left = spool_fs::names(&*claimed_now).map(|n| n.len()).unwrap_or(0);
                 if left > 0 {
                     log::info!(
                         "spool {}: another lote has this directory open; the {left} file(s) in {} are left to it \
                          (claims of a crashed run are moved back by the next lote that opens the directory alone)",
                         dir.display(),
-                        claimed.display()
+                        claimed.path.display()
                     );
                 }
             }
@@ -298,11 +314,13 @@ impl SpoolSource {
         }
         Ok(SpoolSource {
             config,
+            root,
             claimed,
             done,
             failed,
             scan: Mutex::new(ScanState::default()),
             complete: Mutex::new(complete),
+            raw_names: Mutex::new(HashMap::new()),
             _lock: lock,
         })
     }
@@ -317,7 +335,7 @@ impl SpoolSource {
     }
 
     /// Lists `<dir>/`, updates what has been seen, and keeps the most urgent
-    /// stable files as the candidates for the next claims.
+    /// stable entries as the candidates for the next claims.
     fn scan(&self, state: &mut ScanState) -> Result<(), SourceError> {
         state.generation += 1;
         let generation = state.generation;
@@ -335,43 +353,39 @@ impl SpoolSource {
             );
         }
         let dir = &self.config.dir;
-        let entries = fs::read_dir(dir).map_err(|e| self.error("listing the directory", e))?;
+        let mut listing = spool_fs::list(&self.root).map_err(|e| self.error("listing the directory", e))?;
         let mut eligible = Vec::new();
         let mut unstable = 0;
-        for entry in entries {
-            let entry = entry.map_err(|e| self.error("listing the directory", e))?;
-            let os_name = entry.file_name();
-            if os_name.as_bytes().first() == Some(&b'.') {
+        for entry in listing.iter() {
+            let entry = entry.map_err(|e| self.error("listing the directory", io::Error::from(e)))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name.as_bytes().first() == Some(&b'.') || RESERVED.iter().any(|r| name == *r) {
                 continue;
             }
-            // On Unix, DirEntry::metadata does not follow symlinks (lstat).
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
+            let stat = match spool_fs::lstat(&self.root, name) {
+                Ok(stat) => stat,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.error(format!("examining {}", entry.path().display()), e)),
+                Err(e) => return Err(self.error(format!("examining {}", dir.join(name).display()), e)),
             };
-            let kind = meta.file_type();
-            if kind.is_dir() {
-                continue;
-            }
-            let skip_why = if kind.is_symlink() {
-                Some("is a symlink: skipped (symlinks are never followed)")
-            } else if !kind.is_file() {
-                Some("is not a regular file: skipped")
-            } else if os_name.to_str().is_none() {
-                Some("has a name that is not UTF-8 and cannot be an item id: skipped")
-            } else {
-                None
-            };
-            if let Some(why) = skip_why {
-                if state.noted.insert(os_name, generation).is_none() {
-                    log::warn!("spool {}: {} {why}", dir.display(), entry.path().display());
+            let name = name.to_owned();
+            if stat.kind == Kind::Symlink {
+                if state.noted.insert(name.clone(), generation).is_none() {
+                    log::warn!(
+                        "spool {}: {} is a symlink: skipped (symlinks are never followed)",
+                        dir.display(),
+                        dir.join(&name).display()
+                    );
                 }
                 continue;
             }
-            let Some(name) = os_name.to_str() else { continue };
-            let fingerprint = Fingerprint::of(&meta);
-            let stable = match state.seen.get_mut(name) {
+            let fingerprint = Fingerprint::of(&stat);
+            if let Some((stuck, seen_by)) = state.stuck.get_mut(&name) {
+                if *stuck == fingerprint {
+                    *seen_by = generation;
+                    continue;
+                }
+            }
+            let stable = match state.seen.get_mut(&name) {
                 Some(seen) if seen.fingerprint == fingerprint => {
                     seen.generation = generation;
                     seen.complete || now.duration_since(seen.since) >= self.config.stable_for
@@ -384,7 +398,7 @@ impl SpoolSource {
                         priority: None,
                         generation,
                     };
-                    state.seen.insert(name.to_owned(), seen);
+                    state.seen.insert(name.clone(), seen);
                     self.config.stable_for.is_zero()
                 }
             };
@@ -392,16 +406,20 @@ impl SpoolSource {
                 unstable += 1;
                 continue;
             }
-            let priority = self.priority_of(name, &meta, state);
+            let (id, utf8) = spool_fs::item_id(&name);
+            let readable = utf8 && refusal(&stat, utf8).is_none();
+            let priority = self.priority_of(&name, &id, readable.then_some(&stat), state);
             eligible.push(Candidate {
-                name: name.to_owned(),
+                name,
+                id,
                 priority,
                 fingerprint,
             });
         }
         state.seen.retain(|_, seen| seen.generation == generation);
         state.noted.retain(|_, seen| *seen == generation);
-        let order = |a: &Candidate, b: &Candidate| (a.priority, &a.name).cmp(&(b.priority, &b.name));
+        state.stuck.retain(|_, (_, seen)| *seen == generation);
+        let order = |a: &Candidate, b: &Candidate| (a.priority, &a.id).cmp(&(b.priority, &b.id));
         if eligible.len() > READY_MAX {
             eligible.select_nth_unstable_by(READY_MAX - 1, order);
             eligible.truncate(READY_MAX);
@@ -413,29 +431,31 @@ impl SpoolSource {
         Ok(())
     }
 
-    /// The priority of a stable file in `<dir>/`.
-    fn priority_of(&self, name: &str, meta: &Metadata, state: &mut ScanState) -> Priority {
+    /// The priority of a stable entry in `<dir>/`; `readable` is its `lstat`
+    /// when it is a file lote may read (a `JsonField` is read from it).
+    fn priority_of(&self, name: &OsStr, id: &str, readable: Option<&Stat>, state: &mut ScanState) -> Priority {
         let field = match &self.config.priority {
             SpoolPriority::Fixed => return DEFAULT_PRIORITY,
-            SpoolPriority::FilenamePrefix => return prefix_priority(name),
+            SpoolPriority::FilenamePrefix => return prefix_priority(id),
             SpoolPriority::JsonField(field) => field,
         };
         if let Some(priority) = state.seen.get(name).and_then(|s| s.priority) {
             return priority;
         }
-        let priority = if meta.len() > self.config.max_bytes {
-            DEFAULT_PRIORITY
-        } else {
-            match read_checked(&self.config.dir.join(name), meta, self.config.max_bytes) {
-                Ok(bytes) => json_priority(&bytes, field),
-                Err(e) => {
-                    log::debug!(
-                        "spool {}: reading {name} for its priority: {e}",
-                        self.config.dir.display()
-                    );
-                    DEFAULT_PRIORITY
+        let priority = match readable {
+            Some(stat) if stat.len <= self.config.max_bytes => {
+                match spool_fs::read_item(&self.root, name, stat, self.config.max_bytes) {
+                    Ok(bytes) => json_priority(&bytes, field),
+                    Err(e) => {
+                        log::debug!(
+                            "spool {}: reading {id} for its priority: {e}",
+                            self.config.dir.display()
+                        );
+                        DEFAULT_PRIORITY
+                    }
                 }
             }
+            _ => DEFAULT_PRIORITY,
         };
         if let Some(seen) = state.seen.get_mut(name) {
             seen.priority = Some(priority);
@@ -444,119 +464,227 @@ impl SpoolSource {
     }
 
     /// Claims one candidate and reads it. `None`: it is gone (another pull
-    /// took it), a file of that name is already in flight, or it changed
-    /// since the scan (it was put back).
-    fn claim(&self, candidate: &Candidate) -> Result<Option<Item>, SourceError> {
-        let name = &candidate.name;
-        let (from, to) = (self.config.dir.join(name), self.claimed.join(name));
-        match fs::symlink_metadata(&to) {
-            Ok(_) => {
-                log::debug!(
-                    "spool {}: {name} is already in flight; the new file waits",
-                    self.config.dir.display()
-                );
-                return Ok(None);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.error(format!("checking {}", to.display()), e)),
+    /// took it), an entry of that id is already in flight, it changed since
+    /// the scan (it was put back), or it cannot be moved (noted in `stuck`).
+    /// An entry that is not a regular file with one link and a UTF-8 name is
+    /// claimed without being opened and becomes a defective item that says
+    /// why: it is dead-lettered and moved to `failed/`.
+    fn claim(&self, candidate: &Candidate, state: &mut ScanState) -> Result<Option<Item>, SourceError> {
+        let (name, id) = (&candidate.name, &candidate.id);
+        let dir = &self.config.dir;
+        let escaped = name.as_bytes() != id.as_bytes();
+        let claimed = self
+            .claimed
+            .get(&self.root)
+            .map_err(|e| self.error(format!("claiming {id}"), e))?;
+        // An escaped id may equal another entry's name: never two in flight.
+        let in_flight =
+            self.raw_names.lock().contains_key(id) || (escaped && spool_fs::lstat(&*claimed, id.as_ref()).is_ok());
+        if in_flight {
+            log::debug!(
+                "spool {}: {id} is already in flight; the new entry waits",
+                dir.display()
+            );
+            return Ok(None);
         }
-        match fs::rename(&from, &to) {
+        match spool_fs::move_noreplace(&self.root, name, &*claimed, name) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                log::debug!("spool {}: {id} is already in flight; the new file waits", dir.display());
+                return Ok(None);
+            }
+            Err(e) if candidate.fingerprint.kind != Kind::File => {
+                log::warn!(
+                    "spool {}: {} is {} and cannot be moved to {} ({e}); it is skipped until it changes: remove it",
+                    dir.display(),
+                    dir.join(name).display(),
+                    candidate.fingerprint.kind.described(),
+                    self.failed.path.display()
+                );
+                state
+                    .stuck
+                    .insert(name.clone(), (candidate.fingerprint, state.generation));
+                return Ok(None);
+            }
             Err(e) => {
                 return Err(self.error(
-                    format!("claiming {} (moving it to {})", from.display(), to.display()),
+                    format!(
+                        "claiming {} (moving it to {})",
+                        dir.join(name).display(),
+                        self.claimed.path.display()
+                    ),
                     e,
                 ))
             }
         }
-        let defective =
-            |why: String| Some(Item::defective(name.as_str(), Vec::new(), why).with_priority(candidate.priority));
-        let meta = match fs::symlink_metadata(&to) {
-            Ok(meta) => meta,
-            Err(e) => return Ok(defective(format!("cannot examine {}: {e}", to.display()))),
-        };
-        if !meta.is_file() {
-            return Ok(defective(format!(
-                "{} was replaced by something that is not a regular file",
-                to.display()
-            )));
+        if escaped {
+            self.raw_names.lock().insert(id.clone(), name.clone());
         }
-        if Fingerprint::of(&meta) != candidate.fingerprint {
+        let at = self.claimed.path.join(name);
+        let defective =
+            |why: String| Some(Item::defective(id.as_str(), Vec::new(), why).with_priority(candidate.priority));
+        let stat = match spool_fs::lstat(&*claimed, name) {
+            Ok(stat) => stat,
+            Err(e) => return Ok(defective(format!("cannot examine {}: {e}", at.display()))),
+        };
+        let now = Fingerprint::of(&stat);
+        if stat.kind == Kind::File && candidate.fingerprint.kind == Kind::File && now != candidate.fingerprint {
             // Written to since the scan: still in progress. Back it goes, to
             // wait `stable_for` again (the next scan sees a new fingerprint).
-            if let Err(e) = fs::rename(&to, &from) {
-                log::warn!(
-                    "spool {}: {name} changed while being claimed and could not be put back ({e}); \
+            match spool_fs::move_noreplace(&*claimed, name, &self.root, name) {
+                Ok(()) => {
+                    self.raw_names.lock().remove(id);
+                }
+                Err(e) => log::warn!(
+                    "spool {}: {id} changed while being claimed and could not be put back ({e}); \
                      it stays in {} until the next start",
-                    self.config.dir.display(),
-                    self.claimed.display()
-                );
+                    dir.display(),
+                    self.claimed.path.display()
+                ),
             }
             return Ok(None);
         }
-        let max = self.config.max_bytes;
-        if meta.len() > max {
-            return Ok(defective(format!("file is {} bytes, over max_bytes {max}", meta.len())));
+        if !candidate.fingerprint.same_entry(&now) {
+            return Ok(defective(format!(
+                "{} was replaced since it was examined; it is now {}",
+                at.display(),
+                stat.kind.described()
+            )));
         }
-        Ok(match read_checked(&to, &meta, max) {
+        if let Some(why) = refusal(&stat, !escaped) {
+            return Ok(defective(why));
+        }
+        let max = self.config.max_bytes;
+        if stat.len > max {
+            return Ok(defective(format!("file is {} bytes, over max_bytes {max}", stat.len)));
+        }
+        Ok(match spool_fs::read_item(&*claimed, name, &stat, max) {
             Ok(bytes) if bytes.len() as u64 > max => {
                 defective(format!("file grew past max_bytes {max} while being read"))
             }
-            Ok(bytes) => Some(Item::new(name.as_str(), bytes).with_priority(candidate.priority)),
-            Err(e) => defective(format!("cannot read {}: {e}", to.display())),
+            Ok(bytes) => Some(Item::new(id.as_str(), bytes).with_priority(candidate.priority)),
+            Err(e) => defective(format!("cannot read {}: {e}", at.display())),
         })
     }
 
-    /// Moves a claimed file back to `<dir>/` and marks it complete, unless a
-    /// pending file of that name is there (then it stays claimed, logged).
-    fn put_back(&self, name: &str) -> io::Result<()> {
-        let (from, to) = (self.claimed.join(name), self.config.dir.join(name));
-        if fs::symlink_metadata(&to).is_ok() {
-            log::warn!(
-                "spool {}: cannot give {name} back: a new file of that name is pending; the claimed one stays in {} \
-                 until both are gone from {} and lote starts again",
-                self.config.dir.display(),
-                self.claimed.display(),
-                self.config.dir.display()
-            );
-            return Ok(());
+    /// The name in `.claimed/` of the claimed item `id`.
+    fn claimed_name(&self, id: &str) -> OsString {
+        self.raw_names.lock().get(id).cloned().unwrap_or_else(|| id.into())
+    }
+
+    /// Moves a claimed entry back to `<dir>/` and marks it complete, unless a
+    /// pending entry of that name is there (then it stays claimed, logged).
+    fn put_back(&self, id: &str) -> io::Result<()> {
+        let name = self.claimed_name(id);
+        let claimed = self.claimed.get(&self.root)?;
+        match spool_fs::move_noreplace(&*claimed, &name, &self.root, &name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                log::warn!(
+                    "spool {}: cannot give {id} back: a new file of that name is pending; the claimed one stays in {} \
+                     until both are gone from {} and lote starts again",
+                    self.config.dir.display(),
+                    self.claimed.path.display(),
+                    self.config.dir.display()
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
-        fs::rename(&from, &to)?;
-        if let Ok(meta) = fs::symlink_metadata(&to) {
-            self.complete.lock().insert(name.to_owned(), Fingerprint::of(&meta));
+        self.raw_names.lock().remove(id);
+        if let Ok(stat) = spool_fs::lstat(&self.root, &name) {
+            self.complete.lock().insert(name, Fingerprint::of(&stat));
+        }
+        Ok(())
+    }
+
+    /// Moves the claimed entry `name` (item `id`) into `to` under the id,
+    /// or under a suffixed id if one is there: nothing is ever replaced.
+    fn file_away(
+        &self,
+        claimed: &DirHandle,
+        name: &OsStr,
+        id: &str,
+        to: &SubDir,
+        handle: &DirHandle,
+    ) -> io::Result<()> {
+        let got = spool_fs::move_unique(claimed, name, handle, id)?;
+        if got != id {
+            log::info!(
+                "spool {}: {} exists already; {id} is kept beside it as {}",
+                self.config.dir.display(),
+                to.path.join(id).display(),
+                to.path.join(&got).display()
+            );
         }
         Ok(())
     }
 
     /// Writes one requeued item as a complete file: `.<name>.tmp`, fsync,
-    /// rename to `<name>`.
+    /// rename to `<name>` (never over an existing one).
     fn write_item(&self, item: &Item) -> io::Result<()> {
-        let name = &item.id;
-        let tmp = self.config.dir.join(format!(".{name}.tmp"));
-        let to = self.config.dir.join(name);
-        // create_new never follows a symlink planted at the temporary name; a
-        // leftover from a crash is removed first (the entry, not a target).
-        match fs::symlink_metadata(&tmp) {
-            Ok(_) => fs::remove_file(&tmp)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        let name = OsStr::new(&item.id);
+        let tmp = OsString::from(format!(".{}.tmp", item.id));
+        // A leftover from a crash is removed first (the entry, not a target);
+        // creating never follows a symlink planted at the temporary name.
+        match spool_fs::remove(&self.root, &tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut file = spool_fs::create_new(&self.root, &tmp)?;
         file.write_all(&item.payload)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&tmp, &to)?;
-        match fs::remove_file(self.failed.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        if let Err(e) = spool_fs::move_noreplace(&self.root, &tmp, &self.root, name) {
+            let _ = spool_fs::remove(&self.root, &tmp);
+            return Err(e);
         }
-        if let Ok(meta) = fs::symlink_metadata(&to) {
-            self.complete.lock().insert(name.clone(), Fingerprint::of(&meta));
+        let failed = self.failed.get(&self.root)?;
+        match spool_fs::remove(&*failed, name) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if let Ok(stat) = spool_fs::lstat(&self.root, name) {
+            self.complete.lock().insert(name.to_owned(), Fingerprint::of(&stat));
         }
         Ok(())
     }
+}
+
+/// Why an examined entry is not read but dead-lettered, or `None` for a
+/// regular file with one link and a UTF-8 name.
+fn refusal(stat: &Stat, utf8: bool) -> Option<String> {
+    let why = match stat.kind {
+        Kind::File if stat.nlink > 1 => Some(spool_fs::hard_links(stat.nlink)),
+        Kind::File => None,
+        Kind::Dir => Some(
+            "it is a directory: a spool takes regular files only (lote's own are .claimed, done and failed)"
+                .to_string(),
+        ),
+        kind => Some(format!(
+            "it is {}: a spool takes regular files only and never opens anything else",
+            kind.described()
+        )),
+    };
+    match (why, utf8) {
+        (None, true) => None,
+        (None, false) => Some(NOT_UTF8.to_string()),
+        (Some(why), true) => Some(why),
+        (Some(why), false) => Some(format!("{why}; {NOT_UTF8}")),
+    }
+}
+
+/// One directory handle of an ack batch, opened (and verified) at its first
+/// use; an error is kept, so that every outcome bound there fails alike.
+fn handle_of(
+    slot: &mut Option<Result<Arc<DirHandle>, String>>,
+    sub: &SubDir,
+    root: &OwnedFd,
+) -> io::Result<Arc<DirHandle>> {
+    slot.get_or_insert_with(|| sub.get(root).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(io::Error::other)
 }
 
 impl Source for SpoolSource {
@@ -590,7 +718,7 @@ impl Source for SpoolSource {
                 let Some(candidate) = state.ready.pop_front() else {
                     break;
                 };
-                match self.claim(&candidate) {
+                match self.claim(&candidate, &mut state) {
                     Ok(Some(item)) => items.push(item),
                     Ok(None) => {}
                     Err(error) if items.is_empty() => {
@@ -627,7 +755,7 @@ impl Source for SpoolSource {
                         "spool {}: {} was given back ({reason}) but is not in {}",
                         self.config.dir.display(),
                         item.id,
-                        self.claimed.display()
+                        self.claimed.path.display()
                     );
                     Ok(())
                 }
@@ -650,58 +778,70 @@ impl Source for SpoolSource {
         }
     }
 
-    /// Moves acknowledged files out of `.claimed/`: done and skipped ones to
-    /// `done/` (or deletes them), failed ones to `failed/`; then fsyncs the
-    /// directories touched, once for the batch.
+    /// Moves acknowledged entries out of `.claimed/`: done and skipped ones
+    /// to `done/` (or deletes them), failed ones to `failed/`, never over an
+    /// existing entry; then fsyncs the directories touched, once for the
+    /// batch.
     fn ack(&self, outcomes: &[Outcome]) -> Result<(), SourceError> {
-        let (mut to_done, mut to_failed, mut removed, mut returned) = (false, false, false, false);
+        let claimed = self
+            .claimed
+            .get(&self.root)
+            .map_err(|e| self.error(format!("acknowledging {} outcome(s)", outcomes.len()), e))?;
+        let (mut done, mut failed) = (None, None);
+        let mut returned = false;
         let mut first_error = None;
         let mut failures = 0;
         for outcome in outcomes {
-            let name = outcome.id();
-            let from = self.claimed.join(name);
-            let result = check_name(name).and_then(|()| match (outcome.status, self.config.on_done) {
+            let id = outcome.id();
+            let name = self.claimed_name(id);
+            let result = check_name(id).and_then(|()| match (outcome.status, self.config.on_done) {
                 (Status::Done | Status::Skipped, OnDone::Move) => {
-                    to_done = true;
-                    fs::rename(&from, self.done.join(name))
+                    let to = handle_of(&mut done, &self.done, &self.root)?;
+                    self.file_away(&claimed, &name, id, &self.done, &to)
                 }
-                (Status::Done | Status::Skipped, OnDone::Delete) => {
-                    removed = true;
-                    fs::remove_file(&from)
-                }
+                (Status::Done | Status::Skipped, OnDone::Delete) => spool_fs::remove(&*claimed, &name),
                 (Status::Failed, _) => {
-                    to_failed = true;
-                    fs::rename(&from, self.failed.join(name))
+                    let to = handle_of(&mut failed, &self.failed, &self.root)?;
+                    self.file_away(&claimed, &name, id, &self.failed, &to)
                 }
                 (Status::Returned, _) => {
                     returned = true;
-                    self.put_back(name)
+                    self.put_back(id)
                 }
             });
             match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => log::warn!(
-                    "spool {}: {name} was acknowledged ({}) but is not in {} (acknowledged twice?)",
-                    self.config.dir.display(),
-                    outcome.status,
-                    self.claimed.display()
-                ),
+                Ok(()) => {
+                    self.raw_names.lock().remove(id);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.raw_names.lock().remove(id);
+                    log::warn!(
+                        "spool {}: {id} was acknowledged ({}) but is not in {} (acknowledged twice?)",
+                        self.config.dir.display(),
+                        outcome.status,
+                        self.claimed.path.display()
+                    )
+                }
                 Err(e) => {
                     failures += 1;
-                    first_error.get_or_insert((name.to_owned(), e));
+                    first_error.get_or_insert((id.to_owned(), e));
                 }
             }
         }
+        let (done, failed) = (done.and_then(Result::ok), failed.and_then(Result::ok));
         let touched = [
-            (to_done, &self.done),
-            (to_failed, &self.failed),
-            (returned, &self.config.dir),
-            (to_done || to_failed || removed || returned, &self.claimed),
+            (done.as_deref(), self.done.path.as_path()),
+            (failed.as_deref(), self.failed.path.as_path()),
+            (Some(&*claimed), self.claimed.path.as_path()),
         ];
-        for (_, dir) in touched.iter().filter(|(touched, _)| *touched) {
-            if let Err(e) = sync_dir(dir) {
+        let root = returned.then_some((self.root.as_fd(), self.config.dir.as_path()));
+        let fds = touched
+            .into_iter()
+            .filter_map(|(handle, path)| Some((handle?.as_fd(), path)));
+        for (fd, path) in fds.chain(root) {
+            if let Err(e) = spool_fs::sync(fd) {
                 failures += 1;
-                first_error.get_or_insert((format!("(fsync of {})", dir.display()), e));
+                first_error.get_or_insert((format!("(fsync of {})", path.display()), e));
             }
         }
         match first_error {
@@ -721,15 +861,20 @@ impl Source for SpoolSource {
     /// writing anything, names that are not plain file names and names of
     /// files pending or in flight.
     fn requeue(&self, items: Vec<Item>) -> Result<(), SourceError> {
+        let claimed = self
+            .claimed
+            .get(&self.root)
+            .map_err(|e| self.error(format!("requeueing {} item(s)", items.len()), e))?;
         for item in &items {
             let id = &item.id;
-            let taken = fs::symlink_metadata(self.config.dir.join(id)).is_ok()
-                || fs::symlink_metadata(self.claimed.join(id)).is_ok();
             let why = match check_name(id) {
                 Err(e) => Some(e.to_string()),
                 Ok(()) if id.starts_with('.') => Some("a dot-file would be ignored".to_string()),
-                Ok(()) if taken => Some("a file of that name is already pending or in flight".to_string()),
-                Ok(()) => None,
+                Ok(()) => {
+                    let taken = spool_fs::lstat(&self.root, id.as_ref()).is_ok()
+                        || spool_fs::lstat(&*claimed, id.as_ref()).is_ok();
+                    taken.then(|| "a file of that name is already pending or in flight".to_string())
+                }
             };
             if let Some(why) = why {
                 return Err(self.error(format!("requeueing {id:?}"), why));
@@ -739,40 +884,51 @@ impl Source for SpoolSource {
             self.write_item(item)
                 .map_err(|e| self.error(format!("requeueing {} into {}", item.id, self.config.dir.display()), e))?;
         }
-        for dir in [&self.config.dir, &self.failed] {
-            sync_dir(dir).map_err(|e| self.error(format!("requeueing: fsync of {}", dir.display()), e))?;
+        let failed = self.failed.get(&self.root).map_err(|e| self.error("requeueing", e))?;
+        for (fd, path) in [
+            (self.root.as_fd(), &self.config.dir),
+            (failed.as_fd(), &self.failed.path),
+        ] {
+            spool_fs::sync(fd).map_err(|e| self.error(format!("requeueing: fsync of {}", path.display()), e))?;
         }
         Ok(())
     }
 }
 
-/// Moves everything in `.claimed/` back to `dir` (a crashed run's claims),
-/// except where a pending file of the same name is in the way; returns the
-/// moved files' fingerprints (they are complete).
-fn repair_claims(dir: &Path, claimed: &Path) -> Result<HashMap<String, Fingerprint>, (PathBuf, io::Error)> {
+/// Moves everything in `.claimed/` back to `<dir>/` (a crashed run's
+/// claims), except where a pending entry of the same name is in the way;
+/// returns the moved entries' fingerprints (they are complete).
+fn repair_claims(
+    dir: &Path,
+    root: &OwnedFd,
+    claimed: &DirHandle,
+    claimed_path: &Path,
+) -> Result<HashMap<OsString, Fingerprint>, (PathBuf, io::Error)> {
     let mut moved = HashMap::new();
     let mut blocked = 0;
-    for entry in fs::read_dir(claimed).map_err(|e| (claimed.to_path_buf(), e))? {
-        let entry = entry.map_err(|e| (claimed.to_path_buf(), e))?;
-        let to = dir.join(entry.file_name());
-        if fs::symlink_metadata(&to).is_ok() {
-            blocked += 1;
-            log::warn!(
-                "spool {}: {} cannot be moved back: a pending file of that name is in the way",
-                dir.display(),
-                entry.path().display()
-            );
-            continue;
-        }
+    for name in spool_fs::names(claimed).map_err(|e| (claimed_path.to_path_buf(), e))? {
         // rename moves the entry itself, whatever it is; nothing is followed.
-        fs::rename(entry.path(), &to).map_err(|e| (entry.path(), e))?;
-        if let (Some(name), Ok(meta)) = (entry.file_name().to_str(), fs::symlink_metadata(&to)) {
-            moved.insert(name.to_owned(), Fingerprint::of(&meta));
+        match spool_fs::move_noreplace(claimed, &name, root, &name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                blocked += 1;
+                log::warn!(
+                    "spool {}: {} cannot be moved back: a pending file of that name is in the way",
+                    dir.display(),
+                    claimed_path.join(&name).display()
+                );
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err((claimed_path.join(&name), e)),
+        }
+        if let Ok(stat) = spool_fs::lstat(root, &name) {
+            moved.insert(name, Fingerprint::of(&stat));
         }
     }
     if !moved.is_empty() {
-        for d in [dir, claimed] {
-            sync_dir(d).map_err(|e| (d.to_path_buf(), e))?;
+        for (fd, path) in [(root.as_fd(), dir), (claimed.as_fd(), claimed_path)] {
+            spool_fs::sync(fd).map_err(|e| (path.to_path_buf(), e))?;
         }
         log::warn!(
             "spool {}: {} file(s) claimed by an earlier run that did not finish are pending again (they run again)",
@@ -784,39 +940,13 @@ fn repair_claims(dir: &Path, claimed: &Path) -> Result<HashMap<String, Fingerpri
         log::warn!(
             "spool {}: {blocked} claimed file(s) left in {}",
             dir.display(),
-            claimed.display()
+            claimed_path.display()
         );
     }
     Ok(moved)
 }
 
-/// Reads the regular file `path` that `expected` describes, at most
-/// `limit + 1` bytes. Refuses if what was opened is not that file (a symlink
-/// or another file swapped in since it was examined).
-fn read_checked(path: &Path, expected: &Metadata, limit: u64) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.dev() != expected.dev() || meta.ino() != expected.ino() {
-        return Err(io::Error::other(
-            "the file was replaced since it was examined (symlinks are not followed)",
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
-    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
-/// fsyncs a directory, so the renames in it survive a power cut.
-/// Filesystems that cannot fsync a directory say so with EINVAL; there is
-/// nothing more to do on them.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    match File::open(dir)?.sync_all() {
-        Err(e) if matches!(e.kind(), io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported) => Ok(()),
-        other => other,
-    }
-}
-
-/// An item id must be a plain file name: it is joined to directory paths,
+/// An item id must be a plain file name: it names an entry in a directory,
 /// so `..` or a `/` would reach outside the spool.
 fn check_name(id: &str) -> io::Result<()> {
     if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) {
