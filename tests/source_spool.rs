@@ -560,3 +560,27 @@ fn two_sources_on_one_directory_never_pull_the_same_file() {
     assert_eq!(pending(dir.path()), Vec::<String>::new());
     assert_eq!(names(&dir.path().join(".claimed")), Vec::<String>::new());
 }
+
+#[test]
+fn a_done_directory_removed_while_running_is_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "x", "x");
+    let source = SpoolSource::open(config(dir.path())).unwrap();
+    fs::remove_dir(dir.path().join("done")).unwrap();
+    let pulled = items(source.pull(10).unwrap());
+    source.ack(&[outcome(&pulled[0], Status::Done)]).unwrap();
+    assert_eq!(fs::read(dir.path().join("done/x")).unwrap(), b"x");
+    // A symlink in its place is refused: nothing moves through it.
+    let outside = tempfile::tempdir().unwrap();
+    fs::remove_dir_all(dir.path().join("done")).unwrap();
+    symlink(outside.path(), dir.path().join("done")).unwrap();
+    write(dir.path(), "y", "y");
+    let pulled = items(source.pull(10).unwrap());
+    let error = source
+        .ack(&[outcome(&pulled[0], Status::Done)])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not a directory"), "{error}");
+    assert_eq!(names(outside.path()), Vec::<String>::new());
+    assert_eq!(names(&dir.path().join(".claimed")), vec!["y"]);
+}

@@ -12,7 +12,7 @@
 //!   .reading-8.json   a producer's file in progress: dot-files are ignored
 //!   .claimed/         taken by a running lote, outcome not durable yet
 //!   done/             finished (on_done: move)
-//!   failed/           dead-lettered
+//!   failed/           dead-lettered, and every entry that is not an item
 //!   .lote.lock        held (shared) by every open spool source on <dir>
 //! ```
 //!
@@ -26,7 +26,18 @@
 //! which protects a writer only as long as it never pauses longer than that.
 //! Names must be unique among files in flight: a file is never claimed while
 //! one of the same name is in `.claimed/`, and is never given back over a
-//! pending file of the same name.
+//! pending file of the same name. Move files in with `rename`, never `link`:
+//! a file with more than one hard link is refused unread.
+//!
+//! Only regular files with one link and a UTF-8 name are items. Anything
+//! else that is not a dot-entry (a FIFO, a socket, a device, a directory, a
+//! hard link, a name that is not UTF-8) is claimed without being opened and
+//! becomes a defective item that says why: it is dead-lettered and moved to
+//! `failed/`. A name that is not UTF-8 gets an id with each byte that is not
+//! UTF-8 as `%XX` (`caf\xe9.json` → `caf%E9.json`): the dead letter and
+//! `failed/` carry that id. (A directory lote may not move, a producer's
+//! mode 0755 one, is logged once and left where it is.) Symlinks are
+//! skipped, logged once, and left (SPEC §3.6).
 //!
 //! # Invariants
 //!
@@ -34,6 +45,10 @@
 //!   at any time, and moves between them only by `rename` within one
 //!   directory tree, which is atomic: a power cut leaves it on one side or the
 //!   other, never on both or neither.
+//! - Every move is `renameat2(RENAME_NOREPLACE)` between directory handles
+//!   (`spool_fs`): an existing entry is never replaced. A name already in
+//!   `done/` or `failed/` stays; the newcomer is kept beside it as
+//!   `<name>.~<unix seconds>.<nanoseconds>~` (logged).
 //! - Claiming is the rename `<dir>/<name>` → `.claimed/<name>`. Of two pulls
 //!   racing for a file (in this process or in another lote on the same
 //!   directory) exactly one rename succeeds; the other finds the file gone and
@@ -50,12 +65,21 @@
 //!   a live process's claims are never taken from under it. (Claims left by a
 //!   dead process while another one lives stay until an `open` finds the
 //!   directory to itself; that is logged.)
-//! - Symlinks are never followed. Entries are examined with `lstat` and
-//!   symlinks are skipped (logged once); a file is read only after checking
-//!   that the opened file is the very regular file examined (same device and
-//!   inode), so a link swapped in at the last moment is refused, not read.
-//!   `.claimed/`, `done/` and `failed/` must be real directories. A symlink
-//!   to a file outside the spool is never read, moved or deleted through.
+//! - Symlinks are never followed. `<dir>` is opened once (the configured
+//!   path is the administrator's: a symlink in it is followed), and every
+//!   name below it is resolved from that handle, one component at a time.
+//!   Entries are examined with `lstat`; a file is opened with `O_NOFOLLOW`
+//!   and read only after checking that the opened file is the very regular
+//!   file examined (same device and inode) with one hard link, so a link
+//!   swapped in at the last moment is refused, not read.
+//! - The producers' group may remove an empty `done/` or `failed/` and put
+//!   something else in its place. `.claimed/`, `done/` and `failed/` are
+//!   handles opened with `O_DIRECTORY|O_NOFOLLOW` and re-verified (device
+//!   and inode of the name) before each batch of moves: a missing one is
+//!   created again, another real directory is used (it can only be inside
+//!   `<dir>`), a symlink or a file is refused loudly: the moves into it fail
+//!   (their files stay in `.claimed/`, and run again after a restart, which
+//!   refuses to open until it is removed). Nothing is ever moved through it.
 //! - A half-written file is never taken: it must pass `stable_for` unchanged,
 //!   and if its size, mtime or inode differ between the scan and the claim it
 //!   is put back and waits again.
