@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lote::commit::Committer;
 use lote::sink::{DoneLookup, JsonlConfig, JsonlSink, Record, Role, Sink, SinkError, SqliteConfig, SqliteSink};
 use lote::source::VecSource;
-use lote::writer::{Writer, WriterConfig};
+use lote::writer::{GiveBack, Writer, WriterConfig};
 use lote::{CallContext, Failure, Item, Outcome, Qos, Session, SessionConfig, Status, StopHandle, StopReason};
 
 fn outcome(id: usize, status: Status) -> Outcome {
@@ -44,6 +44,7 @@ fn config() -> WriterConfig {
         drain_timeout: Duration::from_secs(10),
         channel_chunks: 4,
         done_lookups: true,
+        give_back: GiveBack::AtFinish,
     }
 }
 
