@@ -172,10 +172,114 @@ fn a_sink_that_never_recovers_leaves_items_unacknowledged_and_lote_stoppable() {
     assert_eq!(source.ack_count(), 0, "nothing acknowledged");
     let m = writer.metrics();
     assert_eq!((m.failed.get(), m.failed_flushes.get(), m.retries.get()), (11, 2, 6));
+    // Each finish gave the session's unsaved items back, to run again.
+    assert_eq!((m.unsaved.get(), m.given_back.get()), (11, 11));
+    assert_eq!(source.pending().len(), 11);
+    assert_eq!(source.returns("99"), 1);
     let started = Instant::now();
     let report = writer.close();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(report.unwritten, 0, "nothing was pending any more");
+}
+
+#[test]
+fn dead_letters_are_written_once_per_item() {
+    // The outcomes database is locked by another connection, so flushes fail
+    // (busy) after the dead letters are durable, and are retried.
+    let dir = tempfile::tempdir().unwrap();
+    let mut outcomes = SqliteConfig::new(dir.path().join("outcomes.db"), Role::Outcomes);
+    outcomes.busy_timeout = Duration::from_millis(20);
+    let sink = SqliteSink::open(outcomes).unwrap();
+    let dead_path = dir.path().join("dead.jsonl");
+    let dead = JsonlSink::open(JsonlConfig::new(&dead_path, Role::DeadLetter)).unwrap();
+    let lock = rusqlite::Connection::open(dir.path().join("outcomes.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let source = Arc::new(VecSource::numbered(0));
+    let config = WriterConfig {
+        max_retries: 30,
+        ..config()
+    };
+    let writer = Writer::start(config, Box::new(sink), Some(Box::new(dead)), source.clone()).unwrap();
+    let status = |i: usize| {
+        if i.is_multiple_of(2) {
+            Status::Failed
+        } else {
+            Status::Done
+        }
+    };
+    writer.commit((0..6).map(|i| outcome(i, status(i))).collect()).unwrap();
+    let started = Instant::now();
+    while writer.metrics().retries.get() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the flush never retried");
+        thread::sleep(Duration::from_millis(5));
+    }
+    lock.execute_batch("COMMIT").unwrap();
+    writer.finish().unwrap();
+    assert_eq!(source.ack_count(), 6);
+    assert_eq!(reopen_records(&dir).len(), 6);
+
+    let text = std::fs::read_to_string(&dead_path).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Record>(line).unwrap().id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["0", "2", "4"],
+        "one dead letter per failed item, not one per try"
+    );
+}
+
+#[test]
+fn a_continuous_writer_gives_unsaved_items_back_without_waiting_for_the_end() {
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let config = WriterConfig {
+        max_retries: 0,
+        give_back: GiveBack::Soon,
+        ..config()
+    };
+
+    // A sink that stays broken: back after a short pause, no finish needed.
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let broken = Flaky {
+        inner: sqlite(&dir),
+        failures: Arc::new(AtomicU32::new(u32::MAX)),
+    };
+    let writer = Writer::start(config.clone(), Box::new(broken), None, source.clone()).unwrap();
+    writer.commit(vec![outcome(1, Status::Done)]).unwrap();
+    wait_for("the unsaved item never went back", &|| source.returns("1") == 1);
+    assert_eq!(writer.metrics().unsaved.get(), 1);
+    writer.close();
+
+    // A sink that works again: back at once, not after the (30 s) pause.
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let once = Flaky {
+        inner: sqlite(&dir),
+        failures: Arc::new(AtomicU32::new(1)),
+    };
+    let slow_pause = WriterConfig {
+        retry_backoff: Duration::from_secs(3600),
+        ..config
+    };
+    let writer = Writer::start(slow_pause, Box::new(once), None, source.clone()).unwrap();
+    writer.commit(vec![outcome(1, Status::Done)]).unwrap();
+    wait_for("the first flush never failed", &|| writer.metrics().unsaved.get() == 1);
+    assert_eq!(source.returns("1"), 0, "held during the pause");
+    writer.commit(vec![outcome(2, Status::Done)]).unwrap();
+    wait_for("a durable flush did not give the held item back", &|| {
+        source.returns("1") == 1
+    });
+    assert_eq!(source.acks("2"), vec![Status::Done]);
+    writer.close();
 }
 
 #[test]
