@@ -19,10 +19,11 @@
 //!   continuous session at once when a later flush is durable, or after a
 //!   pause that doubles with each give-back while the sink keeps failing (so
 //!   a sink that stays broken is not fed the same items in a hot loop); in a
-//!   batch session, when it finishes. A give-back that fails leaves them claimed until the
-//!   source's own recovery at the next start. A given-back item is pulled
-//!   like any other, so under exactly-once one whose outcome became durable
-//!   after all (a commit that reported an error) is skipped, not run twice.
+//!   batch session, when it finishes. An item whose give-back fails is
+//!   tried again then; one still claimed at the drain waits for the source's
+//!   own recovery at the next start. A given-back item is pulled like any
+//!   other, so under exactly-once one whose outcome became durable after all
+//!   (a commit that reported an error) is skipped, not run twice.
 //! - **Dead letters are written once.** A retry writes only what an earlier
 //!   try of the same flush did not make durable: the dead letters of a batch
 //!   are not written again when only its outcomes failed. (If the outcomes
@@ -540,6 +541,14 @@ impl Flusher {
             self.unsaved_items.extend(pending.drain(..).map(|o| o.item));
         }
         self.give_back_unsaved();
+        if !self.unsaved_items.is_empty() {
+            log::error!(
+                "{} item(s) whose outcomes were not saved could not be given back; \
+                 they stay claimed until lote starts again",
+                self.unsaved_items.len()
+            );
+            self.unsaved_items.clear();
+        }
         DrainReport {
             persisted: self.metrics.persisted.get() - persisted_before,
             unwritten: unwritten_now + (self.metrics.failed.get() - failed_before),
@@ -623,29 +632,43 @@ impl Flusher {
     }
 
     /// Gives the items of unsaved outcomes back to the source, to run again.
-    /// Whether or not that works, they are no longer the writer's: if it
-    /// fails, they stay claimed until the source's recovery at the next start
-    /// (a retry could take an item back from under a new claim).
+    /// One call per item, so that a failure names the very items still
+    /// claimed: those are kept and tried again (`Soon`: after the next pause;
+    /// `AtFinish`: at the next finish), and never one that did go back (it
+    /// may be claimed again by now). What is left at the drain stays claimed
+    /// until the source's own recovery at the next start.
     fn give_back_unsaved(&mut self) {
         self.give_back_at = None;
         if self.unsaved_items.is_empty() {
             return;
         }
+        self.give_backs_in_a_row = self.give_backs_in_a_row.saturating_add(1);
         let items = std::mem::take(&mut self.unsaved_items);
         let n = items.len();
-        self.give_backs_in_a_row = self.give_backs_in_a_row.saturating_add(1);
-        match self.source.give_back(items, ReturnReason::FlushFailed) {
-            Ok(()) => {
-                self.metrics.given_back.add(n as u64);
-                log::warn!(
-                    "{n} item(s) whose outcomes were not saved went back to the source ({}); they will run again",
-                    ReturnReason::FlushFailed
-                );
+        let mut first_error = None;
+        for item in items {
+            if let Err(error) = self.source.give_back(vec![item.clone()], ReturnReason::FlushFailed) {
+                self.unsaved_items.push(item);
+                first_error.get_or_insert(error);
             }
-            Err(error) => log::error!(
-                "giving back {n} item(s) whose outcomes were not saved failed: {error}; \
-                 they stay claimed until lote starts again"
-            ),
+        }
+        let back = n - self.unsaved_items.len();
+        if back > 0 {
+            self.metrics.given_back.add(back as u64);
+            log::warn!(
+                "{back} item(s) whose outcomes were not saved went back to the source ({}); they will run again",
+                ReturnReason::FlushFailed
+            );
+        }
+        if let Some(error) = first_error {
+            let kept = self.unsaved_items.len();
+            log::error!(
+                "giving back {kept} item(s) whose outcomes were not saved failed (first: {error}); tried again later"
+            );
+            if self.config.give_back == GiveBack::Soon {
+                let pause = backoff(self.config.retry_backoff, self.give_backs_in_a_row);
+                self.give_back_at = Some(Instant::now() + pause);
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lote::commit::Committer;
 use lote::sink::{DoneLookup, JsonlConfig, JsonlSink, Record, Role, Sink, SinkError, SqliteConfig, SqliteSink};
-use lote::source::VecSource;
+use lote::source::{Pull, Source, SqliteSource, SqliteSourceConfig, VecSource};
 use lote::writer::{GiveBack, Writer, WriterConfig};
 use lote::{CallContext, Failure, Item, Outcome, Qos, Session, SessionConfig, Status, StopHandle, StopReason};
 
@@ -279,6 +279,79 @@ fn a_continuous_writer_gives_unsaved_items_back_without_waiting_for_the_end() {
         source.returns("1") == 1
     });
     assert_eq!(source.acks("2"), vec![Status::Done]);
+    writer.close();
+}
+
+#[test]
+fn a_work_table_gets_its_rows_back_as_pending_when_their_flush_fails_even_from_a_locked_database() {
+    // Work table and outcomes in one file: the outcome and the row's marking
+    // commit together, so a failed flush leaves the rows `running`, and the
+    // give-back (itself refused while the lock lasts) sets them `pending`.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("work.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE jobs(id TEXT PRIMARY KEY, payload BLOB, priority INTEGER, status TEXT NOT NULL);
+         INSERT INTO jobs VALUES ('a', 'x', 0, 'pending'), ('b', 'y', 0, 'pending'), ('c', 'z', 0, 'pending');",
+    )
+    .unwrap();
+    let mut table = SqliteSourceConfig::new(&db, "jobs");
+    table.busy_timeout = Duration::from_millis(20);
+    let source = SqliteSource::open(table).unwrap();
+    let ack = source.table_ack();
+    let source = Arc::new(source.acked_in_sink_transaction());
+    let mut outcomes = SqliteConfig::new(&db, Role::Outcomes);
+    outcomes.busy_timeout = Duration::from_millis(20);
+    let sink = SqliteSink::open(outcomes).unwrap().with_table_ack(ack).unwrap();
+    let config = WriterConfig {
+        max_retries: 1,
+        retry_backoff: Duration::from_millis(20),
+        give_back: GiveBack::Soon,
+        ..config()
+    };
+    let writer = Writer::start(config, Box::new(sink), None, source.clone()).unwrap();
+    let statuses = || -> Vec<String> {
+        let mut s = conn.prepare("SELECT status FROM jobs ORDER BY id").unwrap();
+        let rows = s.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    };
+
+    let Ok(Pull::Items(items)) = source.pull(10) else {
+        panic!("three items expected")
+    };
+    assert_eq!(statuses(), vec!["running"; 3]);
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let now = SystemTime::now();
+    let done = |item: Item| Outcome {
+        item,
+        status: Status::Done,
+        attempts: 1,
+        output: Some("ok".into()),
+        error: None,
+        started_at: now,
+        finished_at: now,
+        duration: Duration::from_millis(1),
+    };
+    writer.commit(items.into_iter().map(done).collect()).unwrap();
+    let started = Instant::now();
+    while writer.metrics().unsaved.get() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the flush never failed");
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(100)); // a give-back or two refused
+    assert_eq!(writer.metrics().given_back.get(), 0, "the lock refuses the give-back too");
+    conn.execute_batch("COMMIT").unwrap();
+    let started = Instant::now();
+    while statuses() != vec!["pending"; 3] {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "rows not pending again: {:?}",
+            statuses()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(writer.metrics().given_back.get(), 3);
+    assert!(matches!(source.pull(10), Ok(Pull::Items(again)) if again.len() == 3));
     writer.close();
 }
 
