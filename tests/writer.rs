@@ -339,7 +339,11 @@ fn a_work_table_gets_its_rows_back_as_pending_when_their_flush_fails_even_from_a
         thread::sleep(Duration::from_millis(5));
     }
     thread::sleep(Duration::from_millis(100)); // a give-back or two refused
-    assert_eq!(writer.metrics().given_back.get(), 0, "the lock refuses the give-back too");
+    assert_eq!(
+        writer.metrics().given_back.get(),
+        0,
+        "the lock refuses the give-back too"
+    );
     conn.execute_batch("COMMIT").unwrap();
     let started = Instant::now();
     while statuses() != vec!["pending"; 3] {
