@@ -58,7 +58,7 @@ use crate::source::spool::SpoolSource;
 use crate::source::{Source, SqliteSource};
 use crate::status::{Status, StatusSources};
 use crate::sync::Mutex;
-use crate::writer::Writer;
+use crate::writer::{DrainReport, GiveBack, Writer, WriterConfig};
 
 /// How `lote run` was asked to run.
 #[derive(Clone, Debug)]
@@ -79,12 +79,17 @@ pub enum RunEnd {
     DeadlineWithItemsLeft,
     /// Stopped by a signal, gracefully: exit 0.
     Stopped,
+    /// This many outcomes were not saved (a flush that failed for good, a
+    /// drain out of time): an I/O failure, exit 1, whatever else happened.
+    /// Their items run again.
+    OutcomesUnsaved(u64),
 }
 
 impl RunEnd {
     pub fn exit_code(self) -> i32 {
         match self {
             RunEnd::Complete | RunEnd::Stopped => 0,
+            RunEnd::OutcomesUnsaved(_) => 1,
             RunEnd::ItemsFailed => 3,
             RunEnd::DeadlineWithItemsLeft => 4,
         }
@@ -98,6 +103,15 @@ impl RunEnd {
             EndReason::Deadline if summary.items_left() => RunEnd::DeadlineWithItemsLeft,
             _ if summary.failed > 0 => RunEnd::ItemsFailed,
             _ => RunEnd::Complete,
+        }
+    }
+
+    /// This end, with `unsaved` more outcomes not saved.
+    fn with_unsaved(self, unsaved: u64) -> RunEnd {
+        match (self, unsaved) {
+            (end, 0) => end,
+            (RunEnd::OutcomesUnsaved(n), more) => RunEnd::OutcomesUnsaved(n.saturating_add(more)),
+            (_, n) => RunEnd::OutcomesUnsaved(n),
         }
     }
 }
@@ -171,7 +185,12 @@ impl Parts {
             Some(spec) => Some(open_sink(spec, None)?),
             None => None,
         };
-        let writer = Writer::start(config.writer.clone(), sink, dead_letter, Arc::clone(&source))
+        let writer_config = WriterConfig {
+            // A continuous session never finishes: unsaved items go back soon.
+            give_back: if stream { GiveBack::Soon } else { GiveBack::AtFinish },
+            ..config.writer.clone()
+        };
+        let writer = Writer::start(writer_config, sink, dead_letter, Arc::clone(&source))
             .map_err(|e| build("starting the writer", &e))?;
         Ok(Parts {
             config,
@@ -182,8 +201,9 @@ impl Parts {
         })
     }
 
-    /// Drains the writer and kills any exec child still running.
-    fn close(&self) {
+    /// Drains the writer, kills any exec child still running, and says what
+    /// the drain could not write.
+    fn close(&self) -> DrainReport {
         let report = self.writer.close();
         if report.unwritten == 0 {
             log::info!("writer drained");
@@ -191,6 +211,7 @@ impl Parts {
         if let Some(exec) = &self.exec {
             exec.kill_all_running();
         }
+        report
     }
 }
 
@@ -516,7 +537,11 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
             );
             notifier.stopping();
             shared.set_state("draining");
-            parts.close();
+            let drained = parts.close();
+            let result = result.map(|end| end.with_unsaved(drained.unwritten));
+            if let Ok(RunEnd::OutcomesUnsaved(n)) = result {
+                log::error!("{n} outcome(s) were not saved (see the errors above); their items will run again");
+            }
             shared.set_state("stopped");
             over.stop(StopReason::Requested);
             let _ = status.join();
@@ -577,7 +602,9 @@ fn session_loop(
         .policy(parts.config.policy.clone())
         .stop_handle(session_stop)
         .metrics(Arc::clone(metrics));
+        let unsaved_before = parts.writer.metrics().unsaved.get();
         let summary = session.run().map_err(|e| DaemonError::Session(e.to_string()));
+        let unsaved = parts.writer.metrics().unsaved.get().saturating_sub(unsaved_before);
         *current.lock() = None;
         let summary = summary?;
         {
@@ -592,7 +619,10 @@ fn session_loop(
         }
         let this = RunEnd::of_session(&summary);
         if options.once || stop.is_stopping() {
-            return Ok(if stop.is_stopping() { RunEnd::Stopped } else { this });
+            let end = if stop.is_stopping() { RunEnd::Stopped } else { this };
+            // A daemon gave its unsaved items back to run in this or a later
+            // session; what --once could not save is still to run: exit 1.
+            return Ok(if options.once { end.with_unsaved(unsaved) } else { end });
         }
         if this == RunEnd::ItemsFailed {
             end = RunEnd::ItemsFailed;

@@ -10,17 +10,34 @@
 //! - **Acknowledged ⇒ durable.** `Source::ack` is called for a batch only
 //!   after the dead-letter sink (for its failed outcomes) and the sink have
 //!   both returned `Ok` from `write`.
-//! - **A failed flush is retried, then left unacknowledged.** Up to
-//!   `max_retries` more tries with doubling back-off; after that the batch's
-//!   items are *not* acknowledged (they stay claimed at the source and run
-//!   again later), the failure is counted and logged with its cause, and the
-//!   thread carries on with the next batch.
+//! - **A failed flush is retried, then given back.** Up to `max_retries`
+//!   more tries with doubling back-off; after that the batch's outcomes are
+//!   *unsaved*: counted ([`WriterMetrics::unsaved`]) and logged with the
+//!   cause, their items are never acknowledged but given back to the source
+//!   ([`ReturnReason::FlushFailed`]) so that they run again, and the thread
+//!   carries on with the next batch. *When* they go back is [`GiveBack`]: in a
+//!   continuous session at once when a later flush is durable, or after a
+//!   pause that doubles with each give-back while the sink keeps failing (so
+//!   a sink that stays broken is not fed the same items in a hot loop); in a
+//!   batch session, when it finishes. An item whose give-back fails is
+//!   tried again then; one still claimed at the drain waits for the source's
+//!   own recovery at the next start. A given-back item is pulled like any
+//!   other, so under exactly-once one whose outcome became durable after all
+//!   (a commit that reported an error) is skipped, not run twice.
+//! - **Dead letters are written once.** A retry writes only what an earlier
+//!   try of the same flush did not make durable: the dead letters of a batch
+//!   are not written again when only its outcomes failed. (If the outcomes
+//!   then fail for good, the item runs again with its dead letter already on
+//!   disk; should it fail again, a second dead letter for its id is written,
+//!   and `dead-letter list` shows the latest per id.)
 //! - **A batch closes** at `batch` outcomes or `flush_every` after its oldest
 //!   outcome arrived, whichever comes first; a `finish` closes it at once.
 //! - **Order.** Commands are handled in the order sent, so `finish` returns
 //!   only when everything committed before it has been flushed.
-//! - **Drain.** `close` flushes everything queued within `drain_timeout` and
-//!   reports what it could not write.
+//! - **Drain.** `close` flushes everything queued within `drain_timeout`,
+//!   gives back the items of what it could not write, and reports them.
+//! - **Memory grows with use**, never with a configured count: nothing is
+//!   preallocated by `batch`.
 //!
 //! # Example
 //!
@@ -60,10 +77,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::commit::{CommitError, Committer};
-use crate::item::{Outcome, Status};
+use crate::item::{Item, Outcome, Status};
 use crate::metrics::{Counter, Gauge};
 use crate::sink::{DoneLookup, Sink, SinkError, SinkErrorKind};
-use crate::source::Source;
+use crate::source::{ReturnReason, Source};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::Mutex;
 
@@ -86,11 +103,34 @@ pub struct WriterConfig {
     /// Answer `done_ids` (exactly-once, resume). Off by default: a JSONL sink
     /// then keeps no in-memory index of done ids.
     pub done_lookups: bool,
+    /// When the items of a flush that failed for good go back to the source.
+    pub give_back: GiveBack,
+}
+
+/// When the items of a batch whose flush failed for good (its outcomes are
+/// unsaved) go back to their source, to run again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GiveBack {
+    /// For a continuous session, which never finishes on its own: as soon as
+    /// a later flush is durable (the sink works again), or else after a
+    /// pause that starts at `retry_backoff` and doubles with each give-back
+    /// while the sink keeps failing, up to 30 s. A daemon so finishes them
+    /// on its own once the disk recovers (within about as long as it was
+    /// full, at most 30 s), and a sink that stays broken gets the same items
+    /// again at most twice a minute, not in a hot loop.
+    Soon,
+    /// For a batch session (`run --once`, `session.every`): when it finishes
+    /// ([`Committer::finish`]) or the writer closes. Pulled again sooner, they
+    /// would keep a session whose sink stays broken from ever ending; the
+    /// next session takes them.
+    #[default]
+    AtFinish,
 }
 
 impl Default for WriterConfig {
     /// SPEC §4: batch 500, flush every 1 s, 5 retries; 200 ms first back-off,
-    /// 30 s drain, 64 chunks in flight, no done lookups.
+    /// 30 s drain, 64 chunks in flight, no done lookups; failed items given
+    /// back when the session finishes.
     fn default() -> Self {
         WriterConfig {
             batch: 500,
@@ -100,6 +140,7 @@ impl Default for WriterConfig {
             drain_timeout: Duration::from_secs(30),
             channel_chunks: 64,
             done_lookups: false,
+            give_back: GiveBack::AtFinish,
         }
     }
 }
@@ -114,8 +155,14 @@ pub struct WriterMetrics {
     pub enqueued: Counter,
     /// Outcomes made durable.
     pub persisted: Counter,
-    /// Outcomes whose flush failed for good (left unacknowledged).
+    /// Outcomes whose flush failed for good (never acknowledged).
     pub failed: Counter,
+    /// Outcomes given up on: those of `failed`, and those a drain had no
+    /// time to write. Their items go back to the source and run again; a
+    /// `run --once` with any exits 1.
+    pub unsaved: Counter,
+    /// Items given back to the source because their outcomes are unsaved.
+    pub given_back: Counter,
     /// Flush retries.
     pub retries: Counter,
     /// Batches made durable.
@@ -170,7 +217,8 @@ pub struct DrainReport {
     /// Outcomes made durable during the drain.
     pub persisted: u64,
     /// Outcomes left unwritten (drain timeout or failed flushes); their items
-    /// stay unacknowledged at the source and run again later.
+    /// are given back to the source (or, if the thread is stuck, stay
+    /// claimed) and run again later.
     pub unwritten: u64,
     /// True if the drain ran out of time.
     pub timed_out: bool,
@@ -224,6 +272,9 @@ impl Writer {
                 dead_letter,
                 source,
                 metrics,
+                unsaved_items: Vec::new(),
+                give_back_at: None,
+                give_backs_in_a_row: 0,
             };
             thread::Builder::new()
                 .name("lote-writer".to_string())
@@ -269,7 +320,7 @@ impl Writer {
                 let _ = thread.join();
                 if report.unwritten > 0 {
                     log::error!(
-                        "writer drain: {} outcome(s) not written{}; their items stay unacknowledged and will run again",
+                        "writer drain: {} outcome(s) not written{}; their items go back to the source and will run again",
                         report.unwritten,
                         if report.timed_out {
                             " (drain_timeout ran out)"
@@ -353,6 +404,15 @@ struct Flusher {
     dead_letter: Option<Box<dyn Sink>>,
     source: Arc<dyn Source>,
     metrics: Arc<WriterMetrics>,
+    /// The items of unsaved outcomes, until they go back to the source
+    /// (see [`GiveBack`]). At most one session's worth under `AtFinish`.
+    unsaved_items: Vec<Item>,
+    /// `GiveBack::Soon`: when `unsaved_items` go back if no flush is durable
+    /// before. `None` while there are none (or under `AtFinish`).
+    give_back_at: Option<Instant>,
+    /// Give-backs since the last durable flush: the pause before
+    /// `GiveBack::Soon` gives items back doubles with each.
+    give_backs_in_a_row: u32,
 }
 
 /// How one flush ended.
@@ -370,11 +430,14 @@ impl Flusher {
             self.config.batch,
             self.config.flush_every.as_millis()
         );
-        let mut pending: Vec<Outcome> = Vec::with_capacity(self.config.batch);
+        // Grows with what arrives: `batch` may be far larger than any real batch.
+        let mut pending: Vec<Outcome> = Vec::new();
         let mut oldest: Option<Instant> = None;
         loop {
-            let command = match oldest {
-                Some(at) => inbox.recv_deadline(at + self.config.flush_every),
+            let close_batch = oldest.map(|at| at + self.config.flush_every);
+            let wake = close_batch.into_iter().chain(self.give_back_at).min();
+            let command = match wake {
+                Some(at) => inbox.recv_deadline(at),
                 None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match command {
@@ -398,6 +461,8 @@ impl Flusher {
                     let result = self.flush_all(&mut pending, None);
                     oldest = None;
                     self.metrics.mark_oldest(None);
+                    // The session is over: what it could not save goes back.
+                    self.give_back_unsaved();
                     let _ = reply.send(result);
                 }
                 Ok(Command::Shutdown(deadline, reply)) => {
@@ -407,9 +472,15 @@ impl Flusher {
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.flush_all(&mut pending, None);
-                    oldest = None;
-                    self.metrics.mark_oldest(None);
+                    let now = Instant::now();
+                    if close_batch.is_some_and(|at| at <= now) {
+                        let _ = self.flush_all(&mut pending, None);
+                        oldest = None;
+                        self.metrics.mark_oldest(None);
+                    }
+                    if self.give_back_at.is_some_and(|at| at <= now) {
+                        self.give_back_unsaved();
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     // Every Writer handle is gone without a close: flush what
@@ -466,7 +537,17 @@ impl Flusher {
         let unwritten_now = pending.len() as u64;
         if unwritten_now > 0 {
             self.metrics.depth.sub(unwritten_now);
-            pending.clear();
+            self.metrics.unsaved.add(unwritten_now);
+            self.unsaved_items.extend(pending.drain(..).map(|o| o.item));
+        }
+        self.give_back_unsaved();
+        if !self.unsaved_items.is_empty() {
+            log::error!(
+                "{} item(s) whose outcomes were not saved could not be given back; \
+                 they stay claimed until lote starts again",
+                self.unsaved_items.len()
+            );
+            self.unsaved_items.clear();
         }
         DrainReport {
             persisted: self.metrics.persisted.get() - persisted_before,
@@ -475,17 +556,20 @@ impl Flusher {
         }
     }
 
-    /// Makes one batch durable (retrying), then acknowledges it.
+    /// Makes one batch durable (retrying), then acknowledges it; if that
+    /// fails for good, keeps its items to give back (see [`GiveBack`]).
     fn flush(&mut self, batch: Vec<Outcome>, deadline: Option<Instant>) -> Flushed {
         let n = batch.len() as u64;
         let dead: Vec<Outcome> = match self.dead_letter {
             Some(_) => batch.iter().filter(|o| o.status == Status::Failed).cloned().collect(),
             None => Vec::new(),
         };
+        // Once a try has made the dead letters durable, retries skip them.
+        let mut dead_durable = dead.is_empty();
         let mut retry = 0u32;
         let result = loop {
             let started = Instant::now();
-            match self.write_once(&batch, &dead) {
+            match self.write_once(&batch, &dead, &mut dead_durable) {
                 Ok(()) => {
                     self.metrics
                         .last_flush_micros
@@ -501,7 +585,7 @@ impl Flusher {
                         self.metrics.failed_flushes.inc();
                         log::error!(
                             "flushing {n} outcome(s) failed after {} tries: {error}; \
-                             their items stay unacknowledged and will run again",
+                             their items go back to the source and will run again",
                             retry + 1
                         );
                         break Flushed::Failed(error.to_string());
@@ -518,24 +602,85 @@ impl Flusher {
             }
         };
         self.metrics.depth.sub(n);
-        if let Flushed::Durable = result {
-            self.metrics.persisted.add(n);
-            self.metrics.batches.inc();
-            if let Err(error) = self.source.ack(&batch) {
-                // The outcomes are durable: a rerun of these items is
-                // recognised (exactly-once) or harmless (at-least-once).
-                self.metrics.ack_errors.inc();
-                log::error!("acknowledging {n} durable outcome(s) to the source failed: {error}");
+        match &result {
+            Flushed::Durable => {
+                self.metrics.persisted.add(n);
+                self.metrics.batches.inc();
+                if let Err(error) = self.source.ack(&batch) {
+                    // The outcomes are durable: a rerun of these items is
+                    // recognised (exactly-once) or harmless (at-least-once).
+                    self.metrics.ack_errors.inc();
+                    log::error!("acknowledging {n} durable outcome(s) to the source failed: {error}");
+                }
+                if self.config.give_back == GiveBack::Soon {
+                    // The sink works again: what it could not take, it can now.
+                    self.give_back_unsaved();
+                }
+                self.give_backs_in_a_row = 0;
+            }
+            Flushed::Failed(_) => {
+                self.metrics.unsaved.add(n);
+                self.unsaved_items.extend(batch.into_iter().map(|o| o.item));
+                if self.config.give_back == GiveBack::Soon {
+                    let pause = backoff(self.config.retry_backoff, self.give_backs_in_a_row);
+                    // The first failed batch sets the time; later ones go with it.
+                    self.give_back_at.get_or_insert(Instant::now() + pause);
+                }
             }
         }
         result
     }
 
-    /// One try: dead letters first, then the outcomes (both idempotent, so a
-    /// retry of a half-done try writes the same records again).
-    fn write_once(&mut self, batch: &[Outcome], dead: &[Outcome]) -> Result<(), SinkError> {
-        if let Some(dead_letter) = self.dead_letter.as_mut().filter(|_| !dead.is_empty()) {
-            dead_letter.write(dead)?;
+    /// Gives the items of unsaved outcomes back to the source, to run again.
+    /// One call per item, so that a failure names the very items still
+    /// claimed: those are kept and tried again (`Soon`: after the next pause;
+    /// `AtFinish`: at the next finish), and never one that did go back (it
+    /// may be claimed again by now). What is left at the drain stays claimed
+    /// until the source's own recovery at the next start.
+    fn give_back_unsaved(&mut self) {
+        self.give_back_at = None;
+        if self.unsaved_items.is_empty() {
+            return;
+        }
+        self.give_backs_in_a_row = self.give_backs_in_a_row.saturating_add(1);
+        let items = std::mem::take(&mut self.unsaved_items);
+        let n = items.len();
+        let mut first_error = None;
+        for item in items {
+            if let Err(error) = self.source.give_back(vec![item.clone()], ReturnReason::FlushFailed) {
+                self.unsaved_items.push(item);
+                first_error.get_or_insert(error);
+            }
+        }
+        let back = n - self.unsaved_items.len();
+        if back > 0 {
+            self.metrics.given_back.add(back as u64);
+            log::warn!(
+                "{back} item(s) whose outcomes were not saved went back to the source ({}); they will run again",
+                ReturnReason::FlushFailed
+            );
+        }
+        if let Some(error) = first_error {
+            let kept = self.unsaved_items.len();
+            log::error!(
+                "giving back {kept} item(s) whose outcomes were not saved failed (first: {error}); tried again later"
+            );
+            if self.config.give_back == GiveBack::Soon {
+                let pause = backoff(self.config.retry_backoff, self.give_backs_in_a_row);
+                self.give_back_at = Some(Instant::now() + pause);
+            }
+        }
+    }
+
+    /// One try: dead letters first (unless an earlier try made them
+    /// durable), then the outcomes. Both writes are idempotent, so a retry
+    /// of a half-done try stores the same records.
+    fn write_once(&mut self, batch: &[Outcome], dead: &[Outcome], dead_durable: &mut bool) -> Result<(), SinkError> {
+        if !*dead_durable {
+            if let Some(dead_letter) = self.dead_letter.as_mut() {
+                dead_letter.write(dead)?;
+            }
+            *dead_durable = true;
         }
         self.sink.write(batch)
     }

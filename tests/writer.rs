@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lote::commit::Committer;
 use lote::sink::{DoneLookup, JsonlConfig, JsonlSink, Record, Role, Sink, SinkError, SqliteConfig, SqliteSink};
-use lote::source::VecSource;
-use lote::writer::{Writer, WriterConfig};
+use lote::source::{Pull, Source, SqliteSource, SqliteSourceConfig, VecSource};
+use lote::writer::{GiveBack, Writer, WriterConfig};
 use lote::{CallContext, Failure, Item, Outcome, Qos, Session, SessionConfig, Status, StopHandle, StopReason};
 
 fn outcome(id: usize, status: Status) -> Outcome {
@@ -44,6 +44,7 @@ fn config() -> WriterConfig {
         drain_timeout: Duration::from_secs(10),
         channel_chunks: 4,
         done_lookups: true,
+        give_back: GiveBack::AtFinish,
     }
 }
 
@@ -171,10 +172,191 @@ fn a_sink_that_never_recovers_leaves_items_unacknowledged_and_lote_stoppable() {
     assert_eq!(source.ack_count(), 0, "nothing acknowledged");
     let m = writer.metrics();
     assert_eq!((m.failed.get(), m.failed_flushes.get(), m.retries.get()), (11, 2, 6));
+    // Each finish gave the session's unsaved items back, to run again.
+    assert_eq!((m.unsaved.get(), m.given_back.get()), (11, 11));
+    assert_eq!(source.pending().len(), 11);
+    assert_eq!(source.returns("99"), 1);
     let started = Instant::now();
     let report = writer.close();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(report.unwritten, 0, "nothing was pending any more");
+}
+
+#[test]
+fn dead_letters_are_written_once_per_item() {
+    // The outcomes database is locked by another connection, so flushes fail
+    // (busy) after the dead letters are durable, and are retried.
+    let dir = tempfile::tempdir().unwrap();
+    let mut outcomes = SqliteConfig::new(dir.path().join("outcomes.db"), Role::Outcomes);
+    outcomes.busy_timeout = Duration::from_millis(20);
+    let sink = SqliteSink::open(outcomes).unwrap();
+    let dead_path = dir.path().join("dead.jsonl");
+    let dead = JsonlSink::open(JsonlConfig::new(&dead_path, Role::DeadLetter)).unwrap();
+    let lock = rusqlite::Connection::open(dir.path().join("outcomes.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let source = Arc::new(VecSource::numbered(0));
+    let config = WriterConfig {
+        max_retries: 30,
+        ..config()
+    };
+    let writer = Writer::start(config, Box::new(sink), Some(Box::new(dead)), source.clone()).unwrap();
+    let status = |i: usize| {
+        if i.is_multiple_of(2) {
+            Status::Failed
+        } else {
+            Status::Done
+        }
+    };
+    writer.commit((0..6).map(|i| outcome(i, status(i))).collect()).unwrap();
+    let started = Instant::now();
+    while writer.metrics().retries.get() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the flush never retried");
+        thread::sleep(Duration::from_millis(5));
+    }
+    lock.execute_batch("COMMIT").unwrap();
+    writer.finish().unwrap();
+    assert_eq!(source.ack_count(), 6);
+    assert_eq!(reopen_records(&dir).len(), 6);
+
+    let text = std::fs::read_to_string(&dead_path).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Record>(line).unwrap().id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["0", "2", "4"],
+        "one dead letter per failed item, not one per try"
+    );
+}
+
+#[test]
+fn a_continuous_writer_gives_unsaved_items_back_without_waiting_for_the_end() {
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let config = WriterConfig {
+        max_retries: 0,
+        give_back: GiveBack::Soon,
+        ..config()
+    };
+
+    // A sink that stays broken: back after a short pause, no finish needed.
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let broken = Flaky {
+        inner: sqlite(&dir),
+        failures: Arc::new(AtomicU32::new(u32::MAX)),
+    };
+    let writer = Writer::start(config.clone(), Box::new(broken), None, source.clone()).unwrap();
+    writer.commit(vec![outcome(1, Status::Done)]).unwrap();
+    wait_for("the unsaved item never went back", &|| source.returns("1") == 1);
+    assert_eq!(writer.metrics().unsaved.get(), 1);
+    writer.close();
+
+    // A sink that works again: back at once, not after the (30 s) pause.
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let once = Flaky {
+        inner: sqlite(&dir),
+        failures: Arc::new(AtomicU32::new(1)),
+    };
+    let slow_pause = WriterConfig {
+        retry_backoff: Duration::from_secs(3600),
+        ..config
+    };
+    let writer = Writer::start(slow_pause, Box::new(once), None, source.clone()).unwrap();
+    writer.commit(vec![outcome(1, Status::Done)]).unwrap();
+    wait_for("the first flush never failed", &|| writer.metrics().unsaved.get() == 1);
+    assert_eq!(source.returns("1"), 0, "held during the pause");
+    writer.commit(vec![outcome(2, Status::Done)]).unwrap();
+    wait_for("a durable flush did not give the held item back", &|| {
+        source.returns("1") == 1
+    });
+    assert_eq!(source.acks("2"), vec![Status::Done]);
+    writer.close();
+}
+
+#[test]
+fn a_work_table_gets_its_rows_back_as_pending_when_their_flush_fails_even_from_a_locked_database() {
+    // Work table and outcomes in one file: the outcome and the row's marking
+    // commit together, so a failed flush leaves the rows `running`, and the
+    // give-back (itself refused while the lock lasts) sets them `pending`.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("work.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE jobs(id TEXT PRIMARY KEY, payload BLOB, priority INTEGER, status TEXT NOT NULL);
+         INSERT INTO jobs VALUES ('a', 'x', 0, 'pending'), ('b', 'y', 0, 'pending'), ('c', 'z', 0, 'pending');",
+    )
+    .unwrap();
+    let mut table = SqliteSourceConfig::new(&db, "jobs");
+    table.busy_timeout = Duration::from_millis(20);
+    let source = SqliteSource::open(table).unwrap();
+    let ack = source.table_ack();
+    let source = Arc::new(source.acked_in_sink_transaction());
+    let mut outcomes = SqliteConfig::new(&db, Role::Outcomes);
+    outcomes.busy_timeout = Duration::from_millis(20);
+    let sink = SqliteSink::open(outcomes).unwrap().with_table_ack(ack).unwrap();
+    let config = WriterConfig {
+        max_retries: 1,
+        retry_backoff: Duration::from_millis(20),
+        give_back: GiveBack::Soon,
+        ..config()
+    };
+    let writer = Writer::start(config, Box::new(sink), None, source.clone()).unwrap();
+    let statuses = || -> Vec<String> {
+        let mut s = conn.prepare("SELECT status FROM jobs ORDER BY id").unwrap();
+        let rows = s.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    };
+
+    let Ok(Pull::Items(items)) = source.pull(10) else {
+        panic!("three items expected")
+    };
+    assert_eq!(statuses(), vec!["running"; 3]);
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let now = SystemTime::now();
+    let done = |item: Item| Outcome {
+        item,
+        status: Status::Done,
+        attempts: 1,
+        output: Some("ok".into()),
+        error: None,
+        started_at: now,
+        finished_at: now,
+        duration: Duration::from_millis(1),
+    };
+    writer.commit(items.into_iter().map(done).collect()).unwrap();
+    let started = Instant::now();
+    while writer.metrics().unsaved.get() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the flush never failed");
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(100)); // a give-back or two refused
+    assert_eq!(
+        writer.metrics().given_back.get(),
+        0,
+        "the lock refuses the give-back too"
+    );
+    conn.execute_batch("COMMIT").unwrap();
+    let started = Instant::now();
+    while statuses() != vec!["pending"; 3] {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "rows not pending again: {:?}",
+            statuses()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(writer.metrics().given_back.get(), 3);
+    assert!(matches!(source.pull(10), Ok(Pull::Items(again)) if again.len() == 3));
+    writer.close();
 }
 
 #[test]

@@ -452,8 +452,8 @@ macro_rules! sink_kind {
                     batch: Option<usize>,
                     /// … or this long after its oldest outcome arrived. Default 1s.
                     flush_every: Option<Dur>,
-                    /// Retries of a failed flush; then its items stay
-                    /// unacknowledged and run again later. Default 5.
+                    /// Retries of a failed flush; then its items go back to
+                    /// the source and run again. Default 5.
                     max_retries: Option<u32>,
                     /// At shutdown, how long to write what is queued. Default 30s.
                     drain_timeout: Option<Dur>,

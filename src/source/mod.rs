@@ -4,7 +4,8 @@
 //! The producer thread calls [`Source::pull`]; a worker or the session calls
 //! [`Source::give_back`] for items it did not process (a stop, an open
 //! breaker, a full queue); the committer calls [`Source::ack`] once outcomes
-//! are durable. These calls come from different threads, so a source is
+//! are durable, and `give_back` for items whose outcomes it could not make
+//! durable. These calls come from different threads, so a source is
 //! `Sync` and locks what it must inside.
 
 pub mod lines;
@@ -40,6 +41,9 @@ pub enum ReturnReason {
     BreakerOpen,
     /// The queue was full and its `when_full` mode dropped or refused them.
     QueueFull,
+    /// They ran, but the write-behind thread could not make their outcomes
+    /// durable (a full disk, a locked database) even after retrying.
+    FlushFailed,
 }
 
 impl ReturnReason {
@@ -49,6 +53,7 @@ impl ReturnReason {
             ReturnReason::Stopped => "stopped",
             ReturnReason::BreakerOpen => "breaker_open",
             ReturnReason::QueueFull => "queue_full",
+            ReturnReason::FlushFailed => "flush_failed",
         }
     }
 }
@@ -98,8 +103,10 @@ pub trait Source: Send + Sync {
     /// crash, until the source's own recovery releases it).
     fn pull(&self, max: usize) -> Result<Pull, SourceError>;
 
-    /// Takes back items that were pulled but not processed. They stay (or
-    /// become) pending and are pulled again by a later session.
+    /// Takes back items that were pulled but will not be acknowledged: not
+    /// processed, or processed without their outcomes becoming durable
+    /// (`FlushFailed`). They stay (or become) pending and are pulled again,
+    /// by a later pull of this session or by a later session.
     fn give_back(&self, items: Vec<Item>, reason: ReturnReason) -> Result<(), SourceError>;
 
     /// Hears that these outcomes are durable: the items are finished for the
