@@ -19,6 +19,12 @@
 //!   what is done is flushed, exit).
 //! - SIGHUP: the config is read again and applied at the next session
 //!   boundary; if it is invalid, the error is logged and the old one stays.
+//!   (Under systemd, `ExecReload=` runs `lote check` first, so `systemctl
+//!   reload` fails on an invalid config before any SIGHUP.) If the new
+//!   config is valid but its parts cannot be built, the old parts are built
+//!   again; if that fails too, lote stops with exit 1 rather than run on
+//!   with a closed writer. A breaker whose settings did not change is kept
+//!   across the reload, open or not (see [`keep_breaker`]).
 //! - SIGUSR1: a status summary in the log.
 //!
 //! # systemd (`Type=notify`; all silent without `NOTIFY_SOCKET`)
@@ -26,8 +32,10 @@
 //! - `READY=1` once the config is valid and the parts are built (stores
 //!   open, writer started).
 //! - `STATUS=` from the notify thread, at most once a second: state, queue,
-//!   busy workers, throughput, breaker, writer depth; while draining,
-//!   `draining: writer depth N`; when the watchdog withholds, why.
+//!   busy workers, throughput, breaker, writer depth; `stopping | …` from
+//!   the first SIGTERM until the sessions are over, then `draining: writer
+//!   depth N`; when the watchdog withholds, why. The states are
+//!   [`DaemonState`]'s, the same as the status file's.
 //! - `STOPPING=1` on the first SIGTERM/SIGINT, or when the last session
 //!   ends, whichever comes first.
 //! - `EXTEND_TIMEOUT_USEC` while the writer drains, each time its depth went
@@ -51,12 +59,13 @@ use crate::handler::http::HttpHandler;
 use crate::handler::{Handler, Noop};
 use crate::metrics::{prometheus, Metrics};
 use crate::notify::{Bounds, DrainWatch, Notifier, Progress, Watchdog, MAX_TICK};
+use crate::policy::BreakerState;
 use crate::session::{EndReason, Session, SessionSummary, StopHandle, StopLevel, StopReason};
 use crate::sink::{JsonlSink, Sink, SqliteSink, TableAck};
 use crate::source::lines::LinesSource;
 use crate::source::spool::SpoolSource;
 use crate::source::{Source, SqliteSource};
-use crate::status::{Status, StatusSources};
+use crate::status::{DaemonState, Status, StatusSources};
 use crate::sync::Mutex;
 use crate::writer::Writer;
 
@@ -239,10 +248,16 @@ struct Shared {
     metrics: Arc<Metrics>,
     started_at: SystemTime,
     config_path: PathBuf,
+    /// The daemon's stop (not a session's): once a stop is asked for, the
+    /// reported state is `stopping` whatever the session loop last set
+    /// (see [`Shared::state`]). Read here rather than set by the signal
+    /// thread, so that the loop cannot overwrite it with `running`.
+    stop: StopHandle,
 }
 
 struct Inputs {
-    state: &'static str,
+    /// What the session loop set last; read it through [`Shared::state`].
+    state: DaemonState,
     sessions: u64,
     last: Option<(SessionSummary, SystemTime)>,
     writer: Option<Arc<Writer>>,
@@ -257,6 +272,16 @@ struct Inputs {
 }
 
 impl Shared {
+    /// The state to report: the session loop's, or `stopping` once a stop
+    /// was asked for and the loop has not yet moved on to the drain.
+    fn state(&self, inputs: &Inputs) -> DaemonState {
+        if self.stop.is_stopping() {
+            inputs.state.once_stop_asked()
+        } else {
+            inputs.state
+        }
+    }
+
     fn capture(&self) -> Status {
         let inputs = self.inputs.lock();
         let writer_metrics = inputs.writer.as_ref().map(|w| Arc::clone(w.metrics()));
@@ -267,7 +292,7 @@ impl Shared {
                 breaker: inputs.breaker.as_deref(),
                 threads: inputs.threads,
             },
-            inputs.state,
+            self.state(&inputs).as_str(),
             &self.config_path.display().to_string(),
             self.started_at,
             inputs.sessions,
@@ -293,7 +318,7 @@ impl Shared {
         }
     }
 
-    fn set_state(&self, state: &'static str) {
+    fn set_state(&self, state: DaemonState) {
         self.inputs.lock().state = state;
     }
 }
@@ -339,7 +364,7 @@ fn notify_thread(shared: &Shared, over: &StopHandle, notifier: &Notifier) {
         let inputs = shared.inputs.lock();
         let writer = inputs.writer.as_ref().map(|w| Arc::clone(w.metrics()));
         let breaker = inputs.breaker.as_ref().map(|b| b.state().as_str());
-        (inputs.state, inputs.bounds, inputs.threads, breaker, writer)
+        (shared.state(&inputs), inputs.bounds, inputs.threads, breaker, writer)
     };
     let (_, bounds, ..) = look();
     let mut watchdog = Watchdog::new(bounds, Progress::default(), Instant::now());
@@ -369,7 +394,7 @@ fn notify_thread(shared: &Shared, over: &StopHandle, notifier: &Notifier) {
                 Err(_) => {}
             }
         }
-        if state == "draining" {
+        if state == DaemonState::Draining {
             if let Some(by) = drain.look(progress.writer_depth) {
                 notifier.extend(by);
             }
@@ -478,6 +503,7 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
             metrics: Arc::clone(&metrics),
             started_at: SystemTime::now(),
             config_path: options.config_path.clone(),
+            stop: stop.clone(),
         };
         // Not a child of `stop`: the status and notify threads report the
         // drain that follows a stop, so they end only when `run` says.
@@ -515,9 +541,9 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
                 &status_wanted,
             );
             notifier.stopping();
-            shared.set_state("draining");
+            shared.set_state(DaemonState::Draining);
             parts.close();
-            shared.set_state("stopped");
+            shared.set_state(DaemonState::Stopped);
             over.stop(StopReason::Requested);
             let _ = status.join();
             if let Some(notify) = notify {
@@ -536,7 +562,7 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
 fn inputs_of(parts: &Parts) -> Inputs {
     let config = &parts.config;
     Inputs {
-        state: "starting",
+        state: DaemonState::Starting,
         sessions: 0,
         last: None,
         writer: Some(Arc::clone(&parts.writer)),
@@ -565,7 +591,7 @@ fn session_loop(
     let mut end = RunEnd::Complete;
     loop {
         let started = Instant::now();
-        shared.set_state("running");
+        shared.set_state(DaemonState::Running);
         let session_stop = stop.child();
         *current.lock() = Some(session_stop.clone());
         let session = Session::new(
@@ -584,7 +610,7 @@ fn session_loop(
             let mut inputs = shared.inputs.lock();
             inputs.sessions += 1;
             inputs.last = Some((summary.clone(), SystemTime::now()));
-            inputs.state = "idle";
+            inputs.state = DaemonState::Idle;
         }
         shared.write_files();
         if status_wanted.swap(false, Ordering::Relaxed) {
@@ -600,7 +626,7 @@ fn session_loop(
         let Some(every) = parts.config.every else {
             if reload.swap(false, Ordering::Relaxed) {
                 // SIGHUP ended the continuous session: reload, go on.
-                apply_reload(parts, options, shared);
+                apply_reload(parts, options, shared)?;
                 continue;
             }
             // A continuous session ended by itself (a lines file ran out).
@@ -617,46 +643,79 @@ fn session_loop(
             return Ok(RunEnd::Stopped);
         }
         if reload.swap(false, Ordering::Relaxed) {
-            apply_reload(parts, options, shared);
+            apply_reload(parts, options, shared)?;
         }
     }
 }
 
 /// SIGHUP: reads the config again; on success the parts are rebuilt, on
-/// failure the old config stays and the error is logged.
-fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) {
-    match Config::load(&options.config_path) {
-        Err(e) => log::error!("SIGHUP: the new config is invalid, keeping the old one: {e}"),
-        Ok(config) => {
-            let stream = !options.once && config.every.is_none();
-            if std::env::var_os("RUST_LOG").is_none() {
-                log::set_max_level(level_filter(&config.log));
-            }
-            // The old writer drains before the new parts open the same files.
-            parts.close();
-            match Parts::build(config, stream) {
-                Ok(new) => {
-                    *parts = new;
-                    let mut inputs = shared.inputs.lock();
-                    let (sessions, last) = (inputs.sessions, inputs.last.take());
-                    *inputs = Inputs {
-                        sessions,
-                        last,
-                        ..inputs_of(parts)
-                    };
-                    drop(inputs);
-                    log::info!("SIGHUP: config reloaded");
-                }
-                Err(e) => {
-                    log::error!("SIGHUP: the new config could not be applied ({e}); keeping the old one");
-                    let old = parts.config.clone();
-                    match Parts::build(old, stream) {
-                        Ok(rebuilt) => *parts = rebuilt,
-                        Err(e) => log::error!("rebuilding the old parts failed too: {e}"),
-                    }
-                }
-            }
+/// failure the old config stays and the error is logged. An error only if
+/// the old parts, closed for the new ones, cannot be built again either:
+/// there is then no writer to run with, and the daemon must stop (exit 1)
+/// rather than hand outcomes to a closed one.
+fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Result<(), DaemonError> {
+    let mut config = match Config::load(&options.config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("SIGHUP: the new config is invalid, keeping the old one: {e}");
+            return Ok(());
         }
+    };
+    keep_breaker(&parts.config, &mut config);
+    let stream_of = |config: &Config| !options.once && config.every.is_none();
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(level_filter(&config.log));
+    }
+    // The old writer drains before the new parts open the same files.
+    parts.close();
+    let stream = stream_of(&config);
+    match Parts::build(config, stream) {
+        Ok(new) => {
+            *parts = new;
+            log::info!("SIGHUP: config reloaded");
+        }
+        Err(new_failed) => {
+            log::error!("SIGHUP: the new config could not be applied ({new_failed}); keeping the old one");
+            let old = parts.config.clone();
+            let stream = stream_of(&old);
+            *parts = Parts::build(old, stream).map_err(|old_failed| {
+                DaemonError::Build(format!(
+                    "SIGHUP: the new config could not be applied ({new_failed}) and rebuilding the old \
+                     parts failed too ({old_failed}); stopping, as there is no writer to run with: \
+                     fix the cause and start lote again"
+                ))
+            })?;
+        }
+    }
+    let mut inputs = shared.inputs.lock();
+    let (sessions, last) = (inputs.sessions, inputs.last.take());
+    *inputs = Inputs {
+        sessions,
+        last,
+        state: DaemonState::Idle,
+        ..inputs_of(parts)
+    };
+    Ok(())
+}
+
+/// A reload keeps the running breaker — open or closed, its failure count
+/// and its `opens` — when `handler.breaker` did not change: a SIGHUP must
+/// not let a flood of calls through to a downstream the breaker is holding
+/// off. Changed settings make a new breaker, closed; that is logged when
+/// the old one was not closed, so the reset is never silent.
+fn keep_breaker(old: &Config, new: &mut Config) {
+    match (&old.policy.breaker, &mut new.policy.breaker) {
+        (Some(running), Some(fresh)) if running.config() == fresh.config() => *fresh = Arc::clone(running),
+        (Some(running), fresh) if running.state() != BreakerState::Closed => log::warn!(
+            "SIGHUP: handler.breaker changed, so the breaker {}; it was {}",
+            if fresh.is_some() {
+                "starts again closed"
+            } else {
+                "is gone"
+            },
+            running.state().as_str()
+        ),
+        _ => {}
     }
 }
 
