@@ -8,7 +8,7 @@
 //! | thread | started by | stopped by |
 //! |---|---|---|
 //! | signals (`lote-signals`) | [`run`] | [`run`] closing the signal iterator on the way out |
-//! | status (`lote-status`) | [`run`] | the `over` handle, stopped by [`run`] on the way out |
+//! | status (`lote-status`) | [`run`] | the `over` handle, stopped by [`run`] on the way out (it also wakes at the first stop signal, to write `stopping` at once) |
 //! | notify (`lote-notify`) | [`run`], only under systemd (`NOTIFY_SOCKET` set) | the `over` handle, like status |
 //! | writer (`lote-writer`) | [`run`] via `Writer::start` | `Writer::close` after the last session (drain) |
 //!
@@ -325,8 +325,11 @@ impl Shared {
 
 /// The status thread: files every `metrics.every`, a summary line every
 /// `metrics.log_every`, warnings (queue ≥ 80 %, breaker open) when they
-/// start. Ends when `over` stops.
-fn status_thread(shared: &Shared, over: &StopHandle) {
+/// start. Ends when `over` stops. `wake` is a child of `over` that the
+/// daemon's stop also stops: until then the thread sleeps on it, so that the
+/// files say `stopping` as soon as a stop is asked for, not a `metrics.every`
+/// (15 s by default) later; after it, on `over` alone.
+fn status_thread(shared: &Shared, over: &StopHandle, wake: &StopHandle) {
     let mut next_log = Instant::now();
     let mut warned: Vec<String> = Vec::new();
     loop {
@@ -345,7 +348,10 @@ fn status_thread(shared: &Shared, over: &StopHandle) {
             log::info!("{}", status.summary_line());
             next_log = Instant::now() + log_every;
         }
-        if over.sleep(every.min(log_every).max(Duration::from_millis(100))) {
+        let pause = every.min(log_every).max(Duration::from_millis(100));
+        let sleeper = if shared.stop.is_stopping() { over } else { wake };
+        // `wake` stopped by the daemon's stop: write again now.
+        if sleeper.sleep(pause) && over.is_stopping() {
             return;
         }
     }
@@ -508,10 +514,15 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
         // Not a child of `stop`: the status and notify threads report the
         // drain that follows a stop, so they end only when `run` says.
         let over = StopHandle::new();
+        let wake = over.child();
+        let _wake_at_stop = stop.on_change({
+            let wake = wake.clone();
+            move |_| wake.stop(StopReason::Requested)
+        });
         let result = thread::scope(|scope| {
             let status = thread::Builder::new()
                 .name("lote-status".into())
-                .spawn_scoped(scope, || status_thread(&shared, &over))
+                .spawn_scoped(scope, || status_thread(&shared, &over, &wake))
                 .map_err(|e| DaemonError::Build(format!("starting the status thread: {e}")))?;
             let notify = if notifier.is_enabled() {
                 let spawned = thread::Builder::new()
