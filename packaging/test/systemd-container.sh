@@ -148,6 +148,9 @@ EOF
 # --- the package ---------------------------------------------------------------
 expect "dpkg -i" sh_ct 'dpkg -i /root/lote.deb >/dev/null'
 expect "installed, neither enabled nor started" test "$(in_ct systemctl is-enabled lote || true)" = disabled
+expect "systemd-analyze verify (the installed units)" sh_ct 'cd /usr/lib/systemd/system &&
+    systemd-analyze verify --man=no lote.service lote@ci.service lote-once@ci.service lote-once@ci.timer'
+expect "lote check --quiet prints nothing" sh_ct '[ -z "$(runuser -u lote -- lote check --quiet -c /etc/lote/config.yaml 2>&1)" ]'
 
 # --- lote.service with the shipped config ------------------------------------------
 expect "systemctl start lote (returns after READY=1)" in_ct systemctl start lote
