@@ -23,8 +23,8 @@
 //!   reload` fails on an invalid config before any SIGHUP.) If the new
 //!   config is valid but its parts cannot be built, the old parts are built
 //!   again; if that fails too, lote stops with exit 1 rather than run on
-//!   with a closed writer. A breaker whose settings did not change is kept
-//!   across the reload, open or not (see [`keep_breaker`]).
+//!   with a closed writer. A breaker is kept across the reload, open or not,
+//!   when neither it nor the handler changed (see [`keep_breaker`]).
 //! - SIGUSR1: a status summary in the log.
 //!
 //! # systemd (`Type=notify`; all silent without `NOTIFY_SOCKET`)
@@ -674,15 +674,15 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Res
     };
     keep_breaker(&parts.config, &mut config);
     let stream_of = |config: &Config| !options.once && config.every.is_none();
-    if std::env::var_os("RUST_LOG").is_none() {
-        log::set_max_level(level_filter(&config.log));
-    }
     // The old writer drains before the new parts open the same files.
     parts.close();
     let stream = stream_of(&config);
     match Parts::build(config, stream) {
         Ok(new) => {
             *parts = new;
+            if std::env::var_os("RUST_LOG").is_none() {
+                log::set_max_level(level_filter(&parts.config.log));
+            }
             log::info!("SIGHUP: config reloaded");
         }
         Err(new_failed) => {
@@ -710,15 +710,19 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Res
 }
 
 /// A reload keeps the running breaker — open or closed, its failure count
-/// and its `opens` — when `handler.breaker` did not change: a SIGHUP must
-/// not let a flood of calls through to a downstream the breaker is holding
-/// off. Changed settings make a new breaker, closed; that is logged when
-/// the old one was not closed, so the reset is never silent.
+/// and its `opens` — when neither `handler.breaker` nor the handler (what
+/// it calls) changed: a SIGHUP must not let a flood of calls through to a
+/// downstream the breaker is holding off. Otherwise the new config's
+/// breaker starts closed, as a changed handler may well be the fix; that is
+/// logged when the old one was not closed, so the reset is never silent.
 fn keep_breaker(old: &Config, new: &mut Config) {
+    let same_handler = old.handler == new.handler;
     match (&old.policy.breaker, &mut new.policy.breaker) {
-        (Some(running), Some(fresh)) if running.config() == fresh.config() => *fresh = Arc::clone(running),
+        (Some(running), Some(fresh)) if same_handler && running.config() == fresh.config() => {
+            *fresh = Arc::clone(running);
+        }
         (Some(running), fresh) if running.state() != BreakerState::Closed => log::warn!(
-            "SIGHUP: handler.breaker changed, so the breaker {}; it was {}",
+            "SIGHUP: the handler or handler.breaker changed, so the breaker {} (it was {})",
             if fresh.is_some() {
                 "starts again closed"
             } else {
@@ -734,4 +738,37 @@ fn keep_breaker(old: &Config, new: &mut Config) {
 /// validation has already refused unknown names).
 pub fn level_filter(level: &str) -> log::LevelFilter {
     level.parse().unwrap_or(log::LevelFilter::Info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str, failures: u32) -> Config {
+        let yaml = format!(
+            "state_dir: /tmp/lote-test\nsource: {{kind: spool, path: in}}\n\
+             handler: {{kind: http, url: \"{url}\", breaker: {{failures: {failures}}}}}\n"
+        );
+        Config::from_yaml(&yaml, Path::new("test.yaml")).unwrap()
+    }
+
+    fn same_breaker(a: &Config, b: &Config) -> bool {
+        Arc::ptr_eq(a.policy.breaker.as_ref().unwrap(), b.policy.breaker.as_ref().unwrap())
+    }
+
+    #[test]
+    fn a_reload_keeps_the_breaker_only_for_the_same_handler_and_breaker_settings() {
+        let running = config("http://127.0.0.1:9/a", 3);
+        let mut same = config("http://127.0.0.1:9/a", 3);
+        keep_breaker(&running, &mut same);
+        assert!(same_breaker(&running, &same));
+
+        let mut other_settings = config("http://127.0.0.1:9/a", 4);
+        keep_breaker(&running, &mut other_settings);
+        assert!(!same_breaker(&running, &other_settings));
+
+        let mut other_downstream = config("http://127.0.0.1:9/b", 3);
+        keep_breaker(&running, &mut other_downstream);
+        assert!(!same_breaker(&running, &other_downstream));
+    }
 }
