@@ -22,8 +22,10 @@
 #
 # Needs root with CAP_SYS_ADMIN, apt (installs mmdebstrap, systemd-container
 # when missing) and the Debian mirror this host's apt uses (MIRROR= for
-# another sources file or URL). Takes about a minute. Always removes the
-# container, its root and its cgroups (KEEP=1 leaves it running to poke at).
+# another sources file or URL). Takes 1-2 minutes (most of it building the
+# container's root). Always removes the container, its root and its cgroups;
+# on a failure it first prints the container's journal for lote* (KEEP=1
+# leaves the container running to poke at instead).
 set -euo pipefail
 
 deb=$(readlink -f "${1:?usage: $0 path/to/lote_VERSION_ARCH.deb}")
@@ -73,6 +75,12 @@ cleanup() {
         echo "KEEP=1: container $name left running (nspawn pid $nspawn, root $root)"
         return
     fi
+    if [ "$rc" != 0 ] && [ -n "$nspawn" ]; then
+        echo "--- the container's journal for lote*, last 60 lines"
+        in_ct journalctl -u 'lote*' --no-pager -n 60 2>/dev/null || true
+        echo "--- its console, last 20 lines"
+        tail -n 20 "$console" 2>/dev/null || true
+    fi
     if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
         in_ct systemctl poweroff >/dev/null 2>&1 || true
         for _ in $(seq 50); do kill -0 "$nspawn" 2>/dev/null || break; sleep 0.2; done
@@ -84,9 +92,7 @@ cleanup() {
     for dir in "${cgroups[@]}"; do
         find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
     done
-    rm -rf "$root"
-    [ "$rc" = 0 ] && rm -f "$console"
-    [ "$rc" = 0 ] || echo "container console: $console"
+    rm -rf "$root" "$console"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -95,8 +101,8 @@ trap 'exit 130' INT TERM
 note "building the container root ($root)"
 # unsafe-io and no docs: a throw-away root needs neither fsyncs nor manuals.
 mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus,adduser,procps \
-    --dpkg-opt=force-unsafe-io --dpkg-opt='path-exclude=/usr/share/doc/*' \
-    --dpkg-opt='path-exclude=/usr/share/man/*' --dpkg-opt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt=force-unsafe-io --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --aptopt='Acquire::Languages "none"' bookworm "$root" "$MIRROR"
 cp "$deb" "$root/root/lote.deb"
 echo "$name" >"$root/etc/hostname"
