@@ -58,9 +58,17 @@ pub enum Command {
         once: bool,
     },
     /// Validate the config and print the effective config, defaults filled in.
+    /// Changes nothing on disk. Exit 0 if valid, 1 with file:line:column on
+    /// stderr if not.
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print nothing when the config is valid (no effective config, no
+        /// warnings: `lote run` logs those at start); errors still go to
+        /// stderr with exit 1. What the systemd units run before start and
+        /// reload, so the journal does not get the whole config each time.
+        #[arg(short = 'q', long)]
+        quiet: bool,
     },
     /// Show the running (or last) daemon's status from <state_dir>/status.json.
     Status {

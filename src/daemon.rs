@@ -8,7 +8,7 @@
 //! | thread | started by | stopped by |
 //! |---|---|---|
 //! | signals (`lote-signals`) | [`run`] | [`run`] closing the signal iterator on the way out |
-//! | status (`lote-status`) | [`run`] | the `over` handle, stopped by [`run`] on the way out |
+//! | status (`lote-status`) | [`run`] | the `over` handle, stopped by [`run`] on the way out (it also wakes at the first stop signal, to write `stopping` at once) |
 //! | notify (`lote-notify`) | [`run`], only under systemd (`NOTIFY_SOCKET` set) | the `over` handle, like status |
 //! | writer (`lote-writer`) | [`run`] via `Writer::start` | `Writer::close` after the last session (drain) |
 //!
@@ -19,6 +19,12 @@
 //!   what is done is flushed, exit).
 //! - SIGHUP: the config is read again and applied at the next session
 //!   boundary; if it is invalid, the error is logged and the old one stays.
+//!   (Under systemd, `ExecReload=` runs `lote check` first, so `systemctl
+//!   reload` fails on an invalid config before any SIGHUP.) If the new
+//!   config is valid but its parts cannot be built, the old parts are built
+//!   again; if that fails too, lote stops with exit 1 rather than run on
+//!   with a closed writer. A breaker is kept across the reload, open or not,
+//!   when neither it nor the handler changed (see [`keep_breaker`]).
 //! - SIGUSR1: a status summary in the log.
 //!
 //! # systemd (`Type=notify`; all silent without `NOTIFY_SOCKET`)
@@ -26,8 +32,10 @@
 //! - `READY=1` once the config is valid and the parts are built (stores
 //!   open, writer started).
 //! - `STATUS=` from the notify thread, at most once a second: state, queue,
-//!   busy workers, throughput, breaker, writer depth; while draining,
-//!   `draining: writer depth N`; when the watchdog withholds, why.
+//!   busy workers, throughput, breaker, writer depth; `stopping | …` from
+//!   the first SIGTERM until the sessions are over, then `draining: writer
+//!   depth N`; when the watchdog withholds, why. The states are
+//!   [`DaemonState`]'s, the same as the status file's.
 //! - `STOPPING=1` on the first SIGTERM/SIGINT, or when the last session
 //!   ends, whichever comes first.
 //! - `EXTEND_TIMEOUT_USEC` while the writer drains, each time its depth went
@@ -51,12 +59,13 @@ use crate::handler::http::HttpHandler;
 use crate::handler::{Handler, Noop};
 use crate::metrics::{prometheus, Metrics};
 use crate::notify::{Bounds, DrainWatch, Notifier, Progress, Watchdog, MAX_TICK};
+use crate::policy::BreakerState;
 use crate::session::{EndReason, Session, SessionSummary, StopHandle, StopLevel, StopReason};
 use crate::sink::{JsonlSink, Sink, SqliteSink, TableAck};
 use crate::source::lines::LinesSource;
 use crate::source::spool::SpoolSource;
 use crate::source::{Source, SqliteSource};
-use crate::status::{Status, StatusSources};
+use crate::status::{DaemonState, Status, StatusSources};
 use crate::sync::Mutex;
 use crate::writer::{DrainReport, GiveBack, Writer, WriterConfig};
 
@@ -260,10 +269,16 @@ struct Shared {
     metrics: Arc<Metrics>,
     started_at: SystemTime,
     config_path: PathBuf,
+    /// The daemon's stop (not a session's): once a stop is asked for, the
+    /// reported state is `stopping` whatever the session loop last set
+    /// (see [`Shared::state`]). Read here rather than set by the signal
+    /// thread, so that the loop cannot overwrite it with `running`.
+    stop: StopHandle,
 }
 
 struct Inputs {
-    state: &'static str,
+    /// What the session loop set last; read it through [`Shared::state`].
+    state: DaemonState,
     sessions: u64,
     last: Option<(SessionSummary, SystemTime)>,
     writer: Option<Arc<Writer>>,
@@ -278,6 +293,16 @@ struct Inputs {
 }
 
 impl Shared {
+    /// The state to report: the session loop's, or `stopping` once a stop
+    /// was asked for and the loop has not yet moved on to the drain.
+    fn state(&self, inputs: &Inputs) -> DaemonState {
+        if self.stop.is_stopping() {
+            inputs.state.once_stop_asked()
+        } else {
+            inputs.state
+        }
+    }
+
     fn capture(&self) -> Status {
         let inputs = self.inputs.lock();
         let writer_metrics = inputs.writer.as_ref().map(|w| Arc::clone(w.metrics()));
@@ -288,7 +313,7 @@ impl Shared {
                 breaker: inputs.breaker.as_deref(),
                 threads: inputs.threads,
             },
-            inputs.state,
+            self.state(&inputs).as_str(),
             &self.config_path.display().to_string(),
             self.started_at,
             inputs.sessions,
@@ -314,15 +339,18 @@ impl Shared {
         }
     }
 
-    fn set_state(&self, state: &'static str) {
+    fn set_state(&self, state: DaemonState) {
         self.inputs.lock().state = state;
     }
 }
 
 /// The status thread: files every `metrics.every`, a summary line every
 /// `metrics.log_every`, warnings (queue ≥ 80 %, breaker open) when they
-/// start. Ends when `over` stops.
-fn status_thread(shared: &Shared, over: &StopHandle) {
+/// start. Ends when `over` stops. `wake` is a child of `over` that the
+/// daemon's stop also stops: until then the thread sleeps on it, so that the
+/// files say `stopping` as soon as a stop is asked for, not a `metrics.every`
+/// (15 s by default) later; after it, on `over` alone.
+fn status_thread(shared: &Shared, over: &StopHandle, wake: &StopHandle) {
     let mut next_log = Instant::now();
     let mut warned: Vec<String> = Vec::new();
     loop {
@@ -341,7 +369,10 @@ fn status_thread(shared: &Shared, over: &StopHandle) {
             log::info!("{}", status.summary_line());
             next_log = Instant::now() + log_every;
         }
-        if over.sleep(every.min(log_every).max(Duration::from_millis(100))) {
+        let pause = every.min(log_every).max(Duration::from_millis(100));
+        let sleeper = if shared.stop.is_stopping() { over } else { wake };
+        // `wake` stopped by the daemon's stop: write again now.
+        if sleeper.sleep(pause) && over.is_stopping() {
             return;
         }
     }
@@ -360,7 +391,7 @@ fn notify_thread(shared: &Shared, over: &StopHandle, notifier: &Notifier) {
         let inputs = shared.inputs.lock();
         let writer = inputs.writer.as_ref().map(|w| Arc::clone(w.metrics()));
         let breaker = inputs.breaker.as_ref().map(|b| b.state().as_str());
-        (inputs.state, inputs.bounds, inputs.threads, breaker, writer)
+        (shared.state(&inputs), inputs.bounds, inputs.threads, breaker, writer)
     };
     let (_, bounds, ..) = look();
     let mut watchdog = Watchdog::new(bounds, Progress::default(), Instant::now());
@@ -390,7 +421,7 @@ fn notify_thread(shared: &Shared, over: &StopHandle, notifier: &Notifier) {
                 Err(_) => {}
             }
         }
-        if state == "draining" {
+        if state == DaemonState::Draining {
             if let Some(by) = drain.look(progress.writer_depth) {
                 notifier.extend(by);
             }
@@ -499,14 +530,20 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
             metrics: Arc::clone(&metrics),
             started_at: SystemTime::now(),
             config_path: options.config_path.clone(),
+            stop: stop.clone(),
         };
         // Not a child of `stop`: the status and notify threads report the
         // drain that follows a stop, so they end only when `run` says.
         let over = StopHandle::new();
+        let wake = over.child();
+        let _wake_at_stop = stop.on_change({
+            let wake = wake.clone();
+            move |_| wake.stop(StopReason::Requested)
+        });
         let result = thread::scope(|scope| {
             let status = thread::Builder::new()
                 .name("lote-status".into())
-                .spawn_scoped(scope, || status_thread(&shared, &over))
+                .spawn_scoped(scope, || status_thread(&shared, &over, &wake))
                 .map_err(|e| DaemonError::Build(format!("starting the status thread: {e}")))?;
             let notify = if notifier.is_enabled() {
                 let spawned = thread::Builder::new()
@@ -536,13 +573,13 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
                 &status_wanted,
             );
             notifier.stopping();
-            shared.set_state("draining");
+            shared.set_state(DaemonState::Draining);
             let drained = parts.close();
             let result = result.map(|end| end.with_unsaved(drained.unwritten));
             if let Ok(RunEnd::OutcomesUnsaved(n)) = result {
                 log::error!("{n} outcome(s) were not saved (see the errors above); their items will run again");
             }
-            shared.set_state("stopped");
+            shared.set_state(DaemonState::Stopped);
             over.stop(StopReason::Requested);
             let _ = status.join();
             if let Some(notify) = notify {
@@ -561,7 +598,7 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
 fn inputs_of(parts: &Parts) -> Inputs {
     let config = &parts.config;
     Inputs {
-        state: "starting",
+        state: DaemonState::Starting,
         sessions: 0,
         last: None,
         writer: Some(Arc::clone(&parts.writer)),
@@ -590,7 +627,7 @@ fn session_loop(
     let mut end = RunEnd::Complete;
     loop {
         let started = Instant::now();
-        shared.set_state("running");
+        shared.set_state(DaemonState::Running);
         let session_stop = stop.child();
         *current.lock() = Some(session_stop.clone());
         let session = Session::new(
@@ -611,7 +648,7 @@ fn session_loop(
             let mut inputs = shared.inputs.lock();
             inputs.sessions += 1;
             inputs.last = Some((summary.clone(), SystemTime::now()));
-            inputs.state = "idle";
+            inputs.state = DaemonState::Idle;
         }
         shared.write_files();
         if status_wanted.swap(false, Ordering::Relaxed) {
@@ -630,7 +667,7 @@ fn session_loop(
         let Some(every) = parts.config.every else {
             if reload.swap(false, Ordering::Relaxed) {
                 // SIGHUP ended the continuous session: reload, go on.
-                apply_reload(parts, options, shared);
+                apply_reload(parts, options, shared)?;
                 continue;
             }
             // A continuous session ended by itself (a lines file ran out).
@@ -647,46 +684,83 @@ fn session_loop(
             return Ok(RunEnd::Stopped);
         }
         if reload.swap(false, Ordering::Relaxed) {
-            apply_reload(parts, options, shared);
+            apply_reload(parts, options, shared)?;
         }
     }
 }
 
 /// SIGHUP: reads the config again; on success the parts are rebuilt, on
-/// failure the old config stays and the error is logged.
-fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) {
-    match Config::load(&options.config_path) {
-        Err(e) => log::error!("SIGHUP: the new config is invalid, keeping the old one: {e}"),
-        Ok(config) => {
-            let stream = !options.once && config.every.is_none();
-            if std::env::var_os("RUST_LOG").is_none() {
-                log::set_max_level(level_filter(&config.log));
-            }
-            // The old writer drains before the new parts open the same files.
-            parts.close();
-            match Parts::build(config, stream) {
-                Ok(new) => {
-                    *parts = new;
-                    let mut inputs = shared.inputs.lock();
-                    let (sessions, last) = (inputs.sessions, inputs.last.take());
-                    *inputs = Inputs {
-                        sessions,
-                        last,
-                        ..inputs_of(parts)
-                    };
-                    drop(inputs);
-                    log::info!("SIGHUP: config reloaded");
-                }
-                Err(e) => {
-                    log::error!("SIGHUP: the new config could not be applied ({e}); keeping the old one");
-                    let old = parts.config.clone();
-                    match Parts::build(old, stream) {
-                        Ok(rebuilt) => *parts = rebuilt,
-                        Err(e) => log::error!("rebuilding the old parts failed too: {e}"),
-                    }
-                }
-            }
+/// failure the old config stays and the error is logged. An error only if
+/// the old parts, closed for the new ones, cannot be built again either:
+/// there is then no writer to run with, and the daemon must stop (exit 1)
+/// rather than hand outcomes to a closed one.
+fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Result<(), DaemonError> {
+    let mut config = match Config::load(&options.config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("SIGHUP: the new config is invalid, keeping the old one: {e}");
+            return Ok(());
         }
+    };
+    keep_breaker(&parts.config, &mut config);
+    let stream_of = |config: &Config| !options.once && config.every.is_none();
+    // The old writer drains before the new parts open the same files.
+    parts.close();
+    let stream = stream_of(&config);
+    match Parts::build(config, stream) {
+        Ok(new) => {
+            *parts = new;
+            if std::env::var_os("RUST_LOG").is_none() {
+                log::set_max_level(level_filter(&parts.config.log));
+            }
+            log::info!("SIGHUP: config reloaded");
+        }
+        Err(new_failed) => {
+            log::error!("SIGHUP: the new config could not be applied ({new_failed}); keeping the old one");
+            let old = parts.config.clone();
+            let stream = stream_of(&old);
+            *parts = Parts::build(old, stream).map_err(|old_failed| {
+                DaemonError::Build(format!(
+                    "SIGHUP: the new config could not be applied ({new_failed}) and rebuilding the old \
+                     parts failed too ({old_failed}); stopping, as there is no writer to run with: \
+                     fix the cause and start lote again"
+                ))
+            })?;
+        }
+    }
+    let mut inputs = shared.inputs.lock();
+    let (sessions, last) = (inputs.sessions, inputs.last.take());
+    *inputs = Inputs {
+        sessions,
+        last,
+        state: DaemonState::Idle,
+        ..inputs_of(parts)
+    };
+    Ok(())
+}
+
+/// A reload keeps the running breaker — open or closed, its failure count
+/// and its `opens` — when neither `handler.breaker` nor the handler (what
+/// it calls) changed: a SIGHUP must not let a flood of calls through to a
+/// downstream the breaker is holding off. Otherwise the new config's
+/// breaker starts closed, as a changed handler may well be the fix; that is
+/// logged when the old one was not closed, so the reset is never silent.
+fn keep_breaker(old: &Config, new: &mut Config) {
+    let same_handler = old.handler == new.handler;
+    match (&old.policy.breaker, &mut new.policy.breaker) {
+        (Some(running), Some(fresh)) if same_handler && running.config() == fresh.config() => {
+            *fresh = Arc::clone(running);
+        }
+        (Some(running), fresh) if running.state() != BreakerState::Closed => log::warn!(
+            "SIGHUP: the handler or handler.breaker changed, so the breaker {} (it was {})",
+            if fresh.is_some() {
+                "starts again closed"
+            } else {
+                "is gone"
+            },
+            running.state().as_str()
+        ),
+        _ => {}
     }
 }
 
@@ -694,4 +768,37 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) {
 /// validation has already refused unknown names).
 pub fn level_filter(level: &str) -> log::LevelFilter {
     level.parse().unwrap_or(log::LevelFilter::Info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str, failures: u32) -> Config {
+        let yaml = format!(
+            "state_dir: /tmp/lote-test\nsource: {{kind: spool, path: in}}\n\
+             handler: {{kind: http, url: \"{url}\", breaker: {{failures: {failures}}}}}\n"
+        );
+        Config::from_yaml(&yaml, Path::new("test.yaml")).unwrap()
+    }
+
+    fn same_breaker(a: &Config, b: &Config) -> bool {
+        Arc::ptr_eq(a.policy.breaker.as_ref().unwrap(), b.policy.breaker.as_ref().unwrap())
+    }
+
+    #[test]
+    fn a_reload_keeps_the_breaker_only_for_the_same_handler_and_breaker_settings() {
+        let running = config("http://127.0.0.1:9/a", 3);
+        let mut same = config("http://127.0.0.1:9/a", 3);
+        keep_breaker(&running, &mut same);
+        assert!(same_breaker(&running, &same));
+
+        let mut other_settings = config("http://127.0.0.1:9/a", 4);
+        keep_breaker(&running, &mut other_settings);
+        assert!(!same_breaker(&running, &other_settings));
+
+        let mut other_downstream = config("http://127.0.0.1:9/b", 3);
+        keep_breaker(&running, &mut other_downstream);
+        assert!(!same_breaker(&running, &other_downstream));
+    }
 }

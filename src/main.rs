@@ -48,8 +48,11 @@ fn run(command: Command) -> Result<u8, String> {
             log::info!("lote stopping: {end:?}");
             Ok(end.exit_code() as u8)
         }
-        Command::Check { config } => {
+        Command::Check { config, quiet } => {
             let (path, loaded) = config.load()?;
+            if quiet {
+                return Ok(0);
+            }
             print!("{}", loaded.effective_yaml());
             for warning in &loaded.warnings {
                 eprintln!("{}: warning: {warning}", path.display());

@@ -45,8 +45,8 @@ pub struct Status {
     pub pid: u32,
     /// The lote version that wrote this status.
     pub version: String,
-    /// `starting`, `running` (a session runs), `idle` (between sessions),
-    /// `draining` (stopping) or `stopped`.
+    /// The daemon's state, one of [`DaemonState`]'s names: `starting`,
+    /// `running`, `idle`, `stopping`, `draining` or `stopped`.
     pub state: String,
     /// The config file the daemon runs with.
     pub config: String,
@@ -69,6 +69,69 @@ pub struct Status {
     pub latency: Latencies,
     /// The last session that ended; `None` until one has.
     pub last_session: Option<LastSession>,
+}
+
+/// What the daemon is doing, as the status file, `lote status`, `STATUS=`
+/// and `lote_state` name it. A stop goes `stopping` → `draining` →
+/// `stopped`; none of those ever goes back to `running`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaemonState {
+    /// The parts are being built (stores opened, writer started); no
+    /// session has begun.
+    Starting,
+    /// A session runs: items are taken from the source and handled.
+    Running,
+    /// Between two sessions (`session.every`), or reloading the config.
+    Idle,
+    /// A stop was asked for (SIGTERM/SIGINT): no new item is taken, the
+    /// workers finish the items in hand and queued ones go back to the
+    /// source. Can last up to a `handler.timeout` (plus `kill_grace`).
+    Stopping,
+    /// The sessions are over; the write-behind thread writes the last
+    /// outcomes (at most `sink.drain_timeout`).
+    Draining,
+    /// Everything is written and closed; the process is about to exit.
+    Stopped,
+}
+
+impl DaemonState {
+    /// Every state, in the order a daemon meets them.
+    pub const ALL: [DaemonState; 6] = [
+        DaemonState::Starting,
+        DaemonState::Running,
+        DaemonState::Idle,
+        DaemonState::Stopping,
+        DaemonState::Draining,
+        DaemonState::Stopped,
+    ];
+
+    /// The name in the status file and in `STATUS=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonState::Starting => "starting",
+            DaemonState::Running => "running",
+            DaemonState::Idle => "idle",
+            DaemonState::Stopping => "stopping",
+            DaemonState::Draining => "draining",
+            DaemonState::Stopped => "stopped",
+        }
+    }
+
+    /// What is reported once a stop has been asked for: `stopping` instead
+    /// of any state before the drain, so that neither `STATUS=` nor the
+    /// status file says `running` while lote winds down.
+    pub fn once_stop_asked(self) -> DaemonState {
+        match self {
+            DaemonState::Starting | DaemonState::Running | DaemonState::Idle => DaemonState::Stopping,
+            later => later,
+        }
+    }
+}
+
+impl fmt::Display for DaemonState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The running session's queue.

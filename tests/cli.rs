@@ -502,3 +502,144 @@ fn a_lines_source_reads_standard_input() {
     let dead = fs::read_to_string(setup.path("state/dead-letter.jsonl")).unwrap();
     assert!(dead.contains("line 6") && dead.contains("not json"), "{dead}");
 }
+
+#[test]
+fn check_quiet_prints_nothing_on_success_and_still_refuses_a_bad_config() {
+    let setup = Setup::new();
+    let spool = setup.spool(0);
+    let good = setup.config(&spool_config(&spool, "handler:\n  kind: noop", "  threads: 1"));
+    let output = setup.run(&["check", "--quiet", "-c", good.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        output.stdout.is_empty() && output.stderr.is_empty(),
+        "--quiet printed something on a valid config:\n{}",
+        text(&output)
+    );
+
+    let bad = setup.config("session:\n  threads: 0\nsource: {kind: lines, path: x}\nhandler: {kind: noop}\n");
+    let output = setup.run(&["check", "-q", "-c", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(output.stdout.is_empty(), "{}", text(&output));
+    assert!(err.contains("config.yaml:") && err.contains("threads"), "{err}");
+}
+
+/// A continuous spool daemon whose stderr goes to `lote.log`.
+fn spawn_logged(setup: &Setup, config: &Path) -> Child {
+    let log = fs::File::create(setup.path("lote.log")).unwrap();
+    setup
+        .lote(&["run", "-c", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// The child's exit code; panics if it has not exited within `limit`.
+fn exit_code_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(started.elapsed() < limit, "lote did not exit within {limit:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills the child if a test fails before it exits.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn a_double_reload_failure_stops_lote_with_exit_1() {
+    let setup = Setup::new();
+    let spool = setup.spool(1);
+    let config = setup.config(&spool_config(
+        &spool,
+        "handler:\n  kind: noop",
+        "  threads: 1\n  chunk: 1",
+    ));
+    let mut lote = KillOnDrop(spawn_logged(&setup, &config));
+    let pid = Pid::from_raw(lote.0.id() as i32);
+    wait_for("the first item", Duration::from_secs(10), || {
+        rusqlite::Connection::open(setup.path("state/outcomes.db"))
+            .and_then(|c| c.query_row("SELECT count(*) FROM outcomes", [], |r| r.get::<_, i64>(0)))
+            .is_ok_and(|n| n == 1)
+    });
+
+    // The config stays valid, but neither it nor the old one can open the
+    // sink any more: outcomes.db is no longer a database. (The running
+    // writer keeps its open files; without its -wal and -shm, whose pages
+    // would hide the garbage, a new connection reads the bad header.)
+    let db = setup.path("state/outcomes.db");
+    fs::rename(&db, setup.path("state/moved.db")).unwrap();
+    for aside in ["state/outcomes.db-wal", "state/outcomes.db-shm"] {
+        let _ = fs::remove_file(setup.path(aside));
+    }
+    fs::write(&db, vec![b'x'; 8192]).unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+
+    // Today's lote would log the second failure and run on.
+    let code = exit_code_within(&mut lote.0, Duration::from_secs(15));
+    let log = fs::read_to_string(setup.path("lote.log")).unwrap();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("rebuilding the old parts failed too"), "{log}");
+}
+
+#[test]
+fn a_reload_keeps_an_open_breaker_open() {
+    // A server that always fails: the breaker opens at the first failure
+    // and the item's retry waits for it (open_for 60 s).
+    let (url, stop, count, server) = flaky_server(usize::MAX);
+    let setup = Setup::new();
+    let spool = setup.spool(1);
+    let handler = format!(
+        "handler:\n  kind: http\n  url: {url}\n  timeout: 2s\n  retry: {{ attempts: 3, backoff: 10ms }}\n  \
+         breaker: {{ failures: 1, open_for: 60s, when_open: wait }}"
+    );
+    let config = setup.config(&spool_config(&spool, &handler, "  threads: 1\n  poll_every: 50ms"));
+    let mut lote = KillOnDrop(spawn_logged(&setup, &config));
+    let pid = Pid::from_raw(lote.0.id() as i32);
+    let breaker = || -> Option<(String, u64)> {
+        let text = fs::read_to_string(setup.path("state/status.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let b = &json["breaker"];
+        Some((b["state"].as_str()?.to_string(), b["opens"].as_u64()?))
+    };
+    let log = || fs::read_to_string(setup.path("lote.log")).unwrap_or_default();
+    wait_for("the breaker to open", Duration::from_secs(10), || {
+        breaker().is_some_and(|(state, _)| state == "open")
+    });
+    let calls = count.load(Ordering::SeqCst);
+    assert_eq!(calls, 1, "one call opened it");
+
+    kill(pid, Signal::SIGHUP).unwrap();
+    wait_for("the reload", Duration::from_secs(10), || {
+        log().contains("config reloaded")
+    });
+    // The item is claimed again at once by the new session; a breaker
+    // reset by the reload would let it call the server again.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        calls,
+        "the reload let a call through the open breaker:\n{}",
+        log()
+    );
+    assert_eq!(breaker(), Some(("open".to_string(), 1)), "{}", log());
+
+    kill(pid, Signal::SIGTERM).unwrap();
+    let code = exit_code_within(&mut lote.0, Duration::from_secs(10));
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    assert_eq!(code, Some(0), "{}", log());
+}

@@ -289,3 +289,74 @@ fn watchdog_pings_stop_while_a_worker_is_wedged_past_its_timeout() {
     assert!(log_of(dir.path()).contains("withholding WATCHDOG=1"));
     // `lote`'s drop kills it and the wedged child.
 }
+
+/// The `state` field of `state/status.json`, if the file reads.
+fn status_file_state(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("state/status.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(json["state"].as_str()?.to_string())
+}
+
+#[test]
+fn status_says_stopping_not_running_while_the_item_in_hand_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = Systemd::listen(dir.path().join("notify.sock"));
+    let started_file = dir.path().join("handler.started");
+    // One item whose handler takes 3 s; metrics.every stays at its 15 s
+    // default, so only the stop itself can make the status file change.
+    let handler = format!(
+        "handler:\n  kind: exec\n  command: [\"/bin/sh\", \"-c\", \"touch {}; sleep 3; cat\"]",
+        started_file.display()
+    );
+    let config = config(dir.path(), 1, &handler);
+    let mut lote = start(dir.path(), &config, &systemd);
+    systemd.wait_for("READY=1", Duration::from_secs(10));
+    let waited = Instant::now();
+    while !started_file.exists() {
+        assert!(waited.elapsed() < Duration::from_secs(10), "the handler never started");
+        thread::sleep(Duration::from_millis(10));
+    }
+    systemd.wait_for("STATUS=running", Duration::from_secs(5));
+
+    let term = Instant::now();
+    kill(lote.pid(), Signal::SIGTERM).unwrap();
+    let mut file_states = Vec::new();
+    let code = loop {
+        if let Some(status) = lote.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(term.elapsed() < Duration::from_secs(15), "lote did not stop");
+        if let Some(state) = status_file_state(dir.path()) {
+            if file_states.last() != Some(&state) {
+                file_states.push(state);
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0), "{}", log_of(dir.path()));
+    file_states.extend(status_file_state(dir.path()));
+    assert!(
+        term.elapsed() >= Duration::from_secs(1),
+        "the item in hand was cut short"
+    );
+    thread::sleep(Duration::from_millis(100)); // the reader's last datagrams
+                                               // A look of the notify thread that began just before the signal may
+                                               // still land; anything later must not say running.
+    let far = Instant::now() + Duration::from_secs(60);
+    let after = systemd.arrivals("STATUS=", term + Duration::from_millis(200), far);
+    let running: Vec<_> = after.iter().filter(|(_, l)| l.starts_with("STATUS=running")).collect();
+    assert!(running.is_empty(), "STATUS= said running during the stop: {after:?}");
+    assert!(
+        after.iter().any(|(_, l)| l.starts_with("STATUS=stopping |")),
+        "no stopping STATUS line with the counters while the item finished: {after:?}"
+    );
+    assert!(
+        file_states.iter().any(|s| s == "stopping"),
+        "status.json never said stopping: {file_states:?}"
+    );
+    assert_eq!(
+        file_states.last().map(String::as_str),
+        Some("stopped"),
+        "{file_states:?}"
+    );
+}

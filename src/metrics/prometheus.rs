@@ -24,10 +24,7 @@ use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{HistogramSnapshot, Metrics};
-use crate::status::Status;
-
-/// The daemon's states, as `lote_state{state=…}` lists them.
-const STATES: [&str; 5] = ["starting", "running", "idle", "draining", "stopped"];
+use crate::status::{DaemonState, Status};
 
 /// The breaker's states, as `lote_breaker_state{state=…}` lists them.
 const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
@@ -66,7 +63,7 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
     out.states(
         "lote_state",
         "The daemon's state: 1 for the current one, 0 for the others.",
-        &STATES,
+        &DaemonState::ALL.map(DaemonState::as_str),
         &status.state,
     );
     if let Some(started) = seconds_since_epoch(&status.started_at) {
