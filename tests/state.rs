@@ -95,3 +95,81 @@ fn a_copy_of_outcomes_db_is_a_backup() {
     assert_eq!(done.len(), 200, "the copy holds {} of 200 rows", done.len());
     assert_eq!(done[199], ("200".to_string(), "reading 200".to_string()));
 }
+
+/// Starts two `lote run --once -c config.yaml` at the same moment and
+/// returns both outputs.
+fn two_at_once(setup: &Setup) -> [Output; 2] {
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|scope| {
+        let run = || {
+            let mut command = setup.lote(&["run", "--once", "-c", "config.yaml"]);
+            barrier.wait();
+            command.output().unwrap()
+        };
+        let a = scope.spawn(run);
+        let b = scope.spawn(run);
+        [a.join().unwrap(), b.join().unwrap()]
+    })
+}
+
+/// What a start race used to say: a directory made by the other instance
+/// first, or the WAL switch refused while the other held the lock.
+fn assert_no_start_race(round: usize, outputs: &[Output]) {
+    for output in outputs {
+        let all = text(output);
+        assert!(
+            !all.contains("File exists") && !all.contains("database is locked"),
+            "round {round}: {all}"
+        );
+    }
+}
+
+#[test]
+fn two_instances_started_at_once_on_fresh_state_both_run() {
+    // SQLite sink and dead letters: a JSONL file takes one writer, and its
+    // lock refuses the second instance on purpose (a clear message, tested
+    // in tests/sink_jsonl.rs), which is not the race this is about.
+    let sinks = "handler: {kind: noop}\nsink: {kind: sqlite, path: outcomes.db, flush_every: 50ms}\n\
+                 dead_letter: {kind: sqlite, path: dead-letter.db}\n";
+    for round in 0..20 {
+        // A spool: the source made for several consumers; both take files.
+        let setup = Setup::new();
+        let spool = setup.path("spool");
+        setup.config(&format!(
+            "source: {{kind: spool, path: {}, stable_for: 0s}}\n{sinks}",
+            spool.display()
+        ));
+        fs::create_dir(&spool).unwrap();
+        for i in 0..10 {
+            fs::write(spool.join(format!("item-{i}")), "x").unwrap();
+        }
+        let outputs = two_at_once(&setup);
+        assert_no_start_race(round, &outputs);
+        for output in &outputs {
+            assert_eq!(output.status.code(), Some(0), "round {round}: {}", text(output));
+        }
+        assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
+
+        // A SQLite work table, in a file of its own: rows are claimed in a
+        // transaction, so both share the table.
+        let setup = Setup::new();
+        fs::create_dir(setup.path("state")).unwrap();
+        let work = rusqlite::Connection::open(setup.path("state/work.db")).unwrap();
+        work.execute_batch(
+            "CREATE TABLE items (id TEXT PRIMARY KEY, payload BLOB, priority INTEGER, status TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10)
+             INSERT INTO items SELECT i, 'x', 0, 'pending' FROM n;",
+        )
+        .unwrap();
+        drop(work);
+        setup.config(&format!(
+            "source: {{kind: sqlite, path: work.db, table: items}}\n{sinks}"
+        ));
+        let outputs = two_at_once(&setup);
+        assert_no_start_race(round, &outputs);
+        for output in &outputs {
+            assert_eq!(output.status.code(), Some(0), "round {round}: {}", text(output));
+        }
+        assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
+    }
+}

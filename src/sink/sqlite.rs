@@ -240,9 +240,7 @@ impl SqliteSink {
         let version = user_version(&conn).map_err(fail("reading the schema version"))?;
         check_version(&path, version)?;
 
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
-            .map_err(fail("switching to WAL"))?;
+        let mode = switch_to_wal(&conn, config.busy_timeout).map_err(fail("switching to WAL"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             // Still correct, but lookups then wait for the writer's commits.
             log::warn!("{}: SQLite refused WAL mode (journal_mode is {mode})", path.display());
@@ -578,6 +576,31 @@ fn check_version(path: &Path, version: i64) -> Result<(), SinkError> {
         ));
     }
     Ok(())
+}
+
+/// Sets `journal_mode = WAL` and returns the mode SQLite answers with.
+/// Switching needs the database's exclusive lock for a moment, and SQLite
+/// does not call the busy handler for it: a second lote opening the same new
+/// file at the same moment gets SQLITE_BUSY at once. So a busy answer is
+/// retried, every 10–50 ms, until `busy_timeout` has passed, as any other
+/// statement would wait.
+pub(crate) fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
+    let deadline = std::time::Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get::<_, String>(0)) {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            answer => return answer,
+        }
+    }
 }
 
 fn create_parent(path: &Path) -> Result<(), SinkError> {

@@ -254,9 +254,14 @@ impl SpoolSource {
                         &"it exists but is not a directory (symlinks are not followed); move it away",
                     ))
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(sub).map_err(|e| fail(sub, "creating", &e))?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(sub) {
+                    Ok(()) => {}
+                    // Another lote opening the same new spool made it first.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && fs::symlink_metadata(sub).is_ok_and(|m| m.is_dir()) => {}
+                    Err(e) => return Err(fail(sub, "creating", &e)),
+                },
                 Err(e) => return Err(fail(sub, "checking", &e)),
             }
         }
