@@ -173,3 +173,60 @@ fn two_instances_started_at_once_on_fresh_state_both_run() {
         assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
     }
 }
+
+/// Runs of the handler so far, one line per call, from `runs.log`.
+fn runs(setup: &Setup) -> usize {
+    fs::read_to_string(setup.path("runs.log")).map_or(0, |log| log.lines().count())
+}
+
+/// An exec handler that echoes its payload and counts its calls in `runs.log`.
+fn counting_handler(setup: &Setup) -> String {
+    format!(
+        "handler:\n  kind: exec\n  command: [/bin/sh, -c, 'cat; echo \"$LOTE_ITEM_ID\" >> {}']\n",
+        setup.path("runs.log").display()
+    )
+}
+
+#[test]
+fn rotation_never_makes_exactly_once_re_run() {
+    let setup = Setup::new();
+    setup.lines("reading", 300);
+    let config = |rotation: &str| {
+        setup.config(&format!(
+            "source: {{kind: lines, path: ../input.txt}}\n{}  qos: exactly_once\n\
+             sink:\n  kind: jsonl\n  path: outcomes.jsonl\n  batch: 20\n  flush_every: 50ms\n{rotation}",
+            counting_handler(&setup)
+        ))
+    };
+    // 300 records of ~170 bytes through 4 KiB files of which one is kept:
+    // rotation deletes most of them.
+    config("  rotate_bytes: 4KiB\n  keep_files: 1\n");
+    let check = setup.run(&["check", "-c", "config.yaml"]);
+    if check.status.success() {
+        // Accepted: then no item may run twice.
+        setup.run_once(&[]);
+        setup.run_once(&[]);
+        assert_eq!(
+            runs(&setup),
+            300,
+            "items ran again after rotation deleted their records"
+        );
+    } else {
+        // Refused up front, saying what to change; `run` refuses it too.
+        let said = text(&check);
+        assert_eq!(check.status.code(), Some(1), "{said}");
+        for words in ["sink.rotate_bytes", "run again", "rotate_bytes: 0", "kind: sqlite"] {
+            assert!(said.contains(words), "the refusal lacks {words:?}: {said}");
+        }
+        let run = setup.run(&["run", "--once", "-c", "config.yaml"]);
+        assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+        assert_eq!(runs(&setup), 0);
+    }
+    // What the refusal suggests works: one growing file, nothing run twice.
+    let _ = fs::remove_dir_all(setup.path("state"));
+    let _ = fs::remove_file(setup.path("runs.log"));
+    config("  rotate_bytes: 0\n");
+    setup.run_once(&[]);
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 300);
+}
