@@ -56,6 +56,17 @@ pub enum Command {
         /// 3 items failed, 4 deadline reached with items left.
         #[arg(long)]
         once: bool,
+        /// With a lines source, skip the lines the sink's records say are
+        /// done (the default). A file that is not the one those records came
+        /// from is refused before anything runs, with what to do.
+        #[arg(long, overrides_with = "no_resume")]
+        resume: bool,
+        /// With a lines source, run every line, done or not; the sink's
+        /// records are tied to this file from then on (for a file replaced
+        /// by a new one at each run). Refused with qos: exactly_once. Other
+        /// sources remember what they finished and ignore it.
+        #[arg(long = "no-resume", overrides_with = "resume")]
+        no_resume: bool,
     },
     /// Validate the config and print the effective config, defaults filled in.
     Check {
