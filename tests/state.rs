@@ -171,6 +171,19 @@ fn two_instances_started_at_once_on_fresh_state_both_run() {
             assert_eq!(output.status.code(), Some(0), "round {round}: {}", text(output));
         }
         assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
+
+        // A lines file: nothing claims a line, so both read every line (two
+        // instances over one lines file and one sink are a mistake this does
+        // not guard against), but both start and finish.
+        let setup = Setup::new();
+        setup.lines("reading", 10);
+        setup.config(&format!("source: {{kind: lines, path: ../input.txt}}\n{sinks}"));
+        let outputs = two_at_once(&setup);
+        assert_no_start_race(round, &outputs);
+        for output in &outputs {
+            assert_eq!(output.status.code(), Some(0), "round {round}: {}", text(output));
+        }
+        assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
     }
 }
 
@@ -229,4 +242,80 @@ fn rotation_never_makes_exactly_once_re_run() {
     setup.run_once(&[]);
     setup.run_once(&[]);
     assert_eq!(runs(&setup), 300);
+}
+
+/// A lines config over `input.txt` with the counting echo handler and a
+/// SQLite sink, at `qos`.
+fn lines_config(setup: &Setup, qos: &str) {
+    setup.config(&format!(
+        "source: {{kind: lines, path: ../input.txt}}\n{}  qos: {qos}\n\
+         sink:\n  kind: sqlite\n  path: outcomes.db\n  flush_every: 50ms\n",
+        counting_handler(setup)
+    ));
+}
+
+#[test]
+fn a_replaced_lines_file_is_not_silently_skipped() {
+    let setup = Setup::new();
+    lines_config(&setup, "at_least_once");
+    setup.lines("yesterday", 100);
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 100);
+
+    // Today's file arrives as files do: written beside, renamed over.
+    let body: String = (1..=150).map(|i| format!("today {i}\n")).collect();
+    fs::write(setup.path("input.txt.new"), body).unwrap();
+    fs::rename(setup.path("input.txt.new"), setup.path("input.txt")).unwrap();
+    let second = setup.run(&["run", "--once", "-c", "config.yaml"]);
+    if second.status.success() {
+        // Accepted: then every line of today's file ran.
+        assert_eq!(runs(&setup), 250, "today's first lines were skipped: {}", text(&second));
+    } else {
+        // Refused before anything ran, saying what to do.
+        let said = text(&second);
+        assert_eq!(second.status.code(), Some(1), "{said}");
+        assert!(said.contains("not the file the sink's records came from"), "{said}");
+        assert!(said.contains("--no-resume"), "{said}");
+        assert_eq!(runs(&setup), 100, "{said}");
+        // … and what it says works: every line of today's file runs.
+        setup.run_once(&["--no-resume"]);
+        assert_eq!(runs(&setup), 250);
+    }
+    let done = Setup::done(&setup.path("state/outcomes.db"));
+    assert_eq!(done.len(), 150);
+    assert!(done.iter().all(|(_, output)| output.starts_with("today ")), "{done:?}");
+
+    // From then on the records are today's file's: a rerun resumes, and an
+    // append runs only the new lines.
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 250);
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(setup.path("input.txt"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"today 151\n").unwrap();
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 251);
+}
+
+#[test]
+fn no_resume_re_runs_everything() {
+    let setup = Setup::new();
+    lines_config(&setup, "at_least_once");
+    setup.lines("reading", 50);
+    setup.run_once(&["--resume"]);
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 50, "the default resumes");
+    setup.run_once(&["--no-resume"]);
+    assert_eq!(runs(&setup), 100, "--no-resume runs every line again");
+    setup.run_once(&["--no-resume", "--resume"]);
+    assert_eq!(runs(&setup), 100, "the last of the two switches wins");
+
+    // exactly_once promises never to re-run a durable item: refused.
+    lines_config(&setup, "exactly_once");
+    let refused = setup.run(&["run", "--once", "--no-resume", "-c", "config.yaml"]);
+    let said = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(said.contains("--no-resume") && said.contains("exactly_once"), "{said}");
+    assert_eq!(runs(&setup), 100);
 }
