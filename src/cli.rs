@@ -28,7 +28,8 @@ Signals: SIGTERM/SIGINT stop gracefully (workers finish the item in hand, queued
 to the source, outcomes are drained); a second one hurries (exec children are killed). \
 SIGHUP re-reads the config at the next session boundary. SIGUSR1 logs a status line.
 
-Files: /etc/lote/config.yaml (the default config), <state_dir>/status.json (read by `lote status`). \
+Files: /etc/lote/config.yaml (the default config), <state_dir>/status.json (read by `lote status`), \
+<sink path>.lines-file (which file a lines source's records came from; delete it to resume over another). \
 Under systemd: lote.service, lote@NAME.service (/etc/lote/NAME.yaml), \
 lote-once@NAME.timer (`run --once` on a calendar).";
 

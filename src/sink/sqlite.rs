@@ -801,4 +801,17 @@ mod tests {
         send::<SqliteSink>();
         sync::<SqliteLookup>();
     }
+
+    #[test]
+    fn a_dropped_sink_closes_its_lookups_and_leaves_no_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outcomes.db");
+        let sink = SqliteSink::open(SqliteConfig::new(&path, Role::Outcomes)).unwrap();
+        let lookup = sink.lookup().unwrap();
+        assert!(lookup.done_ids(&["a"]).unwrap().is_empty());
+        drop(sink);
+        assert!(!dir.path().join("outcomes.db-wal").exists());
+        let error = lookup.done_ids(&["a"]).unwrap_err();
+        assert!(error.message.contains("the sink is closed"), "{error}");
+    }
 }
