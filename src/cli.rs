@@ -28,7 +28,8 @@ Signals: SIGTERM/SIGINT stop gracefully (workers finish the item in hand, queued
 to the source, outcomes are drained); a second one hurries (exec children are killed). \
 SIGHUP re-reads the config at the next session boundary. SIGUSR1 logs a status line.
 
-Files: /etc/lote/config.yaml (the default config), <state_dir>/status.json (read by `lote status`). \
+Files: /etc/lote/config.yaml (the default config), <state_dir>/status.json (read by `lote status`), \
+<sink path>.lines-file (which file a lines source's records came from; delete it to resume over another). \
 Under systemd: lote.service, lote@NAME.service (/etc/lote/NAME.yaml), \
 lote-once@NAME.timer (`run --once` on a calendar).";
 
@@ -56,6 +57,17 @@ pub enum Command {
         /// 3 items failed, 4 deadline reached with items left.
         #[arg(long)]
         once: bool,
+        /// With a lines source, skip the lines the sink's records say are
+        /// done (the default). A file that is not the one those records came
+        /// from is refused before anything runs, with what to do.
+        #[arg(long, overrides_with = "no_resume")]
+        resume: bool,
+        /// With a lines source, run every line, done or not; the sink's
+        /// records are tied to this file from then on (for a file replaced
+        /// by a new one at each run). Refused with qos: exactly_once. Other
+        /// sources remember what they finished and ignore it.
+        #[arg(long = "no-resume", overrides_with = "resume")]
+        no_resume: bool,
     },
     /// Validate the config and print the effective config, defaults filled in.
     /// Changes nothing on disk. Exit 0 if valid, 1 with file:line:column on

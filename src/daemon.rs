@@ -60,9 +60,9 @@ use crate::handler::{Handler, Noop};
 use crate::metrics::{prometheus, Metrics};
 use crate::notify::{Bounds, DrainWatch, Notifier, Progress, Watchdog, MAX_TICK};
 use crate::policy::BreakerState;
-use crate::session::{EndReason, Session, SessionSummary, StopHandle, StopLevel, StopReason};
+use crate::session::{EndReason, Qos, Session, SessionSummary, StopHandle, StopLevel, StopReason};
 use crate::sink::{JsonlSink, Sink, SqliteSink, TableAck};
-use crate::source::lines::LinesSource;
+use crate::source::lines::{LinesConfig, LinesSource};
 use crate::source::spool::SpoolSource;
 use crate::source::{Source, SqliteSource};
 use crate::status::{DaemonState, Status, StatusSources};
@@ -75,6 +75,11 @@ pub struct RunOptions {
     pub config_path: PathBuf,
     /// One session, then exit (cron / systemd timer mode).
     pub once: bool,
+    /// `--resume` (the default) / `--no-resume`: whether a lines source
+    /// skips the ids the sink's records say are done. Applies to the parts
+    /// built at start; a reload resumes (its records are tied to the file by
+    /// then).
+    pub resume: bool,
 }
 
 /// How a run ended, for the exit code (SPEC §3.8).
@@ -160,6 +165,11 @@ struct Parts {
 impl Parts {
     /// Builds everything `config` names. `stream`: sources poll when empty.
     fn build(config: Config, stream: bool) -> Result<Parts, DaemonError> {
+        Self::build_with(config, stream, true)
+    }
+
+    /// As `build`; `resume: false` is `--no-resume`.
+    fn build_with(config: Config, stream: bool, resume: bool) -> Result<Parts, DaemonError> {
         let build = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
         let same_sqlite_file = match (&config.source, &config.sink) {
             (SourceSpec::Sqlite(source), SinkSpec::Sqlite(sink)) => same_file(&source.path, &sink.path),
@@ -175,6 +185,7 @@ impl Parts {
                 table_ack = Some(source.table_ack());
                 Arc::new(source.acked_in_sink_transaction())
             }
+            SourceSpec::Lines(lines) => open_lines(lines, &config, resume)?,
             spec => open_source(spec, stream)?,
         };
         let mut exec = None;
@@ -241,6 +252,27 @@ fn open_source(spec: &SourceSpec, stream: bool) -> Result<Arc<dyn Source>, Daemo
             Arc::new(SqliteSource::open(table).map_err(|e| failed("sqlite", &e))?)
         }
     })
+}
+
+/// Opens a lines source with its resume tied to the file: the identity of
+/// the file the sink's records came from is kept in `<sink>.lines-file`.
+fn open_lines(lines: &LinesConfig, config: &Config, resume: bool) -> Result<Arc<dyn Source>, DaemonError> {
+    let failed = |e: &dyn std::fmt::Display| DaemonError::Build(format!("opening the lines source: {e}"));
+    if !resume && config.session.qos == Qos::ExactlyOnce {
+        return Err(DaemonError::Build(
+            "--no-resume would run items whose outcome is durable again, which handler.qos: exactly_once rules \
+             out; drop --no-resume, or set qos: at_least_once for this run"
+                .into(),
+        ));
+    }
+    let sink = config.sink.path();
+    let mut identity_file = sink.as_os_str().to_owned();
+    identity_file.push(".lines-file");
+    let source = LinesSource::open(lines.clone()).map_err(|e| failed(&e))?;
+    let source = source
+        .tie_resume(Path::new(&identity_file), resume, sink.exists())
+        .map_err(|e| failed(&e))?;
+    Ok(Arc::new(source))
 }
 
 /// Opens the sink `spec` names; a SQLite sink with `table_ack` also marks
@@ -523,7 +555,12 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
     };
 
     let result = (|| {
-        let mut parts = Parts::build(config, stream)?;
+        if !options.resume && !matches!(config.source, SourceSpec::Lines(_)) {
+            log::warn!(
+                "--no-resume applies to a lines source only; spool and sqlite sources remember what they finished"
+            );
+        }
+        let mut parts = Parts::build_with(config, stream, options.resume)?;
         notifier.ready("started");
         let shared = Shared {
             inputs: Mutex::new(inputs_of(&parts)),

@@ -30,7 +30,12 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<u8, String> {
     match command {
-        Command::Run { config, once } => {
+        Command::Run {
+            config,
+            once,
+            resume: _,
+            no_resume,
+        } => {
             let (path, loaded) = config.load()?;
             init_logging(&loaded.log);
             log::info!("lote {} starting with {}", env!("CARGO_PKG_VERSION"), path.display());
@@ -41,6 +46,7 @@ fn run(command: Command) -> Result<u8, String> {
                 RunOptions {
                     config_path: path,
                     once,
+                    resume: !no_resume,
                 },
                 loaded,
             )

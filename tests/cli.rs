@@ -475,7 +475,7 @@ fn a_lines_source_reads_standard_input() {
     use std::io::Write as _;
     let setup = Setup::new();
     let config = setup.config(
-        "source:\n  kind: lines\n  path: \"-\"\n  format: ndjson\nhandler:\n  kind: exec\n  command: [\"cat\"]\nsink:\n  kind: jsonl\n  path: outcomes.jsonl\n",
+        "source:\n  kind: lines\n  path: \"-\"\n  format: ndjson\nhandler:\n  kind: exec\n  command: [\"cat\"]\nsink:\n  kind: jsonl\n  path: outcomes.jsonl\n  rotate_bytes: 0\n",
     );
     let mut child = setup
         .lote(&["run", "--once", "-c", config.to_str().unwrap()])

@@ -70,6 +70,9 @@ impl Build<'_> {
             done_lookups: qos == Qos::ExactlyOnce || matches!(source, SourceSpec::Lines(_)),
             ..writer
         };
+        if writer.done_lookups {
+            self.done_records_survive_rotation(&sink, qos)?;
+        }
         let metrics = self.metrics(raw.metrics.unwrap_or_default(), &state_dir)?;
 
         // The engine's own check, a backstop behind the located ones above.
@@ -255,6 +258,38 @@ impl Build<'_> {
             );
         }
         Ok((spec, writer))
+    }
+
+    /// Done lookups (exactly-once, a lines source's resume) read the sink's
+    /// `done` records. A rotating JSONL sink deletes its oldest file, and the
+    /// records in it, so those items would silently run again: refused. (An
+    /// index of done ids that survives rotation would grow without bound, in
+    /// memory and on disk, which is what rotation was asked to prevent; the
+    /// SQLite sink keeps them on disk behind its primary key.)
+    fn done_records_survive_rotation(&self, sink: &SinkSpec, qos: Qos) -> Result<()> {
+        let SinkSpec::Jsonl(jsonl) = sink else {
+            return Ok(());
+        };
+        let Some(bytes) = jsonl.rotate_bytes else {
+            return Ok(());
+        };
+        let why = if qos == Qos::ExactlyOnce {
+            "handler.qos: exactly_once"
+        } else {
+            "a lines source (it resumes from the sink's records)"
+        };
+        Err(self.doc.error_at(
+            "sink.rotate_bytes",
+            &["sink.rotate_bytes", "sink.keep_files", "sink.kind"],
+            format!(
+                "is {} (64MiB when not set), so the JSONL sink rotates and deletes its oldest file (beyond \
+                 keep_files: {}) with the done records in it, and with {why} the items recorded there would \
+                 silently run again; expected `sink.rotate_bytes: 0` (never rotate: the file, and the done \
+                 index held in memory, grow with every item) or `sink.kind: sqlite` (done ids stay on disk)",
+                format_bytes(bytes),
+                jsonl.keep_files
+            ),
+        ))
     }
 
     fn dead_letter(&self, raw: Option<RawDeadLetter>, state_dir: &Path) -> Result<Option<SinkSpec>> {

@@ -30,12 +30,19 @@
 //! - The sink's connection is the only writer of its table. Readers use their
 //!   own read-only connection ([`Sink::lookup`]); under WAL they see the last
 //!   committed batch and never block the writer.
+//! - A closed sink leaves a self-contained file: dropping it first closes
+//!   its lookups' read connections, then checkpoints the WAL into the main
+//!   file (`wal_checkpoint(TRUNCATE)`) and closes its own, so the last
+//!   connection to close is a writer and SQLite removes `-wal` and `-shm`.
+//!   (A read-only connection closing last cannot checkpoint: it would leave
+//!   every row in `-wal` and a main file a plain copy cannot read.) A lookup
+//!   asked after that answers with an error.
 //! - Every identifier spliced into SQL is validated (letters, digits, `_`)
 //!   and double-quoted; every value is a bound parameter.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::{ToSql, ValueRef};
@@ -200,7 +207,15 @@ pub struct SqliteSink {
     /// The one writing connection.
     conn: Connection,
     ack: Option<Ack>,
+    /// The read connections handed to lookups, closed before `conn` when the
+    /// sink is dropped (see the module invariants). Locked only by `lookup`
+    /// and `drop`.
+    readers: Mutex<Vec<Reader>>,
 }
+
+/// A lookup's read connection, shared with the sink that closes it; `None`
+/// once closed.
+type Reader = Arc<Mutex<Option<Connection>>>;
 
 impl SqliteSink {
     /// Opens (or creates) the database at `config.path`: WAL mode, the
@@ -225,9 +240,7 @@ impl SqliteSink {
         let version = user_version(&conn).map_err(fail("reading the schema version"))?;
         check_version(&path, version)?;
 
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
-            .map_err(fail("switching to WAL"))?;
+        let mode = switch_to_wal(&conn, config.busy_timeout).map_err(fail("switching to WAL"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             // Still correct, but lookups then wait for the writer's commits.
             log::warn!("{}: SQLite refused WAL mode (journal_mode is {mode})", path.display());
@@ -243,6 +256,7 @@ impl SqliteSink {
             layout,
             conn,
             ack: None,
+            readers: Mutex::new(Vec::new()),
         })
     }
 
@@ -388,10 +402,15 @@ impl Sink for SqliteSink {
         let conn = Connection::open_with_flags(sqlite_path(path), flags)
             .and_then(|conn| conn.busy_timeout(self.config.busy_timeout).map(|()| conn))
             .map_err(|e| sql_error(path, "opening a reader", e))?;
+        let reader: Reader = Arc::new(Mutex::new(Some(conn)));
+        self.readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&reader));
         Ok(Box::new(SqliteLookup {
             path: path.clone(),
             sql: lookup_sql(),
-            conn: Mutex::new(conn),
+            conn: reader,
         }))
     }
 
@@ -409,6 +428,32 @@ impl Sink for SqliteSink {
     }
 }
 
+impl Drop for SqliteSink {
+    /// Closes the lookups' readers, then checkpoints, so that the writer is
+    /// the last connection and SQLite deletes the WAL when it closes (see the
+    /// module invariants).
+    fn drop(&mut self) {
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(PoisonError::into_inner));
+        for reader in readers {
+            // Waits for a query in flight; none runs once the sessions ended.
+            reader.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+        // TRUNCATE: everything into the main file, the WAL emptied, even if
+        // another process keeps the database open (then it stays, empty).
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+        match checkpoint {
+            Ok(0) => {}
+            Ok(_) => log::debug!(
+                "{}: the closing checkpoint was blocked by another connection; the WAL stays until it closes",
+                self.config.path.display()
+            ),
+            Err(e) => log::warn!("{}: the closing checkpoint failed: {e}", self.config.path.display()),
+        }
+    }
+}
+
 /// Answers done lookups from a read-only connection of its own.
 struct SqliteLookup {
     path: PathBuf,
@@ -416,7 +461,8 @@ struct SqliteLookup {
     sql: String,
     /// The read connection. A `Connection` is `Send` but not `Sync`, so
     /// threads asking at once take turns; it is held for one query's reads.
-    conn: Mutex<Connection>,
+    /// `None` once the sink has closed it.
+    conn: Reader,
 }
 
 impl DoneLookup for SqliteLookup {
@@ -428,6 +474,9 @@ impl DoneLookup for SqliteLookup {
         // Poisoning is ignored as in `crate::sync`: a statement is dropped on
         // unwind, and the connection is fine after any single query.
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(conn) = conn.as_ref() else {
+            return Err(SinkError::io(&self.path, "looking up done ids: the sink is closed"));
+        };
         let query = |done: &mut HashSet<String>| -> rusqlite::Result<()> {
             let mut select = conn.prepare_cached(&self.sql)?;
             for chunk in ids.chunks(LOOKUP_CHUNK) {
@@ -527,6 +576,31 @@ fn check_version(path: &Path, version: i64) -> Result<(), SinkError> {
         ));
     }
     Ok(())
+}
+
+/// Sets `journal_mode = WAL` and returns the mode SQLite answers with.
+/// Switching needs the database's exclusive lock for a moment, and SQLite
+/// does not call the busy handler for it: a second lote opening the same new
+/// file at the same moment gets SQLITE_BUSY at once. So a busy answer is
+/// retried, every 10–50 ms, until `busy_timeout` has passed, as any other
+/// statement would wait.
+pub(crate) fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
+    let deadline = std::time::Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get::<_, String>(0)) {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            answer => return answer,
+        }
+    }
 }
 
 fn create_parent(path: &Path) -> Result<(), SinkError> {
@@ -726,5 +800,18 @@ mod tests {
         fn sync<T: Send + Sync>() {}
         send::<SqliteSink>();
         sync::<SqliteLookup>();
+    }
+
+    #[test]
+    fn a_dropped_sink_closes_its_lookups_and_leaves_no_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outcomes.db");
+        let sink = SqliteSink::open(SqliteConfig::new(&path, Role::Outcomes)).unwrap();
+        let lookup = sink.lookup().unwrap();
+        assert!(lookup.done_ids(&["a"]).unwrap().is_empty());
+        drop(sink);
+        assert!(!dir.path().join("outcomes.db-wal").exists());
+        let error = lookup.done_ids(&["a"]).unwrap_err();
+        assert!(error.message.contains("the sink is closed"), "{error}");
     }
 }

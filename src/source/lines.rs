@@ -29,6 +29,12 @@
 //!   pulled ids are already done and skips them, so a rerun over the same
 //!   file resumes where the last one stopped. The sink's records are the
 //!   memory.
+//! - Resuming is tied to the file ([`LinesSource::tie_resume`], which the
+//!   daemon calls): the identity of the file the sink's records came from
+//!   is kept beside the sink, and a file that is not that one is refused
+//!   before anything runs, with a message that says how to go on. Without
+//!   resume (`--no-resume`) every line runs, and the records are tied to
+//!   this file from then on.
 //! - Items given back are kept in memory and served before new lines, so a
 //!   stopped session's items come back within the same run; across runs the
 //!   sink-based resume covers them.
@@ -41,10 +47,11 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::file_identity::{Compared, FileIdentity};
 use super::{Pull, ReturnReason, Source, SourceError};
 use crate::item::{Item, Outcome, Priority, DEFAULT_PRIORITY};
 use crate::sync::Mutex;
@@ -107,6 +114,11 @@ pub struct LinesSource {
     /// Items given back, served before new lines. Locked for a queue
     /// operation only, by `pull` and `give_back`.
     returned: Mutex<VecDeque<Item>>,
+    /// The file (another handle on the one being read) and what it was at
+    /// open, for [`LinesSource::tie_resume`]; `None` for standard input.
+    measured: Option<(File, FileIdentity)>,
+    /// Whether done ids are skipped ([`Source::needs_resume`]). Default true.
+    resume: bool,
 }
 
 struct Reader {
@@ -133,6 +145,7 @@ impl LinesSource {
     /// Opens the file (or takes standard input). Nothing is read until the
     /// first pull.
     pub fn open(config: LinesConfig) -> Result<Self, SourceError> {
+        let mut measured = None;
         let (input_name, input): (String, Box<dyn Read + Send>) = match &config.path {
             None => ("standard input".to_string(), Box::new(io::stdin())),
             Some(path) => {
@@ -145,6 +158,9 @@ impl LinesSource {
                         "it is a directory; a lines source reads one file (a spool source takes a directory)",
                     ));
                 }
+                let again = file.try_clone().map_err(fail)?;
+                let identity = FileIdentity::of(&again, &name).map_err(fail)?;
+                measured = Some((again, identity));
                 (name, Box::new(file))
             }
         };
@@ -159,7 +175,82 @@ impl LinesSource {
                 buf: Vec::new(),
             }),
             returned: Mutex::new(VecDeque::new()),
+            measured,
+            resume: true,
         })
+    }
+
+    /// Ties resuming to the file. `identity_file` keeps the identity of the
+    /// file the sink's records came from (see `file_identity`); `records`:
+    /// whether the sink has any records yet (if not, what is recorded there
+    /// is stale and is replaced).
+    ///
+    /// With `resume`, a file that is not the recorded one is refused, with a
+    /// message that says how to go on: its lines would be skipped by number
+    /// as if done. (Starting over instead cannot be made safe: ids are line
+    /// numbers, so after an interrupted rerun the old file's records could
+    /// not be told from the new one's.) Without `resume`, every line runs.
+    /// Either way the identity of this file is then recorded. Standard input
+    /// has no identity: only `resume` applies.
+    pub fn tie_resume(mut self, identity_file: &Path, resume: bool, records: bool) -> Result<Self, SourceError> {
+        self.resume = resume;
+        let Some((file, now)) = &self.measured else {
+            return Ok(self);
+        };
+        let shown = identity_file.display();
+        let fail = |doing: &str, e: &dyn std::fmt::Display| {
+            SourceError::new(
+                format!("lines source {}: {doing} {shown}", self.input_name),
+                e.to_string(),
+            )
+        };
+        let recorded = match std::fs::read(identity_file) {
+            Ok(bytes) if records => match serde_json::from_slice::<FileIdentity>(&bytes) {
+                Ok(recorded) => Some(recorded),
+                Err(e) => {
+                    log::warn!(
+                        "{shown} is unreadable ({e}); taking {} as the file the records came from",
+                        self.input_name
+                    );
+                    None
+                }
+            },
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(fail("reading", &e)),
+        };
+        if let Some(recorded) = recorded.filter(|_| resume) {
+            match recorded.compare(file, now).map_err(|e| fail("comparing with", &e))? {
+                Compared::Same => {}
+                Compared::SameContentMoved => log::info!(
+                    "lines source {}: the same content as the file the records came from, under another inode \
+                     (copied or restored); resuming",
+                    self.input_name
+                ),
+                Compared::Different(how) => {
+                    return Err(SourceError::new(
+                        format!("lines source {}", self.input_name),
+                        format!(
+                            "this is not the file the sink's records came from ({how}; recorded in {shown}: \
+                             {} bytes, inode {}), so resuming would skip its lines by number as if they were done. \
+                             To run every line of it, run once with --no-resume (the records are tied to this file \
+                             from then on); to resume anyway, delete {shown}",
+                            recorded.size, recorded.inode
+                        ),
+                    ));
+                }
+            }
+        }
+        if !resume {
+            log::info!(
+                "lines source {}: --no-resume: every line runs, done or not; the sink's records are tied to this \
+                 file from now on",
+                self.input_name
+            );
+        }
+        let json = serde_json::to_vec_pretty(now).map_err(|e| fail("recording", &e))?;
+        crate::status::write_atomically(identity_file, &json).map_err(|e| fail("recording", &e))?;
+        Ok(self)
     }
 
     /// Reads the next line and makes it an item.
@@ -262,8 +353,9 @@ impl Source for LinesSource {
         ))
     }
 
+    /// True unless resuming was turned off (`--no-resume`).
     fn needs_resume(&self) -> bool {
-        true
+        self.resume
     }
 }
 

@@ -8,6 +8,7 @@
 //! durable. These calls come from different threads, so a source is
 //! `Sync` and locks what it must inside.
 
+mod file_identity;
 pub mod lines;
 mod memory;
 pub mod spool;

@@ -112,8 +112,7 @@ impl SqliteSource {
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| fail("opening", &e))?;
         conn.busy_timeout(config.busy_timeout)
             .map_err(|e| fail("setting the busy timeout", &e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| fail("switching to WAL", &e))?;
+        crate::sink::switch_to_wal(&conn, config.busy_timeout).map_err(|e| fail("switching to WAL", &e))?;
         let columns = table_columns(&conn, &config.table).map_err(|e| fail("reading the table's columns", &e))?;
         if columns.is_empty() {
             return Err(fail(
