@@ -208,6 +208,7 @@ fn handler(c: &Config) -> Value {
                 ("backoff", dur(p.retry.backoff)),
                 ("max_backoff", dur(p.retry.max_backoff)),
                 ("jitter", p.retry.jitter.into()),
+                ("max_retry_after", dur(p.retry.max_retry_after)),
             ]),
         ),
         ("breaker", breaker),

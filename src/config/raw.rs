@@ -362,6 +362,9 @@ pub struct RawRetry {
     pub max_backoff: Option<Dur>,
     /// Each delay is drawn from ±this fraction of the nominal one (0 to 1). Default 0.2.
     pub jitter: Option<f64>,
+    /// Cap on a downstream's Retry-After hint; a longer one is capped, with
+    /// a warning. Default 10m.
+    pub max_retry_after: Option<Dur>,
 }
 
 /// `handler.breaker:`.
