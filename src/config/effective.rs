@@ -61,6 +61,7 @@ pub(super) fn to_yaml(c: &Config) -> String {
             map([
                 ("threads", s.threads.into()),
                 ("chunk", s.chunk.into()),
+                ("chunk_wait", dur(s.chunk_wait)),
                 ("max_items", s.max_items.into()),
                 ("deadline", opt_dur(s.deadline)),
                 ("every", opt_dur(c.every)),

@@ -90,6 +90,9 @@ pub struct RawSession {
     pub threads: Option<usize>,
     /// Each worker commits every `chunk` outcomes (≥ 1). Default 50.
     pub chunk: Option<usize>,
+    /// ... or its partial chunk once the oldest outcome in it is this old,
+    /// and always before it waits for work. Default 1s.
+    pub chunk_wait: Option<Dur>,
     /// Most items taken from the source per session; 0 = no limit. Alias
     /// `lote` (seed 003). Default 0.
     pub max_items: Option<usize>,
