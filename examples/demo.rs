@@ -94,6 +94,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             jitter: 0.2,
+            ..RetryPolicy::default()
         },
         breaker: Some(Arc::new(Breaker::new(BreakerConfig {
             failures: 5,

@@ -536,24 +536,50 @@ impl<T> WorkQueue<T> {
 
     /// Takes the next message, waiting as long as it takes.
     pub fn pop(&self) -> Message<T> {
-        let mut state = self.state.lock();
-        let mut backoff = Backoff::new();
+        let (mut state, message) = self.spin_for_one(self.state.lock());
+        if let Some(message) = message {
+            return message;
+        }
         loop {
-            if let Some(message) = self.take_one(&mut state) {
-                return message;
-            }
-            // A busy producer refills within microseconds: spinning (then
-            // yielding) a little is far cheaper than parking and being woken.
-            if !backoff.is_done() {
-                drop(state);
-                backoff.snooze();
-                state = self.state.lock();
-                continue;
-            }
             // Woken by any push (see `readable`).
             state.waiting_consumers += 1;
             state = self.readable.wait(state);
             state.waiting_consumers -= 1;
+            if let Some(message) = self.take_one(&mut state) {
+                return message;
+            }
+        }
+    }
+
+    /// Takes the next message if one is there or arrives while [`pop`]
+    /// would still be spinning; `None` where `pop` would park. A worker
+    /// holding outcomes calls this first, so it can commit them before it
+    /// sleeps (SPEC §3.2, `chunk_wait`).
+    ///
+    /// [`pop`]: WorkQueue::pop
+    pub fn pop_before_parking(&self) -> Option<Message<T>> {
+        self.spin_for_one(self.state.lock()).1
+    }
+
+    /// Takes a message, spinning (then yielding) a little while there is
+    /// none: a busy producer refills within microseconds, and that is far
+    /// cheaper than parking and being woken. Hands the guard back for a
+    /// caller that goes on to park.
+    fn spin_for_one<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State<T>>,
+    ) -> (MutexGuard<'a, State<T>>, Option<Message<T>>) {
+        let mut backoff = Backoff::new();
+        loop {
+            if let Some(message) = self.take_one(&mut state) {
+                return (state, Some(message));
+            }
+            if backoff.is_done() {
+                return (state, None);
+            }
+            drop(state);
+            backoff.snooze();
+            state = self.state.lock();
         }
     }
 
@@ -951,6 +977,26 @@ mod tests {
         let stats = q.stats();
         assert_eq!((stats.len, stats.pushed, stats.popped, stats.high_water), (2, 3, 1, 3));
         assert!(stats.can_push);
+    }
+
+    #[test]
+    fn pop_before_parking_takes_what_is_there_and_never_waits_for_more() {
+        let q = queue(4, WhenFull::Block);
+        assert_eq!(q.pop_before_parking(), None);
+        q.push(0, 7).unwrap();
+        q.push_end_of_data(1);
+        assert_eq!(q.pop_before_parking(), Some(Message::Work(7)));
+        assert_eq!(q.pop_before_parking(), Some(Message::EndOfData));
+        assert_eq!(q.pop_before_parking(), None);
+    }
+
+    #[test]
+    fn a_huge_capacity_allocates_nothing_up_front() {
+        // Nothing is sized by the configured capacity: this would abort if it were.
+        let q = queue(usize::MAX, WhenFull::Block);
+        let mut batch: Vec<(Priority, u32)> = (0..3).map(|i| (0, i)).collect();
+        assert!(q.push_batch(&mut batch).is_clean());
+        assert_eq!(drain(&q), vec![Message::Work(0), Message::Work(1), Message::Work(2)]);
     }
 
     #[test]

@@ -163,6 +163,21 @@ pub struct WorkersStatus {
     pub threads: u64,
     /// Workers inside a handler call now.
     pub busy: u64,
+    /// Workers sleeping now in a retry back-off (a Retry-After wait
+    /// included) or a breaker pause: neither busy nor free.
+    #[serde(default)]
+    pub waiting: u64,
+}
+
+/// `2/4 busy`, and `, 1 waiting` while any worker waits.
+impl fmt::Display for WorkersStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} busy", self.busy, self.threads)?;
+        if self.waiting > 0 {
+            write!(f, ", {} waiting", self.waiting)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +320,7 @@ impl Status {
             workers: WorkersStatus {
                 threads: sources.threads as u64,
                 busy: snapshot.busy_workers,
+                waiting: snapshot.waiting_workers,
             },
             breaker: sources.breaker.map(|b| BreakerStatus {
                 state: b.state().as_str().to_string(),
@@ -360,7 +376,7 @@ impl Status {
             Some(q) => format!("queue {}/{}", q.len, q.capacity),
             None => format!("{} (between sessions)", self.state),
         });
-        parts.push(format!("workers {}/{} busy", self.workers.busy, self.workers.threads));
+        parts.push(format!("workers {}", self.workers));
         let c = &self.counters;
         parts.push(format!("done {} failed {} returned {}", c.done, c.failed, c.returned));
         parts.push(format!("retries {}", c.retries));
@@ -429,11 +445,7 @@ impl fmt::Display for Status {
             )?,
             None => line(f, "queue", format_args!("none (no session running)"))?,
         }
-        line(
-            f,
-            "workers",
-            format_args!("{}/{} busy", self.workers.busy, self.workers.threads),
-        )?;
+        line(f, "workers", format_args!("{}", self.workers))?;
         if let Some(b) = &self.breaker {
             line(
                 f,
@@ -627,7 +639,11 @@ mod tests {
                 high_water: 300,
                 ..QueueStatus::default()
             }),
-            workers: WorkersStatus { threads: 4, busy: 2 },
+            workers: WorkersStatus {
+                threads: 4,
+                busy: 2,
+                waiting: 0,
+            },
             breaker: Some(BreakerStatus {
                 state: "closed".into(),
                 opens: 0,
@@ -760,6 +776,7 @@ mod tests {
         metrics.item_done(Duration::from_millis(2));
         metrics.handler_time.record(Duration::from_micros(1500));
         metrics.busy_workers.inc();
+        metrics.waiting_workers.inc();
         let breaker = Breaker::new(BreakerConfig {
             failures: 2,
             open_for: Duration::from_secs(60),
@@ -782,7 +799,14 @@ mod tests {
         assert_eq!(status.pid, std::process::id());
         assert_eq!(status.started_at, "1970-01-01T00:00:00.000Z");
         assert_eq!(status.queue, None);
-        assert_eq!(status.workers, WorkersStatus { threads: 3, busy: 1 });
+        assert_eq!(
+            status.workers,
+            WorkersStatus {
+                threads: 3,
+                busy: 1,
+                waiting: 1
+            }
+        );
         assert_eq!((status.counters.pulled, status.counters.done), (7, 1));
         assert_eq!(status.latency.handler.count, 1);
         assert_eq!(status.latency.handler.p99_ms, 1.5);

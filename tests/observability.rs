@@ -64,6 +64,7 @@ impl Daemon {
                     backoff: Duration::from_millis(1),
                     max_backoff: Duration::from_millis(1),
                     jitter: 0.0,
+                    ..RetryPolicy::default()
                 },
                 ..CallPolicy::default()
             })

@@ -242,6 +242,7 @@ fn a_waiting_retry_wakes_at_once_on_stop_and_the_item_goes_back() {
             backoff: Duration::from_secs(60),
             max_backoff: Duration::from_secs(60),
             jitter: 0.0,
+            ..RetryPolicy::default()
         },
         ..CallPolicy::default()
     };
@@ -273,6 +274,7 @@ fn retries_then_success_counts_the_attempts() {
             backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
             jitter: 0.2,
+            ..RetryPolicy::default()
         },
         ..CallPolicy::default()
     };
@@ -299,6 +301,7 @@ fn fatal_failures_are_not_retried_and_exhausted_retries_fail() {
             backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(2),
             jitter: 0.0,
+            ..RetryPolicy::default()
         },
         ..CallPolicy::default()
     };

@@ -509,6 +509,7 @@ fn at_most_once_never_retries() {
             backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(1),
             jitter: 0.0,
+            ..lote::policy::RetryPolicy::default()
         },
         ..Default::default()
     })

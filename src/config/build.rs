@@ -122,6 +122,7 @@ impl Build<'_> {
                 "must be at least 1 (found 0); expected how many outcomes each worker commits at once, e.g. 50",
             );
         }
+        let chunk_wait = s.chunk_wait.map_or(d.chunk_wait, |w| w.0);
         let max_items = match (s.max_items, s.lote) {
             (Some(a), Some(b)) => {
                 return Err(self.doc.error_at(
@@ -209,6 +210,7 @@ impl Build<'_> {
         let session = SessionConfig {
             threads,
             chunk,
+            chunk_wait,
             max_items,
             deadline,
             queue: QueueConfig {

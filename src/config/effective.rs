@@ -61,6 +61,7 @@ pub(super) fn to_yaml(c: &Config) -> String {
             map([
                 ("threads", s.threads.into()),
                 ("chunk", s.chunk.into()),
+                ("chunk_wait", dur(s.chunk_wait)),
                 ("max_items", s.max_items.into()),
                 ("deadline", opt_dur(s.deadline)),
                 ("every", opt_dur(c.every)),
@@ -208,6 +209,7 @@ fn handler(c: &Config) -> Value {
                 ("backoff", dur(p.retry.backoff)),
                 ("max_backoff", dur(p.retry.max_backoff)),
                 ("jitter", p.retry.jitter.into()),
+                ("max_retry_after", dur(p.retry.max_retry_after)),
             ]),
         ),
         ("breaker", breaker),

@@ -90,6 +90,9 @@ pub struct RawSession {
     pub threads: Option<usize>,
     /// Each worker commits every `chunk` outcomes (≥ 1). Default 50.
     pub chunk: Option<usize>,
+    /// ... or its partial chunk once the oldest outcome in it is this old,
+    /// and always before it waits for work. Default 1s.
+    pub chunk_wait: Option<Dur>,
     /// Most items taken from the source per session; 0 = no limit. Alias
     /// `lote` (seed 003). Default 0.
     pub max_items: Option<usize>,
@@ -362,6 +365,9 @@ pub struct RawRetry {
     pub max_backoff: Option<Dur>,
     /// Each delay is drawn from ±this fraction of the nominal one (0 to 1). Default 0.2.
     pub jitter: Option<f64>,
+    /// Cap on a downstream's Retry-After hint; a longer one is capped, with
+    /// a warning. Default 10m.
+    pub max_retry_after: Option<Dur>,
 }
 
 /// `handler.breaker:`.

@@ -20,6 +20,10 @@ use crate::source::ReturnReason;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::Mutex;
 
+/// A retry wait this long or longer is logged at info, not debug: the
+/// operator should see why a worker sits idle.
+pub const LONG_RETRY_WAIT: Duration = Duration::from_secs(5);
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub struct Counter(
@@ -86,6 +90,8 @@ pub struct Metrics {
     pub returned: Counter,
     /// Retries scheduled (attempts after the first).
     pub retries: Counter,
+    /// Retry-After hints longer than `retry.max_retry_after`, capped to it.
+    pub retry_after_capped: Counter,
     /// Handler calls that panicked (each fails its item only).
     pub panics: Counter,
     /// Handler calls that ran past their timeout.
@@ -98,6 +104,8 @@ pub struct Metrics {
     pub source_errors: Counter,
     /// Workers inside a handler call now.
     pub busy_workers: Gauge,
+    /// Workers sleeping now in a retry back-off or a breaker pause.
+    pub waiting_workers: Gauge,
     /// From queued to popped by a worker.
     pub queue_wait: Histogram,
     /// One handler call (one attempt).
@@ -142,12 +150,37 @@ impl Metrics {
         Self::default()
     }
 
-    /// A retry of `id` is scheduled after `delay`.
+    /// A retry of `id` is scheduled after `delay`. A wait of
+    /// [`LONG_RETRY_WAIT`] or more is logged at info: a worker is parked.
     pub fn retry_scheduled(&self, id: &str, attempt: u32, delay: Duration, failure: &Failure) {
         self.retries.inc();
-        log::debug!(
-            "item {id}: attempt {attempt} failed ({failure}); retrying in {}ms",
-            delay.as_millis()
+        let hint = match failure.retry_after {
+            Some(hint) => format!(", Retry-After {}", human(hint)),
+            None => String::new(),
+        };
+        if delay >= LONG_RETRY_WAIT {
+            log::info!(
+                "item {id}: attempt {attempt} failed ({failure}{hint}); this worker waits {} before retrying",
+                human(delay)
+            );
+        } else {
+            log::debug!(
+                "item {id}: attempt {attempt} failed ({failure}{hint}); retrying in {}ms",
+                delay.as_millis()
+            );
+        }
+    }
+
+    /// A downstream asked for a wait (`Retry-After: hint`) longer than
+    /// `retry.max_retry_after`; lote waits `cap` instead.
+    pub fn retry_after_capped(&self, id: &str, hint: Duration, cap: Duration) {
+        self.retry_after_capped.inc();
+        log::warn!(
+            "item {id}: the downstream asked to retry after {}, more than retry.max_retry_after ({}); \
+             waiting {} instead (raise retry.max_retry_after to honour longer hints)",
+            human(hint),
+            human(cap),
+            human(cap)
         );
     }
 
@@ -242,6 +275,7 @@ impl Metrics {
                 skipped: self.skipped.get(),
                 returned: self.returned.get(),
                 retries: self.retries.get(),
+                retry_after_capped: self.retry_after_capped.get(),
                 panics: self.panics.get(),
                 timeouts: self.timeouts.get(),
                 breaker_opens: self.breaker_opens.get(),
@@ -249,6 +283,7 @@ impl Metrics {
                 source_errors: self.source_errors.get(),
             },
             busy_workers: self.busy_workers.get(),
+            waiting_workers: self.waiting_workers.get(),
             queue_wait: self.queue_wait.snapshot(),
             handler_time: self.handler_time.snapshot(),
             end_to_end: self.end_to_end.snapshot(),
@@ -268,6 +303,9 @@ pub struct Counters {
     pub skipped: u64,
     pub returned: u64,
     pub retries: u64,
+    /// Retry-After hints capped to `retry.max_retry_after`.
+    #[serde(default)]
+    pub retry_after_capped: u64,
     pub panics: u64,
     pub timeouts: u64,
     pub breaker_opens: u64,
@@ -275,11 +313,18 @@ pub struct Counters {
     pub source_errors: u64,
 }
 
+/// `d` for a log line, to the millisecond: `1day 3h 46m 39s`, `7s 235ms`.
+fn human(d: Duration) -> String {
+    let ms = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    humantime::format_duration(ms).to_string()
+}
+
 /// Every counter and histogram at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetricsSnapshot {
     pub counters: Counters,
     pub busy_workers: u64,
+    pub waiting_workers: u64,
     pub queue_wait: HistogramSnapshot,
     pub handler_time: HistogramSnapshot,
     pub end_to_end: HistogramSnapshot,

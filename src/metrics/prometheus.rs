@@ -96,6 +96,11 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         "Handler calls retried (attempts after the first).",
         c.retries,
     );
+    out.counter(
+        "lote_retry_after_capped_total",
+        "Retry-After hints longer than retry.max_retry_after, capped to it.",
+        c.retry_after_capped,
+    );
     out.counter("lote_handler_panics_total", "Handler calls that panicked.", c.panics);
     out.counter(
         "lote_handler_timeouts_total",
@@ -123,6 +128,11 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         "lote_workers_busy",
         "Workers inside a handler call now.",
         status.workers.busy,
+    );
+    out.gauge(
+        "lote_workers_waiting",
+        "Workers sleeping now in a retry back-off or a breaker pause.",
+        status.workers.waiting,
     );
 
     if let Some(b) = &status.breaker {

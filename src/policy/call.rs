@@ -6,7 +6,11 @@
 //!   with `when_open: skip` it is returned to its source, with `wait` the
 //!   worker pauses until a probe is allowed or a stop comes.
 //! - Every wait here (back-off, breaker pause) is a sleep on the stop handle:
-//!   a stop wakes it at once and the item goes back to its source.
+//!   a stop wakes it at once and the item goes back to its source. While it
+//!   lasts the worker counts in `waiting_workers`, and before it starts the
+//!   caller's `before_wait` runs (a worker commits its outcomes there).
+//! - A downstream's Retry-After hint is honoured up to `max_retry_after`;
+//!   a longer one is capped, and the cap is an event (counter + warning).
 //! - A panicking handler fails that item only; the panic is caught here and
 //!   the worker carries on.
 //! - Only retryable failures count against the breaker; a fatal failure says
@@ -74,9 +78,23 @@ impl CallPolicy {
 
     /// Runs `item` through `handler` until done, failed for good, or returned.
     pub fn call(&self, handler: &dyn Handler, item: &Item, stop: &StopHandle, metrics: &Metrics) -> Verdict {
+        self.call_with(handler, item, stop, metrics, &mut || {})
+    }
+
+    /// As [`call`](CallPolicy::call), running `before_wait` before every
+    /// wait (a retry back-off, a breaker pause), so a caller never sleeps on
+    /// work it could hand on first.
+    pub fn call_with(
+        &self,
+        handler: &dyn Handler,
+        item: &Item,
+        stop: &StopHandle,
+        metrics: &Metrics,
+        before_wait: &mut dyn FnMut(),
+    ) -> Verdict {
         let mut attempts = 0;
         loop {
-            let permit = match self.admit(stop) {
+            let permit = match self.admit(stop, metrics, before_wait) {
                 Ok(permit) => permit,
                 Err(reason) => return Verdict::Returned { reason, attempts },
             };
@@ -110,9 +128,13 @@ impl CallPolicy {
                 };
                 return Verdict::Failed { error, attempts };
             }
+            let cap = self.retry.max_retry_after;
+            if let Some(hint) = failure.retry_after.filter(|hint| *hint > cap) {
+                metrics.retry_after_capped(&item.id, hint, cap);
+            }
             let delay = self.retry.delay(attempts, failure.retry_after);
             metrics.retry_scheduled(&item.id, attempts, delay, &failure);
-            if stop.sleep(delay) {
+            if wait(stop, metrics, delay, before_wait) {
                 return Verdict::Returned {
                     reason: ReturnReason::Stopped,
                     attempts,
@@ -149,7 +171,12 @@ impl CallPolicy {
     }
 
     /// Waits for the breaker to let a call through. `Ok(None)`: no breaker.
-    fn admit(&self, stop: &StopHandle) -> Result<Option<Permit<'_>>, ReturnReason> {
+    fn admit(
+        &self,
+        stop: &StopHandle,
+        metrics: &Metrics,
+        before_wait: &mut dyn FnMut(),
+    ) -> Result<Option<Permit<'_>>, ReturnReason> {
         let Some(breaker) = self.breaker.as_deref() else {
             return Ok(None);
         };
@@ -162,7 +189,7 @@ impl CallPolicy {
                 Err(rejected) => match self.when_open {
                     WhenOpen::Skip => return Err(ReturnReason::BreakerOpen),
                     WhenOpen::Wait => {
-                        if stop.sleep(rejected.retry_in) {
+                        if wait(stop, metrics, rejected.retry_in, before_wait) {
                             return Err(ReturnReason::Stopped);
                         }
                     }
@@ -176,6 +203,17 @@ impl CallPolicy {
             metrics.breaker_moved(transition, breaker.config().failures, breaker.config().open_for);
         }
     }
+}
+
+/// One wait of the call loop: `before_wait` first, then a sleep on the stop
+/// handle, counted in `waiting_workers` while it lasts. True if a stop cut
+/// it short.
+fn wait(stop: &StopHandle, metrics: &Metrics, delay: Duration, before_wait: &mut dyn FnMut()) -> bool {
+    before_wait();
+    metrics.waiting_workers.inc();
+    let stopped = stop.sleep(delay);
+    metrics.waiting_workers.dec();
+    stopped
 }
 
 /// The text of a panic payload (`panic!("...")` gives a `&str` or `String`).

@@ -1,6 +1,8 @@
 //! How often a failed call is tried again and how long to wait in between:
 //! exponential back-off (×2 per retry) with a cap and a jitter band, and a
-//! downstream's Retry-After hint as a floor.
+//! downstream's Retry-After hint as a floor, itself capped at
+//! `max_retry_after` (a hint is the peer's word, not a promise to wait
+//! forever: `Retry-After: 99999` would park a worker for 27 hours).
 //!
 //! Everything here is a pure function of the policy except [`RetryPolicy::delay`],
 //! which draws the jitter. The waiting itself happens in the call loop
@@ -22,16 +24,20 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Fraction in [0, 1]: each delay is drawn uniformly from nominal*(1±jitter), then capped at max_backoff.
     pub jitter: f64,
+    /// Cap on a downstream's Retry-After hint (`retry.max_retry_after`).
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
-    /// Three tries, 1s then 2s apart (±20%), never more than 60s.
+    /// Three tries, 1s then 2s apart (±20%), never more than 60s; a
+    /// Retry-After hint honoured up to 10 minutes.
     fn default() -> Self {
         RetryPolicy {
             attempts: 3,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             jitter: 0.2,
+            max_retry_after: Duration::from_secs(600),
         }
     }
 }
@@ -92,17 +98,19 @@ impl RetryPolicy {
 
     /// The delay before retry `retry`, jittered at random, and never shorter
     /// than the downstream's `retry_after` hint (HTTP `Retry-After`, or a
-    /// handler's own).
+    /// handler's own) capped at `max_retry_after`.
     ///
-    /// A Retry-After longer than `max_backoff` is honoured as given:
-    /// `max_backoff` bounds our own guesswork about how long a downstream needs,
-    /// but a Retry-After is the downstream telling us; retrying sooner would
-    /// only spend an attempt on a call it has said it will refuse (and can get
-    /// a client rate-limited harder). The wait is still cut short by a Stop,
-    /// so a long hint cannot hold up shutdown.
+    /// A Retry-After longer than `max_backoff` is honoured: `max_backoff`
+    /// bounds our own guesswork about how long a downstream needs, but a
+    /// Retry-After is the downstream telling us; retrying sooner would only
+    /// spend an attempt on a call it has said it will refuse (and can get a
+    /// client rate-limited harder). Only past `max_retry_after` is the hint
+    /// not believed (the call loop reports that). The wait is still cut short
+    /// by a Stop, so a long hint cannot hold up shutdown.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let jittered = self.jittered_delay(retry, fastrand::f64());
-        jittered.max(retry_after.unwrap_or(Duration::ZERO))
+        let hint = retry_after.unwrap_or(Duration::ZERO).min(self.max_retry_after);
+        jittered.max(hint)
     }
 
     /// Checks the policy; the message names the field, what it was, and what
@@ -150,6 +158,7 @@ mod tests {
             backoff: Duration::from_millis(backoff_ms),
             max_backoff: Duration::from_millis(max_ms),
             jitter,
+            ..RetryPolicy::default()
         }
     }
 
@@ -259,6 +268,18 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_after_wait_is_bounded_by_max_retry_after() {
+        let p = RetryPolicy {
+            max_retry_after: Duration::from_secs(2),
+            ..policy(100, 1_000, 0.0)
+        };
+        assert_eq!(p.delay(1, Some(Duration::from_secs(99_999))), Duration::from_secs(2));
+        assert_eq!(p.delay(1, Some(Duration::MAX)), Duration::from_secs(2));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(1))), Duration::from_secs(1));
+        assert_eq!(RetryPolicy::default().max_retry_after, Duration::from_secs(600));
+    }
+
+    #[test]
     fn validate_names_what_is_wrong() {
         let zero_attempts = RetryPolicy {
             attempts: 0,
@@ -302,7 +323,7 @@ mod tests {
         #[test]
         fn delay_never_undercuts_retry_after(p in valid_policy(), retry in 1u32..64, ra_ms in 0u64..7_200_000) {
             let retry_after = Duration::from_millis(ra_ms);
-            prop_assert!(p.delay(retry, Some(retry_after)) >= retry_after);
+            prop_assert!(p.delay(retry, Some(retry_after)) >= retry_after.min(p.max_retry_after));
         }
     }
 }

@@ -80,6 +80,9 @@ pub struct SessionConfig {
     pub threads: usize,
     /// Each worker commits every `chunk` outcomes (≥ 1).
     pub chunk: usize,
+    /// ... or sooner, once its oldest uncommitted outcome is this old; and
+    /// always before it waits for work (SPEC §3.2). 0 = commit every outcome.
+    pub chunk_wait: Duration,
     /// Most items taken from the source in one session; 0 = no limit.
     pub max_items: usize,
     /// Stop the session this long after it starts.
@@ -93,12 +96,13 @@ pub struct SessionConfig {
 }
 
 impl Default for SessionConfig {
-    /// SPEC §4's example: 4 threads, chunk 50, no item limit, no deadline,
-    /// the default queue; pulls of 64; idle polls every second.
+    /// SPEC §4's example: 4 threads, chunk 50 (or 1s), no item limit, no
+    /// deadline, the default queue; pulls of 64; idle polls every second.
     fn default() -> Self {
         SessionConfig {
             threads: 4,
             chunk: 50,
+            chunk_wait: Duration::from_secs(1),
             max_items: 0,
             deadline: None,
             queue: QueueConfig::default(),
@@ -298,7 +302,7 @@ impl Session {
                 }
                 None => None,
             };
-            let mut workers = Vec::with_capacity(threads);
+            let mut workers = Vec::new();
             for index in 0..threads {
                 let worker = Worker {
                     index,
@@ -311,6 +315,7 @@ impl Session {
                     metrics: &self.metrics,
                     counts: &counts,
                     chunk: self.config.chunk,
+                    chunk_wait: self.config.chunk_wait,
                 };
                 match spawn(scope, &format!("lote-worker-{index}"), move || worker.run()) {
                     Ok(handle) => workers.push(handle),

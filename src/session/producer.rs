@@ -56,7 +56,9 @@ impl Producer<'_> {
 
     fn read_all(&self) -> ProducerEnd {
         let mut taken = 0usize;
-        let mut batch: Vec<(i32, Job)> = Vec::with_capacity(self.batch);
+        // Grows to what a pull brings and is reused; `batch` is a bound,
+        // not a size to allocate up front.
+        let mut batch: Vec<(i32, Job)> = Vec::new();
         loop {
             if self.stop.is_stopping() {
                 return ProducerEnd::Stopped;

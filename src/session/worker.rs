@@ -5,8 +5,17 @@
 //! `EndOfData` (the producer is done) or `Stop` (the session is stopping).
 //! Either way it commits its partial chunk and exits. One of each is pushed
 //! per worker, so every worker gets exactly one.
+//!
+//! # A trickle is never held back (SPEC §3.2, `chunk_wait`)
+//!
+//! A worker never parks or sleeps holding outcomes: before it would park on
+//! an empty queue, and before a retry back-off or a breaker pause, it commits
+//! its partial chunk. While items keep coming it commits every `chunk`
+//! outcomes, or sooner once its oldest uncommitted outcome is `chunk_wait`
+//! old. So an outcome waits for later items only while its worker is inside
+//! the next handler call, never for items that have not arrived.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Job, SessionCounts, StopHandle};
 use crate::commit::Committer;
@@ -28,13 +37,55 @@ pub(crate) struct Worker<'a> {
     pub metrics: &'a Metrics,
     pub counts: &'a SessionCounts,
     pub chunk: usize,
+    /// A partial chunk is committed once its oldest outcome is this old.
+    pub chunk_wait: Duration,
+}
+
+/// The outcomes a worker holds, not yet committed. Grows on demand: `chunk`
+/// is a bound, not a size to allocate (it may be huge).
+#[derive(Default)]
+struct Chunk {
+    outcomes: Vec<Outcome>,
+    /// When the oldest outcome in `outcomes` joined; `None` while empty.
+    since: Option<Instant>,
+}
+
+impl Chunk {
+    fn push(&mut self, outcome: Outcome) {
+        self.since.get_or_insert_with(Instant::now);
+        self.outcomes.push(outcome);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+
+    /// True once it holds `max` outcomes or its oldest is `wait` old.
+    fn is_due(&self, max: usize, wait: Duration) -> bool {
+        self.outcomes.len() >= max || self.since.is_some_and(|t| t.elapsed() >= wait)
+    }
+
+    fn take(&mut self) -> Vec<Outcome> {
+        self.since = None;
+        std::mem::take(&mut self.outcomes)
+    }
 }
 
 impl Worker<'_> {
     pub fn run(self) {
-        let mut chunk: Vec<Outcome> = Vec::with_capacity(self.chunk);
+        let mut chunk = Chunk::default();
         loop {
-            let job = match self.queue.pop() {
+            let message = if chunk.is_empty() {
+                self.queue.pop()
+            } else {
+                // Nothing more to do for now: commit before parking, so the
+                // outcomes in hand do not wait for items that may not come.
+                self.queue.pop_before_parking().unwrap_or_else(|| {
+                    self.commit(&mut chunk);
+                    self.queue.pop()
+                })
+            };
+            let job = match message {
                 Message::Work(job) => job,
                 Message::Stop => {
                     log::debug!("worker {} got Stop", self.index);
@@ -46,9 +97,9 @@ impl Worker<'_> {
                 }
             };
             self.metrics.queue_wait.record(job.queued_at.elapsed());
-            if let Some(outcome) = self.process(job) {
+            if let Some(outcome) = self.process(job, &mut chunk) {
                 chunk.push(outcome);
-                if chunk.len() >= self.chunk {
+                if chunk.is_due(self.chunk, self.chunk_wait) {
                     self.commit(&mut chunk);
                 }
             }
@@ -56,8 +107,9 @@ impl Worker<'_> {
         self.commit(&mut chunk);
     }
 
-    /// Runs one item. `None` if it went back to the source.
-    fn process(&self, job: Job) -> Option<Outcome> {
+    /// Runs one item. `None` if it went back to the source. `chunk` is
+    /// committed before any wait of the call (back-off, breaker pause).
+    fn process(&self, job: Job, chunk: &mut Chunk) -> Option<Outcome> {
         let started_at = SystemTime::now();
         let started = Instant::now();
         let verdict = match &job.item.defect {
@@ -67,7 +119,11 @@ impl Worker<'_> {
                 error: format!("not processable: {defect}"),
                 attempts: 0,
             },
-            None => self.policy.call(self.handler, &job.item, self.stop, self.metrics),
+            None => self
+                .policy
+                .call_with(self.handler, &job.item, self.stop, self.metrics, &mut || {
+                    self.commit(chunk)
+                }),
         };
         let end_to_end = job.pulled_at.elapsed();
         let (status, attempts, output, error) = match verdict {
@@ -106,11 +162,11 @@ impl Worker<'_> {
         }
     }
 
-    fn commit(&self, chunk: &mut Vec<Outcome>) {
+    fn commit(&self, chunk: &mut Chunk) {
         if chunk.is_empty() {
             return;
         }
-        let full = std::mem::replace(chunk, Vec::with_capacity(self.chunk));
+        let full = chunk.take();
         let n = full.len();
         self.counts.commits.inc();
         if let Err(error) = self.committer.commit(full) {

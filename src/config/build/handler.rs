@@ -52,6 +52,7 @@ impl Build<'_> {
                 backoff: r.backoff.map_or(d.backoff, |b| b.0),
                 max_backoff: r.max_backoff.map_or(d.max_backoff, |b| b.0),
                 jitter: r.jitter.unwrap_or(d.jitter),
+                max_retry_after: r.max_retry_after.map_or(d.max_retry_after, |m| m.0),
             },
         };
         // The engine's checks and words; the key is the field its message names.
