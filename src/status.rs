@@ -197,8 +197,15 @@ pub struct WriterStatus {
     pub depth: u64,
     pub enqueued: u64,
     pub persisted: u64,
-    /// Outcomes whose flush failed for good (left unacknowledged).
+    /// Outcomes whose flush failed for good (their items given back).
     pub failed: u64,
+    /// Outcomes given up on: `failed` plus what a drain had no time to
+    /// write. Their items run again; `run --once` with any exits 1.
+    #[serde(default)]
+    pub unsaved: u64,
+    /// Items handed back to their source because their outcome is unsaved.
+    #[serde(default)]
+    pub given_back: u64,
     pub retries: u64,
     pub batches: u64,
     pub failed_flushes: u64,
@@ -332,6 +339,8 @@ impl Status {
                 enqueued: w.enqueued.get(),
                 persisted: w.persisted.get(),
                 failed: w.failed.get(),
+                unsaved: w.unsaved.get(),
+                given_back: w.given_back.get(),
                 retries: w.retries.get(),
                 batches: w.batches.get(),
                 failed_flushes: w.failed_flushes.get(),
@@ -462,11 +471,13 @@ impl fmt::Display for Status {
                 f,
                 "writer",
                 format_args!(
-                    "depth {}, persisted {}, failed {} ({} failed flushes), retries {}, last flush {}{}",
+                    "depth {}, persisted {}, failed {} ({} failed flushes, {} unsaved, {} given back), retries {}, last flush {}{}",
                     w.depth,
                     w.persisted,
                     w.failed,
                     w.failed_flushes,
+                    w.unsaved,
+                    w.given_back,
                     w.retries,
                     ms(w.last_flush_ms),
                     oldest.unwrap_or_default()

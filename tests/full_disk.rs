@@ -218,6 +218,12 @@ fn daemon_recovers_from_a_failed_flush_without_a_restart() {
         thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0), "{}", log_of(&log));
+    // The status file tells an operator what the full disk cost.
+    let status: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(state.join("status.json")).unwrap()).unwrap();
+    let writer = &status["writer"];
+    assert!(writer["unsaved"].as_u64().unwrap() >= 1, "{writer}");
+    assert!(writer["given_back"].as_u64().unwrap() >= 1, "{writer}");
 }
 
 #[test]

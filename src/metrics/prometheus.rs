@@ -188,8 +188,18 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         out.counter("lote_writer_persisted_total", "Outcomes made durable.", w.persisted);
         out.counter(
             "lote_writer_failed_total",
-            "Outcomes whose flush failed for good (left unacknowledged).",
+            "Outcomes whose flush failed for good (their items given back).",
             w.failed,
+        );
+        out.counter(
+            "lote_writer_unsaved_total",
+            "Outcomes given up on (failed flushes, drain out of time); their items run again.",
+            w.unsaved,
+        );
+        out.counter(
+            "lote_writer_given_back_total",
+            "Items handed back to their source because their outcome is unsaved.",
+            w.given_back,
         );
         out.counter("lote_writer_retries_total", "Flush retries.", w.retries);
         out.counter("lote_writer_batches_total", "Batches made durable.", w.batches);
