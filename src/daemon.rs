@@ -302,7 +302,7 @@ impl Shared {
 /// `metrics.log_every`, warnings (queue ≥ 80 %, breaker open) when they
 /// start. Ends when `over` stops.
 fn status_thread(shared: &Shared, over: &StopHandle) {
-    let mut next_log = Instant::now();
+    let mut next_log = Some(Instant::now());
     let mut warned: Vec<String> = Vec::new();
     loop {
         let (every, log_every) = {
@@ -316,9 +316,11 @@ fn status_thread(shared: &Shared, over: &StopHandle) {
             log::warn!("{warning}");
         }
         warned = warnings;
-        if Instant::now() >= next_log {
+        if next_log.is_some_and(|at| Instant::now() >= at) {
             log::info!("{}", status.summary_line());
-            next_log = Instant::now() + log_every;
+            // None (never again) only past the clock's end; validation
+            // bounds `log_every` far below it.
+            next_log = Instant::now().checked_add(log_every);
         }
         if over.sleep(every.min(log_every).max(Duration::from_millis(100))) {
             return;
@@ -606,7 +608,11 @@ fn session_loop(
             // A continuous session ended by itself (a lines file ran out).
             return Ok(end);
         };
-        let next = started + every;
+        // Validation bounds `every`; past the clock's end, wait for a stop.
+        let Some(next) = started.checked_add(every) else {
+            stop.wait_for_stop();
+            return Ok(RunEnd::Stopped);
+        };
         if Instant::now() > next {
             log::warn!(
                 "the session took {}ms, longer than session.every ({}ms): the next starts now",

@@ -29,9 +29,83 @@ pub(super) struct Build<'a> {
 
 type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
+// The largest value of every number, size and duration (SPEC §3.9: nothing
+// `lote check` accepts may make `lote run` panic, abort or hang). Each is
+// far beyond what a box needs and far below what would overflow a clock,
+// a counter or an allocation.
+
+/// Every duration: a month is longer than any wait lote should sit in.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `busy_timeout`: SQLite takes milliseconds in a 31-bit int (24.8 days).
+pub(super) const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 3600);
+/// Every byte size (items, lines, kept output): what one item may weigh in memory.
+pub(super) const MAX_BYTES: u64 = 1 << 30;
+/// `sink.rotate_bytes`: one JSONL file.
+pub(super) const MAX_ROTATE_BYTES: u64 = 1 << 40;
+/// `session.threads`.
+pub(super) const MAX_THREADS: usize = 1024;
+/// `session.chunk`, `sink.batch`: outcomes held in memory at once.
+pub(super) const MAX_OUTCOMES: usize = 100_000;
+/// `queue.capacity`.
+pub(super) const MAX_CAPACITY: usize = 1_000_000;
+/// `session.max_items` (0 = no limit).
+pub(super) const MAX_ITEMS: u64 = 1_000_000_000_000;
+/// `handler.retry.attempts`, `sink.max_retries`, `sink.keep_files`.
+pub(super) const MAX_TRIES: u64 = 1000;
+
 impl Build<'_> {
     fn err<T>(&self, key: &str, message: impl Into<String>) -> Result<T> {
         Err(self.doc.error(key, message))
+    }
+
+    /// Refuses a duration above `max` with the allowed range.
+    pub(super) fn at_most(&self, key: &str, value: Duration, max: Duration) -> Result<Duration> {
+        if value > max {
+            return self.err(
+                key,
+                format!(
+                    "is {}, longer than lote allows; expected a duration up to {}",
+                    format_duration(value),
+                    format_duration(max)
+                ),
+            );
+        }
+        Ok(value)
+    }
+
+    /// [`Build::at_most`] for an optional duration.
+    pub(super) fn opt_at_most(&self, key: &str, value: Option<Duration>, max: Duration) -> Result<Option<Duration>> {
+        value.map(|v| self.at_most(key, v, max)).transpose()
+    }
+
+    /// Refuses a count outside `range` (every count fits a `u64`).
+    pub(super) fn count(&self, key: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<()> {
+        if !range.contains(&value) {
+            return self.err(
+                key,
+                format!(
+                    "is {value}, out of range; expected a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a byte size above `max` with the allowed range.
+    pub(super) fn bytes_at_most(&self, key: &str, value: u64, max: u64) -> Result<u64> {
+        if value > max {
+            return self.err(
+                key,
+                format!(
+                    "is {}, larger than lote allows; expected a size up to {}",
+                    format_bytes(value),
+                    format_bytes(max)
+                ),
+            );
+        }
+        Ok(value)
     }
 
     pub fn config(mut self, raw: RawConfig, cwd: &Path) -> Result<Config> {
@@ -131,6 +205,14 @@ impl Build<'_> {
             }
             (a, b) => a.or(b).unwrap_or(d.max_items),
         };
+        self.count("session.threads", threads as u64, 1..=MAX_THREADS as u64)?;
+        self.count("session.chunk", chunk as u64, 1..=MAX_OUTCOMES as u64)?;
+        let max_items_key = if s.lote.is_some() {
+            "session.lote"
+        } else {
+            "session.max_items"
+        };
+        self.count(max_items_key, max_items as u64, 0..=MAX_ITEMS)?;
         let (deadline_key, deadline) = match (s.deadline, s.timer) {
             (Some(_), Some(_)) => {
                 return self.err(
@@ -142,7 +224,8 @@ impl Build<'_> {
             (None, Some(t)) => ("session.timer", Some(t.0)),
             (None, None) => ("session.deadline", None),
         };
-        let every = s.every.map(|e| e.0);
+        let deadline = self.opt_at_most(deadline_key, deadline, MAX_DURATION)?;
+        let every = self.opt_at_most("session.every", s.every.map(|e| e.0), MAX_DURATION)?;
         if deadline == Some(Duration::ZERO) {
             return self.err(
                 deadline_key,
@@ -169,7 +252,11 @@ impl Build<'_> {
                 );
             }
         }
-        let poll_interval = s.poll_every.map_or(d.poll_interval, |p| p.0);
+        let poll_interval = self.at_most(
+            "session.poll_every",
+            s.poll_every.map_or(d.poll_interval, |p| p.0),
+            MAX_DURATION,
+        )?;
         if poll_interval.is_zero() {
             return self.err(
                 "session.poll_every",
@@ -185,6 +272,7 @@ impl Build<'_> {
                 "must be at least 1 (found 0); expected how many items the queue holds, e.g. 1024",
             );
         }
+        self.count("queue.capacity", capacity as u64, 1..=MAX_CAPACITY as u64)?;
         let when_full = q.when_full.map_or(dq.when_full, |w| match w {
             raw::WhenFullRaw::Block => WhenFull::Block,
             raw::WhenFullRaw::DropOldest => WhenFull::DropOldest,
@@ -192,7 +280,7 @@ impl Build<'_> {
             raw::WhenFullRaw::DropWrite => WhenFull::DropWrite,
             raw::WhenFullRaw::Reject => WhenFull::Reject,
         });
-        let block_timeout = q.block_timeout.map(|t| t.0);
+        let block_timeout = self.opt_at_most("queue.block_timeout", q.block_timeout.map(|t| t.0), MAX_DURATION)?;
         if block_timeout.is_some() && when_full != WhenFull::Block {
             return self.err(
                 "queue.block_timeout",
@@ -254,6 +342,10 @@ impl Build<'_> {
                 "is 0, so nothing queued would be written at shutdown; expected e.g. 30s",
             );
         }
+        self.count("sink.batch", writer.batch as u64, 1..=MAX_OUTCOMES as u64)?;
+        self.at_most("sink.flush_every", writer.flush_every, MAX_DURATION)?;
+        self.count("sink.max_retries", u64::from(writer.max_retries), 0..=MAX_TRIES)?;
+        self.at_most("sink.drain_timeout", writer.drain_timeout, MAX_DURATION)?;
         Ok((spec, writer))
     }
 
@@ -281,6 +373,7 @@ impl Build<'_> {
 
     fn sink_spec(&self, raw: RawSink, role: Role, state_dir: &Path) -> Result<(SinkSpec, raw::RawWriter)> {
         let dead = role == Role::DeadLetter;
+        let section = if dead { "dead_letter" } else { "sink" };
         Ok(match raw {
             RawSink::Sqlite(s) => {
                 let default = if dead {
@@ -295,7 +388,11 @@ impl Build<'_> {
                         raw::SynchronousRaw::Normal => Synchronous::Normal,
                         raw::SynchronousRaw::Full => Synchronous::Full,
                     }),
-                    busy_timeout: s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+                    busy_timeout: self.at_most(
+                        &format!("{section}.busy_timeout"),
+                        s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+                        MAX_BUSY_TIMEOUT,
+                    )?,
                     ..d
                 };
                 (SinkSpec::Sqlite(spec), s.writer)
@@ -308,9 +405,14 @@ impl Build<'_> {
                 };
                 let path = absolute(state_dir, &j.path.unwrap_or_else(|| default.into()));
                 let d = JsonlConfig::new(path, role);
+                if let Some(rotate) = j.rotate_bytes {
+                    self.bytes_at_most(&format!("{section}.rotate_bytes"), rotate.0, MAX_ROTATE_BYTES)?;
+                }
+                let keep_files = j.keep_files.unwrap_or(d.keep_files);
+                self.count(&format!("{section}.keep_files"), keep_files as u64, 0..=MAX_TRIES)?;
                 let spec = JsonlConfig {
                     rotate_bytes: j.rotate_bytes.map_or(d.rotate_bytes, |b| (b.0 > 0).then_some(b.0)),
-                    keep_files: j.keep_files.unwrap_or(d.keep_files),
+                    keep_files,
                     ..d
                 };
                 (SinkSpec::Jsonl(spec), j.writer)
@@ -319,14 +421,22 @@ impl Build<'_> {
     }
 
     fn metrics(&self, m: raw::RawMetrics, state_dir: &Path) -> Result<MetricsSpec> {
-        let every = m.every.map_or(DEFAULT_METRICS_EVERY, |t| t.0);
+        let every = self.at_most(
+            "metrics.every",
+            m.every.map_or(DEFAULT_METRICS_EVERY, |t| t.0),
+            MAX_DURATION,
+        )?;
         if every.is_zero() {
             return self.err(
                 "metrics.every",
                 "is 0; expected how often the textfile is written, e.g. 15s",
             );
         }
-        let log_every = m.log_every.map_or(DEFAULT_METRICS_LOG_EVERY, |t| t.0);
+        let log_every = self.at_most(
+            "metrics.log_every",
+            m.log_every.map_or(DEFAULT_METRICS_LOG_EVERY, |t| t.0),
+            MAX_DURATION,
+        )?;
         if log_every.is_zero() {
             return self.err(
                 "metrics.log_every",
@@ -340,7 +450,9 @@ impl Build<'_> {
         })
     }
 
+    /// A byte size that is held in memory: at most [`MAX_BYTES`].
     fn usize_bytes(&self, key: &str, n: u64) -> Result<usize> {
+        self.bytes_at_most(key, n, MAX_BYTES)?;
         usize::try_from(n).or_else(|_| self.err(key, format!("{} is too large for this machine", format_bytes(n))))
     }
 

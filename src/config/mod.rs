@@ -31,9 +31,11 @@ mod build;
 mod effective;
 mod error;
 mod raw;
+mod text;
 mod value;
 
 pub use error::ConfigError;
+pub use text::MAX_FILE_BYTES;
 pub use value::{format_bytes, format_duration, parse_bytes, parse_duration};
 
 use std::path::{Path, PathBuf};
@@ -229,23 +231,18 @@ impl PartialEq for Config {
 
 impl Config {
     /// Reads and validates the config file at `path`.
+    /// Only a regular file of at most [`MAX_FILE_BYTES`] is read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::from_yaml(&text, path),
-            Err(e) => Err(ConfigError {
-                file: path.to_path_buf(),
-                line: None,
-                column: None,
-                key: None,
-                message: format!("cannot read the config file: {e}"),
-            }),
-        }
+        Config::from_yaml(&text::read(path)?, path)
     }
 
     /// Validates `text`; `file` names it in errors. Relative paths resolve as
     /// the module doc says; directories are created as it says.
     pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        // A byte-order mark is invisible and not YAML content.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let doc = Doc { file, text };
+        text::check(&doc)?;
         let kinds = first_pass(&doc)?;
         let raw = raw::RawConfigSeed(kinds)
             .deserialize(serde_yaml::Deserializer::from_str(text))
@@ -275,7 +272,10 @@ impl Config {
 /// straight into its kind's struct (see [`raw`]).
 fn first_pass(doc: &Doc) -> Result<Kinds, ConfigError> {
     use serde_yaml::Value;
-    let value: Value = serde_yaml::from_str(doc.text).map_err(|e| doc.yaml_error(&e))?;
+    let spent = std::cell::Cell::new(0);
+    let value: Value = text::BudgetedValue { spent: &spent }
+        .deserialize(serde_yaml::Deserializer::from_str(doc.text))
+        .map_err(|e| doc.yaml_error(&e))?;
     let top = match &value {
         Value::Mapping(top) => top,
         Value::Null => return Err(doc.whole(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{absolute, Build, Result};
+use super::{absolute, Build, Result, MAX_DURATION, MAX_TRIES};
 use crate::config::raw::{self, RawHandler};
 use crate::config::{value, ConfigError, HandlerSpec};
 use crate::handler::exec::ExecConfig;
@@ -37,7 +37,7 @@ impl Build<'_> {
             raw::QosRaw::AtLeastOnce => Qos::AtLeastOnce,
             raw::QosRaw::ExactlyOnce => Qos::ExactlyOnce,
         });
-        let timeout = p.timeout.map(|t| t.0);
+        let timeout = self.opt_at_most("handler.timeout", p.timeout.map(|t| t.0), MAX_DURATION)?;
         if timeout == Some(Duration::ZERO) {
             return self.err(
                 "handler.timeout",
@@ -58,6 +58,9 @@ impl Build<'_> {
         retry
             .validate()
             .map_err(|why| self.engine_error("handler.retry", &why))?;
+        self.count("handler.retry.attempts", u64::from(retry.attempts), 1..=MAX_TRIES)?;
+        self.at_most("handler.retry.backoff", retry.backoff, MAX_DURATION)?;
+        self.at_most("handler.retry.max_backoff", retry.max_backoff, MAX_DURATION)?;
         if qos == Qos::AtMostOnce && p.retry.as_ref().is_some_and(|r| r.attempts.is_some_and(|a| a > 1)) {
             self.warnings.push(
                 "handler.retry: `qos: at_most_once` never retries, so `retry.attempts` has no effect".to_string(),
@@ -75,6 +78,7 @@ impl Build<'_> {
                 config
                     .validate()
                     .map_err(|why| self.engine_error("handler.breaker", &why))?;
+                self.at_most("handler.breaker.open_for", config.open_for, MAX_DURATION)?;
                 let when_open = b.when_open.map_or(WhenOpen::default(), |w| match w {
                     raw::WhenOpenRaw::Wait => WhenOpen::Wait,
                     raw::WhenOpenRaw::Skip => WhenOpen::Skip,
@@ -149,7 +153,11 @@ impl Build<'_> {
                 None => d.output_limit,
                 Some(b) => self.usize_bytes("handler.output_limit", b.0)?,
             },
-            kill_grace: e.kill_grace.map_or(d.kill_grace, |t| t.0),
+            kill_grace: self.at_most(
+                "handler.kill_grace",
+                e.kill_grace.map_or(d.kill_grace, |t| t.0),
+                MAX_DURATION,
+            )?,
             env,
             workdir: e.workdir.map(|w| absolute(state_dir, &w)),
         })
@@ -214,7 +222,11 @@ impl Build<'_> {
                 );
             }
         }
-        let connect_timeout = h.connect_timeout.map_or(d.connect_timeout, |t| t.0);
+        let connect_timeout = self.at_most(
+            "handler.connect_timeout",
+            h.connect_timeout.map_or(d.connect_timeout, |t| t.0),
+            MAX_DURATION,
+        )?;
         if connect_timeout.is_zero() {
             return self.err("handler.connect_timeout", "is 0; expected a limit like 5s");
         }
