@@ -137,6 +137,7 @@ struct Parts {
 impl Parts {
     /// Builds everything `config` names. `stream`: sources poll when empty.
     fn build(config: Config, stream: bool) -> Result<Parts, DaemonError> {
+        config.create_dirs().map_err(DaemonError::Build)?;
         let build = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
         let same_sqlite_file = match (&config.source, &config.sink) {
             (SourceSpec::Sqlite(source), SinkSpec::Sqlite(sink)) => same_file(&source.path, &sink.path),

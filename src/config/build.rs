@@ -1,6 +1,7 @@
 //! Stage two: the raw config validated into a [`Config`] — defaults
-//! applied, impossible combinations refused with the key that causes them,
-//! paths resolved, directories created.
+//! applied, every value bounded, impossible combinations refused with the
+//! key that causes them, paths resolved, and what `lote run` would refuse at
+//! start looked for on disk (looked for only: nothing is created).
 
 mod handler;
 mod source;
@@ -116,6 +117,7 @@ impl Build<'_> {
                 "is empty; expected a directory, e.g. ./state or /var/lib/lote",
             );
         }
+        self.path("state_dir", &state_dir)?;
         let state_dir = absolute(cwd, &state_dir);
         let log = raw.log.map_or(DEFAULT_LOG, |l| l.as_str()).to_string();
 
@@ -151,15 +153,18 @@ impl Build<'_> {
             .validate()
             .map_err(|e| self.doc.error("session", e.to_string()))?;
 
-        // Last, because it touches the disk: the directories lote writes to.
-        self.create_dir("state_dir", &["state_dir"], &state_dir, None)?;
-        self.create_parent("sink.path", sink.path())?;
+        // Last, because they look at the disk (changing nothing: `lote run`
+        // creates the directories, `Config::create_dirs`): what `lote run`
+        // would refuse at start.
+        self.creatable_dir("state_dir", &["state_dir"], &state_dir, None)?;
+        self.writable_file("sink.path", sink.path())?;
         if let Some(dead) = &dead_letter {
-            self.create_parent("dead_letter.path", dead.path())?;
+            self.writable_file("dead_letter.path", dead.path())?;
         }
         if let Some(textfile) = &metrics.textfile {
-            self.create_parent("metrics.textfile", textfile)?;
+            self.writable_file("metrics.textfile", textfile)?;
         }
+        self.source_on_disk(&source)?;
 
         Ok(Config {
             state_dir,
@@ -381,8 +386,9 @@ impl Build<'_> {
                 } else {
                     DEFAULT_SINK_PATH
                 };
-                let path = absolute(state_dir, &s.path.unwrap_or_else(|| default.into()));
-                let d = SqliteConfig::new(path, role);
+                let path = s.path.unwrap_or_else(|| default.into());
+                self.path(&format!("{section}.path"), &path)?;
+                let d = SqliteConfig::new(absolute(state_dir, &path), role);
                 let spec = SqliteConfig {
                     synchronous: s.synchronous.map_or(d.synchronous, |x| match x {
                         raw::SynchronousRaw::Normal => Synchronous::Normal,
@@ -403,8 +409,9 @@ impl Build<'_> {
                 } else {
                     DEFAULT_SINK_JSONL_PATH
                 };
-                let path = absolute(state_dir, &j.path.unwrap_or_else(|| default.into()));
-                let d = JsonlConfig::new(path, role);
+                let path = j.path.unwrap_or_else(|| default.into());
+                self.path(&format!("{section}.path"), &path)?;
+                let d = JsonlConfig::new(absolute(state_dir, &path), role);
                 if let Some(rotate) = j.rotate_bytes {
                     self.bytes_at_most(&format!("{section}.rotate_bytes"), rotate.0, MAX_ROTATE_BYTES)?;
                 }
@@ -443,6 +450,9 @@ impl Build<'_> {
                 "is 0; expected how often the summary is logged, e.g. 30s",
             );
         }
+        if let Some(textfile) = &m.textfile {
+            self.path("metrics.textfile", textfile)?;
+        }
         Ok(MetricsSpec {
             every,
             textfile: m.textfile.map(|t| absolute(state_dir, &t)),
@@ -456,25 +466,119 @@ impl Build<'_> {
         usize::try_from(n).or_else(|_| self.err(key, format!("{} is too large for this machine", format_bytes(n))))
     }
 
-    fn create_parent(&self, key: &str, file: &Path) -> Result<()> {
+    /// Refuses an empty path or one with a NUL byte: neither names a file.
+    pub(super) fn path(&self, key: &str, path: &Path) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        if path.as_os_str().is_empty() {
+            return self.err(key, "is empty; expected a path");
+        }
+        if path.as_os_str().as_bytes().contains(&0) {
+            return self.err(
+                key,
+                "contains a NUL byte, which no path can hold; expected a path without one",
+            );
+        }
+        Ok(())
+    }
+
+    /// A file lote writes: not a directory, and its directory exists or can
+    /// be created.
+    fn writable_file(&self, key: &str, file: &Path) -> Result<()> {
+        if file.is_dir() {
+            return Err(self.doc.error_at(
+                key,
+                &[key, "state_dir"],
+                format!("{} is a directory; expected the path of a file", file.display()),
+            ));
+        }
         match file.parent() {
-            Some(dir) => self.create_dir(key, &[key, "state_dir"], dir, Some(file)),
+            Some(dir) => self.creatable_dir(key, &[key, "state_dir"], dir, Some(file)),
             None => Ok(()),
         }
     }
 
-    fn create_dir(&self, key: &str, places: &[&str], dir: &Path, for_file: Option<&Path>) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            let what = match for_file {
-                Some(file) => format!("the directory {} for {}", dir.display(), file.display()),
-                None => format!("the directory {}", dir.display()),
-            };
-            self.doc.error_at(
+    /// `dir` is a directory, or the nearest existing directory above it is
+    /// one lote may create it in (`access(2)`: writable and searchable).
+    /// Looks only; [`super::Config::create_dirs`] creates.
+    fn creatable_dir(&self, key: &str, places: &[&str], dir: &Path, for_file: Option<&Path>) -> Result<()> {
+        use nix::unistd::{access, AccessFlags};
+        let what = match for_file {
+            Some(file) => format!("the directory {} for {}", dir.display(), file.display()),
+            None => format!("the directory {}", dir.display()),
+        };
+        let fail = |why: String| {
+            Err(self.doc.error_at(
                 key,
                 places,
-                format!("cannot create {what}: {e}; expected a directory lote can create and write to"),
+                format!("cannot create {what}: {why}; expected a directory lote can create and write to"),
+            ))
+        };
+        let mut at = dir;
+        loop {
+            match std::fs::metadata(at) {
+                Ok(meta) if meta.is_dir() && at == dir => return Ok(()),
+                Ok(meta) if meta.is_dir() => {
+                    return match access(at, AccessFlags::W_OK | AccessFlags::X_OK) {
+                        Ok(()) => Ok(()),
+                        Err(e) => fail(format!("{} is not writable ({e})", at.display())),
+                    }
+                }
+                Ok(_) => return fail(format!("{} is not a directory", at.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                    _ => return Ok(()),
+                },
+                Err(e) => return fail(format!("{}: {e}", at.display())),
+            }
+        }
+    }
+
+    /// What opening the source would refuse, found without opening it (a
+    /// spool or table would be changed, a FIFO would block).
+    fn source_on_disk(&mut self, source: &SourceSpec) -> Result<()> {
+        let missing = |path: &Path, what: &str| {
+            format!(
+                "source.path: {} does not exist (yet); `lote run` refuses to start until it does; {what}",
+                path.display()
             )
-        })
+        };
+        match source {
+            SourceSpec::Spool(spool) => {
+                self.creatable_dir("source.path", &["source.path", "source"], &spool.dir, None)?;
+            }
+            SourceSpec::Lines(lines) => {
+                let Some(path) = &lines.path else { return Ok(()) };
+                if path.is_dir() {
+                    return self.err(
+                        "source.path",
+                        format!(
+                            "{} is a directory; expected a file of lines (a spool source takes a directory)",
+                            path.display()
+                        ),
+                    );
+                }
+                if !path.exists() {
+                    self.warnings
+                        .push(missing(path, "expected a file of items, one per line"));
+                }
+            }
+            SourceSpec::Sqlite(table) => {
+                if table.path.is_dir() {
+                    return self.err(
+                        "source.path",
+                        format!(
+                            "{} is a directory; expected the SQLite file holding the work table",
+                            table.path.display()
+                        ),
+                    );
+                }
+                if !table.path.exists() {
+                    self.warnings
+                        .push(missing(&table.path, "expected the SQLite file holding the work table"));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

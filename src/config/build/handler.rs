@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::{absolute, Build, Result, MAX_DURATION, MAX_TRIES};
 use crate::config::raw::{self, RawHandler};
 use crate::config::{value, ConfigError, HandlerSpec};
-use crate::handler::exec::ExecConfig;
-use crate::handler::http::HttpConfig;
+use crate::handler::exec::{ExecConfig, ExecHandler};
+use crate::handler::http::{HttpConfig, HttpHandler};
 use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use crate::session::Qos;
 
@@ -28,6 +28,15 @@ impl Build<'_> {
             RawHandler::Http(h) => HandlerSpec::Http(self.http(h, policy.timeout)?),
             RawHandler::Noop(_) => HandlerSpec::Noop,
         };
+        // What `lote run` builds, built here too (it changes nothing): the
+        // program resolved in PATH, the URL parsed, the method and headers
+        // known to the client.
+        let built = match &spec {
+            HandlerSpec::Exec(config) => ExecHandler::new(config.clone()).map(drop),
+            HandlerSpec::Http(config) => HttpHandler::new(config.clone()).map(drop),
+            HandlerSpec::Noop => Ok(()),
+        };
+        built.map_err(|why| self.start_error(&why))?;
         Ok((spec, policy, qos))
     }
 
@@ -105,6 +114,30 @@ impl Build<'_> {
         self.doc.error_at(&key, &[&key, section], why)
     }
 
+    /// A handler's own refusal ("exec handler: program x is not in PATH …")
+    /// as an error on the key its first word names.
+    fn start_error(&self, why: &str) -> ConfigError {
+        let why = why.split_once("handler: ").map_or(why, |(_, rest)| rest);
+        let word = why
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .find(|w| !w.is_empty())
+            .unwrap_or_default();
+        let key = match word {
+            "program" | "command" => "handler.command",
+            "env" => "handler.env",
+            "workdir" => "handler.workdir",
+            "url" => "handler.url",
+            "method" => "handler.method",
+            "header" => "handler.headers",
+            _ => "handler",
+        };
+        self.doc.error_at(
+            key,
+            &[key, "handler"],
+            format!("{why}; expected a handler `lote run` can start"),
+        )
+    }
+
     fn exec(&mut self, e: raw::RawExec, state_dir: &Path) -> Result<ExecConfig> {
         let d = ExecConfig::default();
         let Some(command) = e.command else {
@@ -159,13 +192,18 @@ impl Build<'_> {
                 MAX_DURATION,
             )?,
             env,
-            workdir: e.workdir.map(|w| absolute(state_dir, &w)),
+            workdir: match e.workdir {
+                Some(w) => {
+                    self.path("handler.workdir", &w)?;
+                    Some(absolute(state_dir, &w))
+                }
+                None => None,
+            },
         })
     }
 
-    /// An absolute program must exist and be executable; a bare name is
-    /// looked up in PATH, and only warned about (the service's PATH may differ).
-    fn check_program(&mut self, program: &str) -> Result<()> {
+    /// An absolute program must exist and be executable.
+    fn check_program(&self, program: &str) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let executable =
             |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
@@ -177,15 +215,8 @@ impl Build<'_> {
                     format!("the program {program} is not an executable file; expected the full path of a program"),
                 );
             }
-        } else if !program.contains('/') {
-            let found = std::env::var_os("PATH")
-                .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| executable(&dir.join(program))));
-            if !found {
-                self.warnings.push(format!(
-                    "handler.command: `{program}` is not in this PATH; give its full path if the service's PATH differs"
-                ));
-            }
         }
+        // A bare name is looked up in PATH by the handler itself (see `handler`).
         Ok(())
     }
 

@@ -29,6 +29,7 @@ impl Build<'_> {
                         "is missing; expected the spool directory, e.g. path: ./spool",
                     );
                 };
+                self.path("source.path", &path)?;
                 let d = SpoolConfig::new(absolute(state_dir, &path));
                 let max_bytes = match s.max_bytes {
                     None => d.max_bytes,
@@ -75,6 +76,7 @@ impl Build<'_> {
                         "is missing; expected a file of items, one per line, or \"-\" for standard input",
                     );
                 };
+                self.path("source.path", &path)?;
                 let path = if path.as_os_str() == "-" {
                     if let Some(every) = every {
                         return Err(self.doc.error_at(
@@ -125,6 +127,7 @@ impl Build<'_> {
         let Some(table) = s.table else {
             return self.err("source.table", "is missing; expected the name of the work table");
         };
+        self.path("source.path", &path)?;
         let d = SqliteSourceConfig::new(absolute(state_dir, &path), table);
         let config = SqliteSourceConfig {
             id_column: s.id_column.unwrap_or(d.id_column),
