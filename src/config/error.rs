@@ -144,6 +144,10 @@ impl Doc<'_> {
             message = "aliases (`*name`) repeat their anchors too often; expected a config that writes its \
                        values out"
                 .to_string();
+        } else if body == "unknown anchor" {
+            message = "unknown anchor: this alias (`*name`) names no anchor (`&name`) written before it; expected \
+                       the anchor on an earlier value, or the value written out"
+                .to_string();
         } else if body.contains("recursion limit exceeded") {
             message = "nested too deep; expected a config nested a few levels deep".to_string();
         } else if body.contains("tab") || char_at(self.text, at) == Some('\t') {
