@@ -208,13 +208,11 @@ impl Build<'_> {
         let executable =
             |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         let path = Path::new(program);
-        if path.is_absolute() {
-            if !executable(path) {
-                return self.err(
-                    "handler.command",
-                    format!("the program {program} is not an executable file; expected the full path of a program"),
-                );
-            }
+        if path.is_absolute() && !executable(path) {
+            return self.err(
+                "handler.command",
+                format!("the program {program} is not an executable file; expected the full path of a program"),
+            );
         }
         // A bare name is looked up in PATH by the handler itself (see `handler`).
         Ok(())
