@@ -170,6 +170,7 @@ impl Parts {
 
     /// As `build`; `resume: false` is `--no-resume`.
     fn build_with(config: Config, stream: bool, resume: bool) -> Result<Parts, DaemonError> {
+        config.create_dirs().map_err(DaemonError::Build)?;
         let build = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
         let same_sqlite_file = match (&config.source, &config.sink) {
             (SourceSpec::Sqlite(source), SinkSpec::Sqlite(sink)) => same_file(&source.path, &sink.path),
@@ -383,7 +384,7 @@ impl Shared {
 /// files say `stopping` as soon as a stop is asked for, not a `metrics.every`
 /// (15 s by default) later; after it, on `over` alone.
 fn status_thread(shared: &Shared, over: &StopHandle, wake: &StopHandle) {
-    let mut next_log = Instant::now();
+    let mut next_log = Some(Instant::now());
     let mut warned: Vec<String> = Vec::new();
     loop {
         let (every, log_every) = {
@@ -397,9 +398,11 @@ fn status_thread(shared: &Shared, over: &StopHandle, wake: &StopHandle) {
             log::warn!("{warning}");
         }
         warned = warnings;
-        if Instant::now() >= next_log {
+        if next_log.is_some_and(|at| Instant::now() >= at) {
             log::info!("{}", status.summary_line());
-            next_log = Instant::now() + log_every;
+            // None (never again) only past the clock's end; validation
+            // bounds `log_every` far below it.
+            next_log = Instant::now().checked_add(log_every);
         }
         let pause = every.min(log_every).max(Duration::from_millis(100));
         let sleeper = if shared.stop.is_stopping() { over } else { wake };
@@ -710,7 +713,11 @@ fn session_loop(
             // A continuous session ended by itself (a lines file ran out).
             return Ok(end);
         };
-        let next = started + every;
+        // Validation bounds `every`; past the clock's end, wait for a stop.
+        let Some(next) = started.checked_add(every) else {
+            stop.wait_for_stop();
+            return Ok(RunEnd::Stopped);
+        };
         if Instant::now() > next {
             log::warn!(
                 "the session took {}ms, longer than session.every ({}ms): the next starts now",

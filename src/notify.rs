@@ -173,7 +173,11 @@ pub struct Bounds {
 impl Bounds {
     /// The bounds the module doc derives from a config.
     pub fn of(config: &Config) -> Bounds {
-        let worker = config.policy.timeout.map_or(NO_TIMEOUT_BOUND, |t| t + WORKER_MARGIN);
+        // Saturating: configured durations flow in (validation bounds them).
+        let worker = config
+            .policy
+            .timeout
+            .map_or(NO_TIMEOUT_BOUND, |t| t.saturating_add(WORKER_MARGIN));
         let w = &config.writer;
         let longest_backoff = (0..w.max_retries.min(16))
             .map(|retry| w.retry_backoff.saturating_mul(1 << retry))
@@ -184,11 +188,12 @@ impl Bounds {
             Some(SinkSpec::Sqlite(sqlite)) => sqlite.busy_timeout,
             _ => Duration::ZERO,
         };
-        let writer = w.flush_every
-            + longest_backoff
-            + busy(Some(&config.sink))
-            + busy(config.dead_letter.as_ref())
-            + WRITER_MARGIN;
+        let writer = w
+            .flush_every
+            .saturating_add(longest_backoff)
+            .saturating_add(busy(Some(&config.sink)))
+            .saturating_add(busy(config.dead_letter.as_ref()))
+            .saturating_add(WRITER_MARGIN);
         Bounds { worker, writer }
     }
 }

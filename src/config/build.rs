@@ -1,6 +1,7 @@
 //! Stage two: the raw config validated into a [`Config`] — defaults
-//! applied, impossible combinations refused with the key that causes them,
-//! paths resolved, directories created.
+//! applied, every value bounded, impossible combinations refused with the
+//! key that causes them, paths resolved, and what `lote run` would refuse at
+//! start looked for on disk (looked for only: nothing is created).
 
 mod handler;
 mod source;
@@ -29,9 +30,83 @@ pub(super) struct Build<'a> {
 
 type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
+// The largest value of every number, size and duration (SPEC §3.9: nothing
+// `lote check` accepts may make `lote run` panic, abort or hang). Each is
+// far beyond what a box needs and far below what would overflow a clock,
+// a counter or an allocation.
+
+/// Every duration: a month is longer than any wait lote should sit in.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `busy_timeout`: SQLite takes milliseconds in a 31-bit int (24.8 days).
+pub(super) const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 3600);
+/// Every byte size (items, lines, kept output): what one item may weigh in memory.
+pub(super) const MAX_BYTES: u64 = 1 << 30;
+/// `sink.rotate_bytes`: one JSONL file.
+pub(super) const MAX_ROTATE_BYTES: u64 = 1 << 40;
+/// `session.threads`.
+pub(super) const MAX_THREADS: usize = 1024;
+/// `session.chunk`, `sink.batch`: outcomes held in memory at once.
+pub(super) const MAX_OUTCOMES: usize = 100_000;
+/// `queue.capacity`.
+pub(super) const MAX_CAPACITY: usize = 1_000_000;
+/// `session.max_items` (0 = no limit).
+pub(super) const MAX_ITEMS: u64 = 1_000_000_000_000;
+/// `handler.retry.attempts`, `sink.max_retries`, `sink.keep_files`.
+pub(super) const MAX_TRIES: u64 = 1000;
+
 impl Build<'_> {
     fn err<T>(&self, key: &str, message: impl Into<String>) -> Result<T> {
         Err(self.doc.error(key, message))
+    }
+
+    /// Refuses a duration above `max` with the allowed range.
+    pub(super) fn at_most(&self, key: &str, value: Duration, max: Duration) -> Result<Duration> {
+        if value > max {
+            return self.err(
+                key,
+                format!(
+                    "is {}, longer than lote allows; expected a duration up to {}",
+                    format_duration(value),
+                    format_duration(max)
+                ),
+            );
+        }
+        Ok(value)
+    }
+
+    /// [`Build::at_most`] for an optional duration.
+    pub(super) fn opt_at_most(&self, key: &str, value: Option<Duration>, max: Duration) -> Result<Option<Duration>> {
+        value.map(|v| self.at_most(key, v, max)).transpose()
+    }
+
+    /// Refuses a count outside `range` (every count fits a `u64`).
+    pub(super) fn count(&self, key: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<()> {
+        if !range.contains(&value) {
+            return self.err(
+                key,
+                format!(
+                    "is {value}, out of range; expected a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a byte size above `max` with the allowed range.
+    pub(super) fn bytes_at_most(&self, key: &str, value: u64, max: u64) -> Result<u64> {
+        if value > max {
+            return self.err(
+                key,
+                format!(
+                    "is {}, larger than lote allows; expected a size up to {}",
+                    format_bytes(value),
+                    format_bytes(max)
+                ),
+            );
+        }
+        Ok(value)
     }
 
     pub fn config(mut self, raw: RawConfig, cwd: &Path) -> Result<Config> {
@@ -42,6 +117,7 @@ impl Build<'_> {
                 "is empty; expected a directory, e.g. ./state or /var/lib/lote",
             );
         }
+        self.path("state_dir", &state_dir)?;
         let state_dir = absolute(cwd, &state_dir);
         let log = raw.log.map_or(DEFAULT_LOG, |l| l.as_str()).to_string();
 
@@ -80,15 +156,18 @@ impl Build<'_> {
             .validate()
             .map_err(|e| self.doc.error("session", e.to_string()))?;
 
-        // Last, because it touches the disk: the directories lote writes to.
-        self.create_dir("state_dir", &["state_dir"], &state_dir, None)?;
-        self.create_parent("sink.path", sink.path())?;
+        // Last, because they look at the disk (changing nothing: `lote run`
+        // creates the directories, `Config::create_dirs`): what `lote run`
+        // would refuse at start.
+        self.creatable_dir("state_dir", &["state_dir"], &state_dir, None)?;
+        self.writable_file("sink.path", sink.path())?;
         if let Some(dead) = &dead_letter {
-            self.create_parent("dead_letter.path", dead.path())?;
+            self.writable_file("dead_letter.path", dead.path())?;
         }
         if let Some(textfile) = &metrics.textfile {
-            self.create_parent("metrics.textfile", textfile)?;
+            self.writable_file("metrics.textfile", textfile)?;
         }
+        self.source_on_disk(&source)?;
 
         Ok(Config {
             state_dir,
@@ -122,7 +201,11 @@ impl Build<'_> {
                 "must be at least 1 (found 0); expected how many outcomes each worker commits at once, e.g. 50",
             );
         }
-        let chunk_wait = s.chunk_wait.map_or(d.chunk_wait, |w| w.0);
+        let chunk_wait = self.at_most(
+            "session.chunk_wait",
+            s.chunk_wait.map_or(d.chunk_wait, |w| w.0),
+            MAX_DURATION,
+        )?;
         let max_items = match (s.max_items, s.lote) {
             (Some(a), Some(b)) => {
                 return Err(self.doc.error_at(
@@ -135,6 +218,14 @@ impl Build<'_> {
             }
             (a, b) => a.or(b).unwrap_or(d.max_items),
         };
+        self.count("session.threads", threads as u64, 1..=MAX_THREADS as u64)?;
+        self.count("session.chunk", chunk as u64, 1..=MAX_OUTCOMES as u64)?;
+        let max_items_key = if s.lote.is_some() {
+            "session.lote"
+        } else {
+            "session.max_items"
+        };
+        self.count(max_items_key, max_items as u64, 0..=MAX_ITEMS)?;
         let (deadline_key, deadline) = match (s.deadline, s.timer) {
             (Some(_), Some(_)) => {
                 return self.err(
@@ -146,7 +237,8 @@ impl Build<'_> {
             (None, Some(t)) => ("session.timer", Some(t.0)),
             (None, None) => ("session.deadline", None),
         };
-        let every = s.every.map(|e| e.0);
+        let deadline = self.opt_at_most(deadline_key, deadline, MAX_DURATION)?;
+        let every = self.opt_at_most("session.every", s.every.map(|e| e.0), MAX_DURATION)?;
         if deadline == Some(Duration::ZERO) {
             return self.err(
                 deadline_key,
@@ -173,7 +265,11 @@ impl Build<'_> {
                 );
             }
         }
-        let poll_interval = s.poll_every.map_or(d.poll_interval, |p| p.0);
+        let poll_interval = self.at_most(
+            "session.poll_every",
+            s.poll_every.map_or(d.poll_interval, |p| p.0),
+            MAX_DURATION,
+        )?;
         if poll_interval.is_zero() {
             return self.err(
                 "session.poll_every",
@@ -189,6 +285,7 @@ impl Build<'_> {
                 "must be at least 1 (found 0); expected how many items the queue holds, e.g. 1024",
             );
         }
+        self.count("queue.capacity", capacity as u64, 1..=MAX_CAPACITY as u64)?;
         let when_full = q.when_full.map_or(dq.when_full, |w| match w {
             raw::WhenFullRaw::Block => WhenFull::Block,
             raw::WhenFullRaw::DropOldest => WhenFull::DropOldest,
@@ -196,7 +293,7 @@ impl Build<'_> {
             raw::WhenFullRaw::DropWrite => WhenFull::DropWrite,
             raw::WhenFullRaw::Reject => WhenFull::Reject,
         });
-        let block_timeout = q.block_timeout.map(|t| t.0);
+        let block_timeout = self.opt_at_most("queue.block_timeout", q.block_timeout.map(|t| t.0), MAX_DURATION)?;
         if block_timeout.is_some() && when_full != WhenFull::Block {
             return self.err(
                 "queue.block_timeout",
@@ -259,6 +356,10 @@ impl Build<'_> {
                 "is 0, so nothing queued would be written at shutdown; expected e.g. 30s",
             );
         }
+        self.count("sink.batch", writer.batch as u64, 1..=MAX_OUTCOMES as u64)?;
+        self.at_most("sink.flush_every", writer.flush_every, MAX_DURATION)?;
+        self.count("sink.max_retries", u64::from(writer.max_retries), 0..=MAX_TRIES)?;
+        self.at_most("sink.drain_timeout", writer.drain_timeout, MAX_DURATION)?;
         Ok((spec, writer))
     }
 
@@ -318,6 +419,7 @@ impl Build<'_> {
 
     fn sink_spec(&self, raw: RawSink, role: Role, state_dir: &Path) -> Result<(SinkSpec, raw::RawWriter)> {
         let dead = role == Role::DeadLetter;
+        let section = if dead { "dead_letter" } else { "sink" };
         Ok(match raw {
             RawSink::Sqlite(s) => {
                 let default = if dead {
@@ -325,14 +427,19 @@ impl Build<'_> {
                 } else {
                     DEFAULT_SINK_PATH
                 };
-                let path = absolute(state_dir, &s.path.unwrap_or_else(|| default.into()));
-                let d = SqliteConfig::new(path, role);
+                let path = s.path.unwrap_or_else(|| default.into());
+                self.path(&format!("{section}.path"), &path)?;
+                let d = SqliteConfig::new(absolute(state_dir, &path), role);
                 let spec = SqliteConfig {
                     synchronous: s.synchronous.map_or(d.synchronous, |x| match x {
                         raw::SynchronousRaw::Normal => Synchronous::Normal,
                         raw::SynchronousRaw::Full => Synchronous::Full,
                     }),
-                    busy_timeout: s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+                    busy_timeout: self.at_most(
+                        &format!("{section}.busy_timeout"),
+                        s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+                        MAX_BUSY_TIMEOUT,
+                    )?,
                     ..d
                 };
                 (SinkSpec::Sqlite(spec), s.writer)
@@ -343,11 +450,17 @@ impl Build<'_> {
                 } else {
                     DEFAULT_SINK_JSONL_PATH
                 };
-                let path = absolute(state_dir, &j.path.unwrap_or_else(|| default.into()));
-                let d = JsonlConfig::new(path, role);
+                let path = j.path.unwrap_or_else(|| default.into());
+                self.path(&format!("{section}.path"), &path)?;
+                let d = JsonlConfig::new(absolute(state_dir, &path), role);
+                if let Some(rotate) = j.rotate_bytes {
+                    self.bytes_at_most(&format!("{section}.rotate_bytes"), rotate.0, MAX_ROTATE_BYTES)?;
+                }
+                let keep_files = j.keep_files.unwrap_or(d.keep_files);
+                self.count(&format!("{section}.keep_files"), keep_files as u64, 0..=MAX_TRIES)?;
                 let spec = JsonlConfig {
                     rotate_bytes: j.rotate_bytes.map_or(d.rotate_bytes, |b| (b.0 > 0).then_some(b.0)),
-                    keep_files: j.keep_files.unwrap_or(d.keep_files),
+                    keep_files,
                     ..d
                 };
                 (SinkSpec::Jsonl(spec), j.writer)
@@ -356,19 +469,30 @@ impl Build<'_> {
     }
 
     fn metrics(&self, m: raw::RawMetrics, state_dir: &Path) -> Result<MetricsSpec> {
-        let every = m.every.map_or(DEFAULT_METRICS_EVERY, |t| t.0);
+        let every = self.at_most(
+            "metrics.every",
+            m.every.map_or(DEFAULT_METRICS_EVERY, |t| t.0),
+            MAX_DURATION,
+        )?;
         if every.is_zero() {
             return self.err(
                 "metrics.every",
                 "is 0; expected how often the textfile is written, e.g. 15s",
             );
         }
-        let log_every = m.log_every.map_or(DEFAULT_METRICS_LOG_EVERY, |t| t.0);
+        let log_every = self.at_most(
+            "metrics.log_every",
+            m.log_every.map_or(DEFAULT_METRICS_LOG_EVERY, |t| t.0),
+            MAX_DURATION,
+        )?;
         if log_every.is_zero() {
             return self.err(
                 "metrics.log_every",
                 "is 0; expected how often the summary is logged, e.g. 30s",
             );
+        }
+        if let Some(textfile) = &m.textfile {
+            self.path("metrics.textfile", textfile)?;
         }
         Ok(MetricsSpec {
             every,
@@ -377,29 +501,125 @@ impl Build<'_> {
         })
     }
 
+    /// A byte size that is held in memory: at most [`MAX_BYTES`].
     fn usize_bytes(&self, key: &str, n: u64) -> Result<usize> {
+        self.bytes_at_most(key, n, MAX_BYTES)?;
         usize::try_from(n).or_else(|_| self.err(key, format!("{} is too large for this machine", format_bytes(n))))
     }
 
-    fn create_parent(&self, key: &str, file: &Path) -> Result<()> {
+    /// Refuses an empty path or one with a NUL byte: neither names a file.
+    pub(super) fn path(&self, key: &str, path: &Path) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        if path.as_os_str().is_empty() {
+            return self.err(key, "is empty; expected a path");
+        }
+        if path.as_os_str().as_bytes().contains(&0) {
+            return self.err(
+                key,
+                "contains a NUL byte, which no path can hold; expected a path without one",
+            );
+        }
+        Ok(())
+    }
+
+    /// A file lote writes: not a directory, and its directory exists or can
+    /// be created.
+    fn writable_file(&self, key: &str, file: &Path) -> Result<()> {
+        if file.is_dir() {
+            return Err(self.doc.error_at(
+                key,
+                &[key, "state_dir"],
+                format!("{} is a directory; expected the path of a file", file.display()),
+            ));
+        }
         match file.parent() {
-            Some(dir) => self.create_dir(key, &[key, "state_dir"], dir, Some(file)),
+            Some(dir) => self.creatable_dir(key, &[key, "state_dir"], dir, Some(file)),
             None => Ok(()),
         }
     }
 
-    fn create_dir(&self, key: &str, places: &[&str], dir: &Path, for_file: Option<&Path>) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            let what = match for_file {
-                Some(file) => format!("the directory {} for {}", dir.display(), file.display()),
-                None => format!("the directory {}", dir.display()),
-            };
-            self.doc.error_at(
+    /// `dir` is a directory, or the nearest existing directory above it is
+    /// one lote may create it in (`access(2)`: writable and searchable).
+    /// Looks only; [`super::Config::create_dirs`] creates.
+    fn creatable_dir(&self, key: &str, places: &[&str], dir: &Path, for_file: Option<&Path>) -> Result<()> {
+        use nix::unistd::{access, AccessFlags};
+        let what = match for_file {
+            Some(file) => format!("the directory {} for {}", dir.display(), file.display()),
+            None => format!("the directory {}", dir.display()),
+        };
+        let fail = |why: String| {
+            Err(self.doc.error_at(
                 key,
                 places,
-                format!("cannot create {what}: {e}; expected a directory lote can create and write to"),
+                format!("cannot create {what}: {why}; expected a directory lote can create and write to"),
+            ))
+        };
+        let mut at = dir;
+        loop {
+            match std::fs::metadata(at) {
+                Ok(meta) if meta.is_dir() && at == dir => return Ok(()),
+                Ok(meta) if meta.is_dir() => {
+                    return match access(at, AccessFlags::W_OK | AccessFlags::X_OK) {
+                        Ok(()) => Ok(()),
+                        Err(e) => fail(format!("{} is not writable ({e})", at.display())),
+                    }
+                }
+                Ok(_) => return fail(format!("{} is not a directory", at.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                    _ => return Ok(()),
+                },
+                Err(e) => return fail(format!("{}: {e}", at.display())),
+            }
+        }
+    }
+
+    /// What opening the source would refuse, found without opening it (a
+    /// spool or table would be changed, a FIFO would block).
+    fn source_on_disk(&mut self, source: &SourceSpec) -> Result<()> {
+        let missing = |path: &Path, what: &str| {
+            format!(
+                "source.path: {} does not exist (yet); `lote run` refuses to start until it does; {what}",
+                path.display()
             )
-        })
+        };
+        match source {
+            SourceSpec::Spool(spool) => {
+                self.creatable_dir("source.path", &["source.path", "source"], &spool.dir, None)?;
+            }
+            SourceSpec::Lines(lines) => {
+                let Some(path) = &lines.path else { return Ok(()) };
+                if path.is_dir() {
+                    return self.err(
+                        "source.path",
+                        format!(
+                            "{} is a directory; expected a file of lines (a spool source takes a directory)",
+                            path.display()
+                        ),
+                    );
+                }
+                if !path.exists() {
+                    self.warnings
+                        .push(missing(path, "expected a file of items, one per line"));
+                }
+            }
+            SourceSpec::Sqlite(table) => {
+                if table.path.is_dir() {
+                    return self.err(
+                        "source.path",
+                        format!(
+                            "{} is a directory; expected the SQLite file holding the work table",
+                            table.path.display()
+                        ),
+                    );
+                }
+                if !table.path.exists() {
+                    self.warnings
+                        .push(missing(&table.path, "expected the SQLite file holding the work table"));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -69,6 +69,11 @@ impl Doc<'_> {
         self.make(Some(key.to_string()), found, message.into())
     }
 
+    /// An error at a line and column (1-based) that no key names.
+    pub fn at(&self, at: (usize, usize), message: impl Into<String>) -> ConfigError {
+        self.make(None, Some(at), message.into())
+    }
+
     /// An error about the file as a whole.
     pub fn whole(&self, message: impl Into<String>) -> ConfigError {
         self.make(None, None, message.into())
@@ -123,6 +128,28 @@ impl Doc<'_> {
             at = locate(self.text, &dotted, true).or(at);
             key = Some(dotted);
             message = format!("{message}; expected each key once per section");
+        } else if body.contains("more than one document") {
+            at = at.or_else(|| super::text::second_document(self.text));
+            message = "the file holds more than one YAML document (a second `---` or content after `...`); \
+                       expected one document: remove the second one or merge it into the first"
+                .to_string();
+        } else if body.contains("once its aliases") {
+            // The path runs through the expansion (`f[0][3][3]`): name its section.
+            key = path
+                .as_deref()
+                .map(|p| p.split(['.', '[']).next().unwrap_or(p).to_string());
+        } else if body.contains("repetition limit exceeded") {
+            // serde_yaml gives no place; the first alias is the likeliest.
+            at = at.or_else(|| first_alias(self.text)).or_else(|| first_line(self.text));
+            message = "aliases (`*name`) repeat their anchors too often; expected a config that writes its \
+                       values out"
+                .to_string();
+        } else if body == "unknown anchor" {
+            message = "unknown anchor: this alias (`*name`) names no anchor (`&name`) written before it; expected \
+                       the anchor on an earlier value, or the value written out"
+                .to_string();
+        } else if body.contains("recursion limit exceeded") {
+            message = "nested too deep; expected a config nested a few levels deep".to_string();
         } else if body.contains("tab") || char_at(self.text, at) == Some('\t') {
             message.push_str("; expected spaces: YAML cannot be indented with tabs, use spaces");
         } else if body.contains("block sequence entries are not allowed") && char_at(self.text, at) == Some('-') {
@@ -143,6 +170,25 @@ impl Doc<'_> {
         }
         self.make(key, at, message)
     }
+}
+
+/// Where the first alias (`*name` after a space, `[`, `{` or `,`) is written.
+fn first_alias(text: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let chars: Vec<char> = line.chars().collect();
+        (1..chars.len())
+            .find(|&j| {
+                chars[j] == '*'
+                    && matches!(chars[j - 1], ' ' | '[' | '{' | ',')
+                    && chars.get(j + 1).is_some_and(|c| c.is_alphanumeric())
+            })
+            .map(|j| (i + 1, j + 1))
+    })
+}
+
+/// The first line that holds anything.
+fn first_line(text: &str) -> Option<(usize, usize)> {
+    significant_lines(text).first().map(|l| (l.number, l.indent + 1))
 }
 
 /// The text between `start` and the next `end` in `s`.

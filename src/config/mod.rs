@@ -17,9 +17,17 @@
 //! demo runs from the checkout); every other relative path — source, sink,
 //! dead letters, `workdir`, the metrics textfile — resolves against
 //! `state_dir`. [`Config`] holds them absolute, so a daemon may change
-//! directory. Loading creates `state_dir` and the sinks' and textfile's
-//! directories (`create_dir_all`): a directory that cannot be created is a
-//! config error, found before anything starts.
+//! directory. Loading changes nothing on disk: it checks that `state_dir`
+//! and the sinks' and textfile's directories exist or can be created (a
+//! directory that cannot be is a config error, found before anything
+//! starts), and `lote run` creates them ([`Config::create_dirs`]).
+//!
+//! # Bounds
+//!
+//! Every number, size and duration has a range (`build.rs`'s `MAX_*`), so
+//! nothing `lote check` accepts can overflow a clock or a counter or ask
+//! for an impossible allocation in `lote run`; the file itself is read only
+//! if it is a regular file of at most [`MAX_FILE_BYTES`] (`text.rs`).
 //!
 //! # Defaults
 //!
@@ -31,9 +39,11 @@ mod build;
 mod effective;
 mod error;
 mod raw;
+mod text;
 mod value;
 
 pub use error::ConfigError;
+pub use text::MAX_FILE_BYTES;
 pub use value::{format_bytes, format_duration, parse_bytes, parse_duration};
 
 use std::path::{Path, PathBuf};
@@ -229,23 +239,18 @@ impl PartialEq for Config {
 
 impl Config {
     /// Reads and validates the config file at `path`.
+    /// Only a regular file of at most [`MAX_FILE_BYTES`] is read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::from_yaml(&text, path),
-            Err(e) => Err(ConfigError {
-                file: path.to_path_buf(),
-                line: None,
-                column: None,
-                key: None,
-                message: format!("cannot read the config file: {e}"),
-            }),
-        }
+        Config::from_yaml(&text::read(path)?, path)
     }
 
     /// Validates `text`; `file` names it in errors. Relative paths resolve as
     /// the module doc says; directories are created as it says.
     pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        // A byte-order mark is invisible and not YAML content.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let doc = Doc { file, text };
+        text::check(&doc)?;
         let kinds = first_pass(&doc)?;
         let raw = raw::RawConfigSeed(kinds)
             .deserialize(serde_yaml::Deserializer::from_str(text))
@@ -263,6 +268,24 @@ impl Config {
         .config(raw, &cwd)
     }
 
+    /// Creates the directories lote writes to: `state_dir`, the sinks' and
+    /// the metrics textfile's. `lote run` calls it before opening anything;
+    /// loading (and so `lote check`) only checks that it could (SPEC §3.8:
+    /// `lote check` changes nothing on disk).
+    pub fn create_dirs(&self) -> Result<(), String> {
+        let files = [
+            Some(self.sink.path()),
+            self.dead_letter.as_ref().map(SinkSpec::path),
+            self.metrics.textfile.as_deref(),
+        ];
+        let dirs =
+            std::iter::once(self.state_dir.as_path()).chain(files.into_iter().flatten().filter_map(Path::parent));
+        for dir in dirs {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// The effective config, every default filled in, in `config.yaml`'s
     /// layout (for `lote check`). It loads again into an equal `Config`.
     pub fn effective_yaml(&self) -> String {
@@ -275,7 +298,10 @@ impl Config {
 /// straight into its kind's struct (see [`raw`]).
 fn first_pass(doc: &Doc) -> Result<Kinds, ConfigError> {
     use serde_yaml::Value;
-    let value: Value = serde_yaml::from_str(doc.text).map_err(|e| doc.yaml_error(&e))?;
+    let spent = std::cell::Cell::new(0);
+    let value: Value = text::BudgetedValue { spent: &spent }
+        .deserialize(serde_yaml::Deserializer::from_str(doc.text))
+        .map_err(|e| doc.yaml_error(&e))?;
     let top = match &value {
         Value::Mapping(top) => top,
         Value::Null => return Err(doc.whole(
@@ -426,6 +452,7 @@ mod tests {
         );
         round_trip(&spool);
 
+        std::fs::create_dir(dir.path().join("w")).unwrap();
         let sqlite = load(
             dir.path(),
             "source: {kind: sqlite, path: work.db, table: items, priority_column: null, pending: new}\n\
@@ -499,17 +526,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = load(
             dir.path(),
-            "source: {kind: lines, path: x}\nhandler:\n  kind: exec\n  command: [no-such-program-lote]\n  \
+            "source: {kind: lines, path: x}\nhandler:\n  kind: exec\n  command: [sh]\n  \
              qos: at_most_once\n  retry: {attempts: 4}\n",
         )
         .unwrap();
         assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
-        assert!(config.warnings.iter().any(|w| w.contains("not in this PATH")));
+        assert!(config.warnings.iter().any(|w| w.contains("does not exist (yet)")));
         assert!(config.warnings.iter().any(|w| w.contains("never retries")));
     }
 
     #[test]
-    fn paths_resolve_against_state_dir_and_directories_are_created() {
+    fn a_program_not_in_path_is_refused_as_run_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(
+            dir.path(),
+            "source: {kind: lines, path: x}\nhandler:\n  kind: exec\n  command: [no-such-program-lote]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.key.as_deref(), err.line),
+            (Some("handler.command"), Some(5)),
+            "{err}"
+        );
+        assert!(err.message.contains("not in PATH"), "{err}");
+    }
+
+    #[test]
+    fn paths_resolve_against_state_dir_and_run_creates_the_directories() {
         let dir = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
         let state = dir.path().join("new/state");
@@ -523,6 +566,8 @@ mod tests {
             Path::new("t.yaml"),
         )
         .unwrap();
+        assert!(!state.exists(), "loading changes nothing on disk");
+        config.create_dirs().unwrap();
         assert!(state.is_dir());
         let SourceSpec::Lines(l) = &config.source else { panic!() };
         assert_eq!(l.path, Some(state.join("in.txt")));

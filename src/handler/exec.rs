@@ -463,7 +463,9 @@ impl<'p> Pump<'p> {
                 };
                 if let Some(why) = why {
                     let _ = killpg(pgid, Signal::SIGTERM);
-                    grace_until = Some(now + grace);
+                    // None (SIGKILL never comes) only past the clock's
+                    // end; validation bounds `kill_grace` far below it.
+                    grace_until = now.checked_add(grace);
                     cut = Some(why);
                 }
             } else if grace_until.is_some_and(|until| now >= until) {

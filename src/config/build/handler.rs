@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{absolute, Build, Result};
+use super::{absolute, Build, Result, MAX_DURATION, MAX_TRIES};
 use crate::config::raw::{self, RawHandler};
 use crate::config::{value, ConfigError, HandlerSpec};
-use crate::handler::exec::ExecConfig;
-use crate::handler::http::HttpConfig;
+use crate::handler::exec::{ExecConfig, ExecHandler};
+use crate::handler::http::{HttpConfig, HttpHandler};
 use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use crate::session::Qos;
 
@@ -28,6 +28,15 @@ impl Build<'_> {
             RawHandler::Http(h) => HandlerSpec::Http(self.http(h, policy.timeout)?),
             RawHandler::Noop(_) => HandlerSpec::Noop,
         };
+        // What `lote run` builds, built here too (it changes nothing): the
+        // program resolved in PATH, the URL parsed, the method and headers
+        // known to the client.
+        let built = match &spec {
+            HandlerSpec::Exec(config) => ExecHandler::new(config.clone()).map(drop),
+            HandlerSpec::Http(config) => HttpHandler::new(config.clone()).map(drop),
+            HandlerSpec::Noop => Ok(()),
+        };
+        built.map_err(|why| self.start_error(&why))?;
         Ok((spec, policy, qos))
     }
 
@@ -37,7 +46,7 @@ impl Build<'_> {
             raw::QosRaw::AtLeastOnce => Qos::AtLeastOnce,
             raw::QosRaw::ExactlyOnce => Qos::ExactlyOnce,
         });
-        let timeout = p.timeout.map(|t| t.0);
+        let timeout = self.opt_at_most("handler.timeout", p.timeout.map(|t| t.0), MAX_DURATION)?;
         if timeout == Some(Duration::ZERO) {
             return self.err(
                 "handler.timeout",
@@ -59,6 +68,10 @@ impl Build<'_> {
         retry
             .validate()
             .map_err(|why| self.engine_error("handler.retry", &why))?;
+        self.count("handler.retry.attempts", u64::from(retry.attempts), 1..=MAX_TRIES)?;
+        self.at_most("handler.retry.backoff", retry.backoff, MAX_DURATION)?;
+        self.at_most("handler.retry.max_backoff", retry.max_backoff, MAX_DURATION)?;
+        self.at_most("handler.retry.max_retry_after", retry.max_retry_after, MAX_DURATION)?;
         if qos == Qos::AtMostOnce && p.retry.as_ref().is_some_and(|r| r.attempts.is_some_and(|a| a > 1)) {
             self.warnings.push(
                 "handler.retry: `qos: at_most_once` never retries, so `retry.attempts` has no effect".to_string(),
@@ -76,6 +89,7 @@ impl Build<'_> {
                 config
                     .validate()
                     .map_err(|why| self.engine_error("handler.breaker", &why))?;
+                self.at_most("handler.breaker.open_for", config.open_for, MAX_DURATION)?;
                 let when_open = b.when_open.map_or(WhenOpen::default(), |w| match w {
                     raw::WhenOpenRaw::Wait => WhenOpen::Wait,
                     raw::WhenOpenRaw::Skip => WhenOpen::Skip,
@@ -100,6 +114,30 @@ impl Build<'_> {
         let field = why.split_whitespace().nth(1).unwrap_or_default();
         let key = format!("{section}.{field}");
         self.doc.error_at(&key, &[&key, section], why)
+    }
+
+    /// A handler's own refusal ("exec handler: program x is not in PATH …")
+    /// as an error on the key its first word names.
+    fn start_error(&self, why: &str) -> ConfigError {
+        let why = why.split_once("handler: ").map_or(why, |(_, rest)| rest);
+        let word = why
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .find(|w| !w.is_empty())
+            .unwrap_or_default();
+        let key = match word {
+            "program" | "command" => "handler.command",
+            "env" => "handler.env",
+            "workdir" => "handler.workdir",
+            "url" => "handler.url",
+            "method" => "handler.method",
+            "header" => "handler.headers",
+            _ => "handler",
+        };
+        self.doc.error_at(
+            key,
+            &[key, "handler"],
+            format!("{why}; expected a handler `lote run` can start"),
+        )
     }
 
     fn exec(&mut self, e: raw::RawExec, state_dir: &Path) -> Result<ExecConfig> {
@@ -150,35 +188,35 @@ impl Build<'_> {
                 None => d.output_limit,
                 Some(b) => self.usize_bytes("handler.output_limit", b.0)?,
             },
-            kill_grace: e.kill_grace.map_or(d.kill_grace, |t| t.0),
+            kill_grace: self.at_most(
+                "handler.kill_grace",
+                e.kill_grace.map_or(d.kill_grace, |t| t.0),
+                MAX_DURATION,
+            )?,
             env,
-            workdir: e.workdir.map(|w| absolute(state_dir, &w)),
+            workdir: match e.workdir {
+                Some(w) => {
+                    self.path("handler.workdir", &w)?;
+                    Some(absolute(state_dir, &w))
+                }
+                None => None,
+            },
         })
     }
 
-    /// An absolute program must exist and be executable; a bare name is
-    /// looked up in PATH, and only warned about (the service's PATH may differ).
-    fn check_program(&mut self, program: &str) -> Result<()> {
+    /// An absolute program must exist and be executable.
+    fn check_program(&self, program: &str) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let executable =
             |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         let path = Path::new(program);
-        if path.is_absolute() {
-            if !executable(path) {
-                return self.err(
-                    "handler.command",
-                    format!("the program {program} is not an executable file; expected the full path of a program"),
-                );
-            }
-        } else if !program.contains('/') {
-            let found = std::env::var_os("PATH")
-                .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| executable(&dir.join(program))));
-            if !found {
-                self.warnings.push(format!(
-                    "handler.command: `{program}` is not in this PATH; give its full path if the service's PATH differs"
-                ));
-            }
+        if path.is_absolute() && !executable(path) {
+            return self.err(
+                "handler.command",
+                format!("the program {program} is not an executable file; expected the full path of a program"),
+            );
         }
+        // A bare name is looked up in PATH by the handler itself (see `handler`).
         Ok(())
     }
 
@@ -215,7 +253,11 @@ impl Build<'_> {
                 );
             }
         }
-        let connect_timeout = h.connect_timeout.map_or(d.connect_timeout, |t| t.0);
+        let connect_timeout = self.at_most(
+            "handler.connect_timeout",
+            h.connect_timeout.map_or(d.connect_timeout, |t| t.0),
+            MAX_DURATION,
+        )?;
         if connect_timeout.is_zero() {
             return self.err("handler.connect_timeout", "is 0; expected a limit like 5s");
         }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{absolute, Build, Result};
+use super::{absolute, Build, Result, MAX_BUSY_TIMEOUT, MAX_BYTES, MAX_DURATION};
 use crate::config::raw::{self, RawSource};
 use crate::config::value::format_duration;
 use crate::config::SourceSpec;
@@ -29,8 +29,12 @@ impl Build<'_> {
                         "is missing; expected the spool directory, e.g. path: ./spool",
                     );
                 };
+                self.path("source.path", &path)?;
                 let d = SpoolConfig::new(absolute(state_dir, &path));
-                let max_bytes = s.max_bytes.map_or(d.max_bytes, |b| b.0);
+                let max_bytes = match s.max_bytes {
+                    None => d.max_bytes,
+                    Some(b) => self.bytes_at_most("source.max_bytes", b.0, MAX_BYTES)?,
+                };
                 if max_bytes == 0 {
                     return self.err(
                         "source.max_bytes",
@@ -55,7 +59,11 @@ impl Build<'_> {
                         raw::OnDoneRaw::Delete => OnDone::Delete,
                     }),
                     priority,
-                    stable_for: s.stable_for.map_or(d.stable_for, |t| t.0),
+                    stable_for: self.at_most(
+                        "source.stable_for",
+                        s.stable_for.map_or(d.stable_for, |t| t.0),
+                        MAX_DURATION,
+                    )?,
                     max_bytes,
                     stream: false,
                     dir: d.dir,
@@ -68,6 +76,7 @@ impl Build<'_> {
                         "is missing; expected a file of items, one per line, or \"-\" for standard input",
                     );
                 };
+                self.path("source.path", &path)?;
                 let path = if path.as_os_str() == "-" {
                     if let Some(every) = every {
                         return Err(self.doc.error_at(
@@ -118,6 +127,7 @@ impl Build<'_> {
         let Some(table) = s.table else {
             return self.err("source.table", "is missing; expected the name of the work table");
         };
+        self.path("source.path", &path)?;
         let d = SqliteSourceConfig::new(absolute(state_dir, &path), table);
         let config = SqliteSourceConfig {
             id_column: s.id_column.unwrap_or(d.id_column),
@@ -128,7 +138,11 @@ impl Build<'_> {
             running: s.running.unwrap_or(d.running),
             done: s.done.unwrap_or(d.done),
             failed: s.failed.unwrap_or(d.failed),
-            busy_timeout: s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+            busy_timeout: self.at_most(
+                "source.busy_timeout",
+                s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+                MAX_BUSY_TIMEOUT,
+            )?,
             stream: false,
             path: d.path,
             table: d.table,
