@@ -259,3 +259,31 @@ fn a_huge_chunk_and_queue_capacity_allocate_nothing_up_front() {
     assert_eq!(committer.outcomes().len(), 5);
     assert!(source.pending().is_empty());
 }
+
+/// A handler slower than `chunk_wait`: each outcome is committed before the
+/// next call starts, not after it, so it never waits a whole call for
+/// company (SPEC §3.2: committed once older than `chunk_wait`).
+#[test]
+fn an_outcome_does_not_wait_out_the_next_slow_call() {
+    let source = Arc::new(VecSource::numbered(3));
+    let committer = Arc::new(MemoryCommitter::acking(source.clone()));
+    let config = SessionConfig {
+        threads: 1,
+        chunk: 1_000,
+        chunk_wait: Duration::from_millis(100),
+        ..SessionConfig::default()
+    };
+    let slow = |_: &lote::CallContext<'_>, item: &lote::Item| {
+        thread::sleep(Duration::from_millis(250));
+        Ok::<_, lote::Failure>(item.id.clone())
+    };
+    let summary = Session::new(config, source, Arc::new(slow), committer.clone())
+        .run()
+        .expect("session runs");
+    assert_eq!(summary.done, 3);
+    assert_eq!(
+        committer.chunk_sizes(),
+        vec![1, 1, 1],
+        "an outcome waited for the next 250 ms call although chunk_wait is 100 ms"
+    );
+}

@@ -12,8 +12,13 @@
 //! an empty queue, and before a retry back-off or a breaker pause, it commits
 //! its partial chunk. While items keep coming it commits every `chunk`
 //! outcomes, or sooner once its oldest uncommitted outcome is `chunk_wait`
-//! old. So an outcome waits for later items only while its worker is inside
-//! the next handler call, never for items that have not arrived.
+//! old. A running call cannot be interrupted to commit, so the worker also
+//! commits *before* a call that, if it lasts as long as the previous one,
+//! would leave its oldest outcome waiting past `chunk_wait`: with slow
+//! handlers (a call of `chunk_wait` or more) that is before every call, with
+//! fast ones only when the chunk is nearly due anyway. An outcome therefore
+//! waits about `chunk_wait` at most, never for items that have not arrived;
+//! only a call much slower than the one before it can stretch that.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,6 +70,13 @@ impl Chunk {
         self.outcomes.len() >= max || self.since.is_some_and(|t| t.elapsed() >= wait)
     }
 
+    /// True if its oldest outcome would be `wait` old by the end of a call
+    /// that takes `next_call`.
+    fn due_within(&self, next_call: Duration, wait: Duration) -> bool {
+        self.since
+            .is_some_and(|t| t.elapsed().saturating_add(next_call) >= wait)
+    }
+
     fn take(&mut self) -> Vec<Outcome> {
         self.since = None;
         std::mem::take(&mut self.outcomes)
@@ -74,6 +86,8 @@ impl Chunk {
 impl Worker<'_> {
     pub fn run(self) {
         let mut chunk = Chunk::default();
+        // How long the last item took: the guess for the next one's call.
+        let mut last_call = Duration::ZERO;
         loop {
             let message = if chunk.is_empty() {
                 self.queue.pop()
@@ -97,7 +111,11 @@ impl Worker<'_> {
                 }
             };
             self.metrics.queue_wait.record(job.queued_at.elapsed());
+            if chunk.due_within(last_call, self.chunk_wait) {
+                self.commit(&mut chunk);
+            }
             if let Some(outcome) = self.process(job, &mut chunk) {
+                last_call = outcome.duration;
                 chunk.push(outcome);
                 if chunk.is_due(self.chunk, self.chunk_wait) {
                     self.commit(&mut chunk);
