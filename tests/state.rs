@@ -351,8 +351,15 @@ fn a_no_resume_pass_stopped_halfway_is_not_silently_resumed() {
     lines_config_reading_at_most(&setup, None);
     let resumed = setup.run(&["run", "--once", "-c", "config.yaml"]);
     let said = text(&resumed);
-    assert_eq!(resumed.status.code(), Some(1), "today's lines 41..100 were skipped: {said}");
-    assert!(said.contains("did not finish") && said.contains("--no-resume again"), "{said}");
+    assert_eq!(
+        resumed.status.code(),
+        Some(1),
+        "today's lines 41..100 were skipped: {said}"
+    );
+    assert!(
+        said.contains("did not finish") && said.contains("--no-resume again"),
+        "{said}"
+    );
     assert_eq!(runs(&setup), 140, "{said}");
 
     // What it says works; once that pass is finished, runs resume.

@@ -592,6 +592,76 @@ mod tests {
         assert_eq!(lines(b"\n", 4), vec![(b"".to_vec(), 0)]);
     }
 
+    fn saved(items: &[Item]) -> Vec<Outcome> {
+        let now = std::time::SystemTime::now();
+        items
+            .iter()
+            .map(|item| Outcome {
+                item: item.clone(),
+                status: crate::item::Status::Done,
+                attempts: 1,
+                output: None,
+                error: None,
+                started_at: now,
+                finished_at: now,
+                duration: std::time::Duration::ZERO,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_no_resume_pass_is_finished_only_at_the_end_with_every_outcome_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, identity) = (dir.path().join("input"), dir.path().join("sink.lines-file"));
+        std::fs::write(&input, "a\nb\nc\nd\n").unwrap();
+        let unfinished = || {
+            let bytes = std::fs::read(&identity).unwrap();
+            serde_json::from_slice::<FileIdentity>(&bytes).unwrap().pass_unfinished
+        };
+        let source = LinesSource::open(LinesConfig::new(&input))
+            .unwrap()
+            .tie_resume(&identity, false, true)
+            .unwrap();
+        assert!(unfinished(), "recorded as unfinished before anything ran");
+        let Pull::Items(first) = source.pull(2).unwrap() else {
+            panic!()
+        };
+        source.ack(&saved(&first)).unwrap();
+        let Pull::Items(rest) = source.pull(10).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(source.pull(10).unwrap(), Pull::Exhausted));
+        // At the end, but one outcome could not be saved: given back.
+        source.ack(&saved(&rest[..1])).unwrap();
+        source.give_back(rest[1..].to_vec(), ReturnReason::FlushFailed).unwrap();
+        assert!(unfinished(), "finished with an outcome unsaved");
+        let Pull::Items(again) = source.pull(10).unwrap() else {
+            panic!()
+        };
+        assert_eq!(again.len(), 1);
+        source.ack(&saved(&again)).unwrap();
+        assert!(!unfinished(), "every line read and saved: finished");
+
+        // A resuming run over it now resumes; over an unfinished one, not.
+        assert!(LinesSource::open(LinesConfig::new(&input))
+            .unwrap()
+            .tie_resume(&identity, true, true)
+            .is_ok());
+        std::fs::write(&input, "other\n").unwrap();
+        let source = LinesSource::open(LinesConfig::new(&input))
+            .unwrap()
+            .tie_resume(&identity, false, true)
+            .unwrap();
+        drop(source);
+        let refused = LinesSource::open(LinesConfig::new(&input))
+            .unwrap()
+            .tie_resume(&identity, true, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(refused.contains("--no-resume again"), "{refused}");
+    }
+
     #[test]
     fn ndjson_fields_have_their_types_checked() {
         let item = ndjson_item(3, br#"{"id": 7, "priority": 2, "payload": {"a": [1, 2]}}"#);
