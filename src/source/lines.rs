@@ -34,10 +34,10 @@
 //!   is kept beside the sink, and a file that is not that one is refused
 //!   before anything runs, with a message that says how to go on. Without
 //!   resume (`--no-resume`) every line runs, and the records are tied to
-//!   this file from then on; but while the sink may still hold another
-//!   file's records, only once the pass has read to the end of the file and
-//!   every item read has its outcome saved (acknowledged): until then the
-//!   identity is recorded as unfinished, and a resuming run refuses it.
+//!   this file from then on. When the sink may still hold another file's
+//!   records, that holds only once the pass has read to the end of the file
+//!   with every item's outcome saved (acknowledged); until then the identity
+//!   is recorded as unfinished, and a resuming run refuses it.
 //! - A sink with records but no recorded identity (an upgrade from a version
 //!   without it) cannot be checked: the run resumes with a warning that says
 //!   so, and records the file's identity from then on.
