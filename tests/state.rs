@@ -319,3 +319,90 @@ fn no_resume_re_runs_everything() {
     assert!(said.contains("--no-resume") && said.contains("exactly_once"), "{said}");
     assert_eq!(runs(&setup), 100);
 }
+
+/// As [`lines_config`] (at least once), reading at most `max_items` lines
+/// per run when given.
+fn lines_config_reading_at_most(setup: &Setup, max_items: Option<usize>) {
+    let session = max_items.map_or(String::new(), |n| format!("session:\n  max_items: {n}\n"));
+    setup.config(&format!(
+        "{session}source: {{kind: lines, path: ../input.txt}}\n{}  qos: at_least_once\n\
+         sink:\n  kind: sqlite\n  path: outcomes.db\n  flush_every: 50ms\n",
+        counting_handler(setup)
+    ));
+}
+
+#[test]
+fn a_no_resume_pass_stopped_halfway_is_not_silently_resumed() {
+    let setup = Setup::new();
+    lines_config_reading_at_most(&setup, None);
+    setup.lines("yesterday", 100);
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 100);
+
+    // Today's file; its --no-resume pass stops after 40 lines (max_items
+    // stands for a signal, a kill, a full disk).
+    setup.lines("today", 150);
+    lines_config_reading_at_most(&setup, Some(40));
+    setup.run_once(&["--no-resume"]);
+    assert_eq!(runs(&setup), 140);
+
+    // A plain run must not take yesterday's records of lines 41..100 for
+    // today's: it refuses before anything runs, saying what to do.
+    lines_config_reading_at_most(&setup, None);
+    let resumed = setup.run(&["run", "--once", "-c", "config.yaml"]);
+    let said = text(&resumed);
+    assert_eq!(
+        resumed.status.code(),
+        Some(1),
+        "today's lines 41..100 were skipped: {said}"
+    );
+    assert!(
+        said.contains("did not finish") && said.contains("--no-resume again"),
+        "{said}"
+    );
+    assert_eq!(runs(&setup), 140, "{said}");
+
+    // What it says works; once that pass is finished, runs resume.
+    setup.run_once(&["--no-resume"]);
+    assert_eq!(runs(&setup), 290);
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 290);
+    let done = Setup::done(&setup.path("state/outcomes.db"));
+    assert_eq!(done.len(), 150);
+    assert!(done.iter().all(|(_, output)| output.starts_with("today ")), "{done:?}");
+
+    // Over the file the records already are of, a --no-resume pass stopped
+    // halfway leaves nothing to confuse: a plain run resumes.
+    lines_config_reading_at_most(&setup, Some(40));
+    setup.run_once(&["--no-resume"]);
+    assert_eq!(runs(&setup), 330);
+    lines_config_reading_at_most(&setup, None);
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 330);
+}
+
+#[test]
+fn an_upgrade_without_a_lines_file_record_warns() {
+    let setup = Setup::new();
+    lines_config_reading_at_most(&setup, None);
+    setup.lines("reading", 50);
+    setup.run_once(&[]);
+    assert_eq!(runs(&setup), 50);
+
+    // The records of a version that kept no identity of their file.
+    let identity = setup.path("state/outcomes.db.lines-file");
+    fs::remove_file(&identity).unwrap();
+    let upgraded = setup.run_once(&[]);
+    let said = text(&upgraded);
+    assert_eq!(runs(&setup), 50, "it resumes: {said}");
+    assert!(
+        said.contains("could not be verified") && said.contains("recorded from now on"),
+        "no warning that the file was not checked: {said}"
+    );
+    assert!(identity.exists(), "{said}");
+
+    // From then on it is checked, and quietly.
+    let again = setup.run_once(&[]);
+    assert!(!text(&again).contains("could not be verified"), "{}", text(&again));
+    assert_eq!(runs(&setup), 50);
+}

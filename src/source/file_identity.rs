@@ -39,6 +39,12 @@ pub struct FileIdentity {
     pub head: String,
     /// FNV-1a of bytes `size - min(size, WINDOW) .. size`, in hex.
     pub tail: String,
+    /// True while a `--no-resume` pass over this file has not finished: the
+    /// sink may still hold another file's `done` records under the line
+    /// numbers not yet run, so resuming is not safe. Absent (false) in a
+    /// record of a finished pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_unfinished: bool,
 }
 
 /// How an opened file compares with a recorded identity.
@@ -66,6 +72,7 @@ impl FileIdentity {
             size,
             head: hash_range(file, 0, window)?,
             tail: hash_range(file, size - window, window)?,
+            pass_unfinished: false,
         })
     }
 

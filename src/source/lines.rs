@@ -34,7 +34,13 @@
 //!   is kept beside the sink, and a file that is not that one is refused
 //!   before anything runs, with a message that says how to go on. Without
 //!   resume (`--no-resume`) every line runs, and the records are tied to
-//!   this file from then on.
+//!   this file from then on. When the sink may still hold another file's
+//!   records, that holds only once the pass has read to the end of the file
+//!   with every item's outcome saved (acknowledged); until then the identity
+//!   is recorded as unfinished, and a resuming run refuses it.
+//! - A sink with records but no recorded identity (an upgrade from a version
+//!   without it) cannot be checked: the run resumes with a warning that says
+//!   so, and records the file's identity from then on.
 //! - Items given back are kept in memory and served before new lines, so a
 //!   stopped session's items come back within the same run; across runs the
 //!   sink-based resume covers them.
@@ -119,6 +125,58 @@ pub struct LinesSource {
     measured: Option<(File, FileIdentity)>,
     /// Whether done ids are skipped ([`Source::needs_resume`]). Default true.
     resume: bool,
+    /// A `--no-resume` pass recorded as unfinished, to record as finished
+    /// once it is; `None` when there is nothing to record.
+    pass: Option<UnfinishedPass>,
+}
+
+/// A `--no-resume` pass over a file while the sink may still hold another
+/// file's records (see `file_identity`, "A pass not yet finished").
+struct UnfinishedPass {
+    identity_file: PathBuf,
+    /// The file's identity as it is recorded once the pass is finished.
+    finished: FileIdentity,
+    /// Locked by `pull` (producer thread, under the reader lock: order
+    /// reader → progress) and by `ack` (writer thread), for a few counter
+    /// updates; and once, while the finished identity is written.
+    progress: Mutex<PassProgress>,
+}
+
+#[derive(Default)]
+struct PassProgress {
+    /// Items read from the file whose outcomes are not acknowledged yet.
+    /// Items given back stay counted (they are not re-counted when pulled
+    /// again) until their outcome is saved.
+    unsaved: u64,
+    /// The reader met the end of the file.
+    read_to_end: bool,
+    /// The finished identity was written (or writing it failed, logged).
+    recorded: bool,
+}
+
+impl UnfinishedPass {
+    /// Records the pass as finished once it has read to the end and nothing
+    /// read is unsaved. Called with the progress lock held.
+    fn finish_if_done(&self, progress: &mut PassProgress, input_name: &str) {
+        if progress.recorded || !progress.read_to_end || progress.unsaved > 0 {
+            return;
+        }
+        progress.recorded = true;
+        let shown = self.identity_file.display();
+        let written = serde_json::to_vec_pretty(&self.finished)
+            .map_err(io::Error::other)
+            .and_then(|json| crate::status::write_atomically(&self.identity_file, &json));
+        match written {
+            Ok(()) => log::info!(
+                "lines source {input_name}: the --no-resume pass reached the end of the file with every outcome \
+                 saved; recorded in {shown}, later runs resume over this file"
+            ),
+            Err(e) => log::error!(
+                "lines source {input_name}: the --no-resume pass is finished, but recording so in {shown} failed \
+                 ({e}); a later run without --no-resume will refuse to resume until a --no-resume run finishes"
+            ),
+        }
+    }
 }
 
 struct Reader {
@@ -177,6 +235,7 @@ impl LinesSource {
             returned: Mutex::new(VecDeque::new()),
             measured,
             resume: true,
+            pass: None,
         })
     }
 
@@ -189,7 +248,11 @@ impl LinesSource {
     /// message that says how to go on: its lines would be skipped by number
     /// as if done. (Starting over instead cannot be made safe: ids are line
     /// numbers, so after an interrupted rerun the old file's records could
-    /// not be told from the new one's.) Without `resume`, every line runs.
+    /// not be told from the new one's.) So is a file whose `--no-resume`
+    /// pass did not finish. Records without a recorded identity (an upgrade)
+    /// are resumed with a warning. Without `resume`, every line runs; the
+    /// pass is recorded as unfinished until it is, unless the sink's records
+    /// are all this file's already (none, or the recorded file is this one).
     /// Either way the identity of this file is then recorded. Standard input
     /// has no identity: only `resume` applies.
     pub fn tie_resume(mut self, identity_file: &Path, resume: bool, records: bool) -> Result<Self, SourceError> {
@@ -216,39 +279,82 @@ impl LinesSource {
                 }
             },
             Ok(_) => None,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if records && resume {
+                    log::warn!(
+                        "lines source {}: the sink has records but there is no {shown} (they were written by a \
+                         version of lote that did not record their file), so this file could not be verified as \
+                         the one they came from; resuming over it, and its identity is recorded from now on. If it \
+                         is another file, stop and run once with --no-resume",
+                        self.input_name
+                    );
+                }
+                None
+            }
             Err(e) => return Err(fail("reading", &e)),
         };
-        if let Some(recorded) = recorded.filter(|_| resume) {
-            match recorded.compare(file, now).map_err(|e| fail("comparing with", &e))? {
-                Compared::Same => {}
-                Compared::SameContentMoved => log::info!(
-                    "lines source {}: the same content as the file the records came from, under another inode \
-                     (copied or restored); resuming",
-                    self.input_name
-                ),
-                Compared::Different(how) => {
+        // Whether every record in the sink is this file's already.
+        let mut records_are_this_files = !records;
+        if let Some(recorded) = &recorded {
+            let compared = recorded.compare(file, now).map_err(|e| fail("comparing with", &e))?;
+            if resume {
+                match &compared {
+                    Compared::Same => {}
+                    Compared::SameContentMoved => log::info!(
+                        "lines source {}: the same content as the file the records came from, under another \
+                         inode (copied or restored); resuming",
+                        self.input_name
+                    ),
+                    Compared::Different(how) => {
+                        return Err(SourceError::new(
+                            format!("lines source {}", self.input_name),
+                            format!(
+                                "this is not the file the sink's records came from ({how}; recorded in {shown}: \
+                                 {} bytes, inode {}), so resuming would skip its lines by number as if they were \
+                                 done. To run every line of it, run once with --no-resume (the records are tied to \
+                                 this file from then on); to resume anyway, delete {shown}",
+                                recorded.size, recorded.inode
+                            ),
+                        ));
+                    }
+                }
+                if recorded.pass_unfinished {
                     return Err(SourceError::new(
                         format!("lines source {}", self.input_name),
                         format!(
-                            "this is not the file the sink's records came from ({how}; recorded in {shown}: \
-                             {} bytes, inode {}), so resuming would skip its lines by number as if they were done. \
-                             To run every line of it, run once with --no-resume (the records are tied to this file \
-                             from then on); to resume anyway, delete {shown}",
-                            recorded.size, recorded.inode
+                            "a --no-resume run over this file did not finish (recorded in {shown}): the sink still \
+                             holds the previous file's records under the numbers of the lines not run again yet, \
+                             so resuming would skip those lines as if they were done. Run with --no-resume again \
+                             (every line runs; later runs resume once it has reached the end of the file with \
+                             every outcome saved); to resume anyway, delete {shown}"
                         ),
                     ));
                 }
             }
+            records_are_this_files = !recorded.pass_unfinished && !matches!(compared, Compared::Different(_));
         }
+        let mut record = now.clone();
         if !resume {
             log::info!(
                 "lines source {}: --no-resume: every line runs, done or not; the sink's records are tied to this \
-                 file from now on",
-                self.input_name
+                 file from now on{}",
+                self.input_name,
+                if records_are_this_files {
+                    ""
+                } else {
+                    " (recorded as unfinished until every line has its outcome saved)"
+                }
             );
+            if !records_are_this_files {
+                record.pass_unfinished = true;
+                self.pass = Some(UnfinishedPass {
+                    identity_file: identity_file.to_path_buf(),
+                    finished: now.clone(),
+                    progress: Mutex::new(PassProgress::default()),
+                });
+            }
         }
-        let json = serde_json::to_vec_pretty(now).map_err(|e| fail("recording", &e))?;
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| fail("recording", &e))?;
         crate::status::write_atomically(identity_file, &json).map_err(|e| fail("recording", &e))?;
         Ok(self)
     }
@@ -308,6 +414,7 @@ impl Source for LinesSource {
             }
             reader.error = Some(error);
         }
+        let from_returned = items.len();
         while items.len() < max && !reader.at_end && reader.error.is_none() {
             // With something to hand over, do not wait on a slow pipe.
             if !items.is_empty() && reader.input.buffer().is_empty() {
@@ -329,6 +436,12 @@ impl Source for LinesSource {
                 }
             }
         }
+        if let Some(pass) = &self.pass {
+            let mut progress = pass.progress.lock();
+            progress.unsaved += (items.len() - from_returned) as u64;
+            progress.read_to_end = reader.at_end;
+            pass.finish_if_done(&mut progress, &self.input_name);
+        }
         Ok(if items.is_empty() {
             Pull::Exhausted
         } else {
@@ -341,8 +454,14 @@ impl Source for LinesSource {
         Ok(())
     }
 
-    /// Nothing to do: the sink's records are what a rerun consults.
-    fn ack(&self, _outcomes: &[Outcome]) -> Result<(), SourceError> {
+    /// The sink's records are what a rerun consults; a `--no-resume` pass
+    /// only counts what is saved, to record when it is finished.
+    fn ack(&self, outcomes: &[Outcome]) -> Result<(), SourceError> {
+        if let Some(pass) = &self.pass {
+            let mut progress = pass.progress.lock();
+            progress.unsaved = progress.unsaved.saturating_sub(outcomes.len() as u64);
+            pass.finish_if_done(&mut progress, &self.input_name);
+        }
         Ok(())
     }
 
@@ -471,6 +590,76 @@ mod tests {
         );
         assert_eq!(lines(b"", 4), vec![]);
         assert_eq!(lines(b"\n", 4), vec![(b"".to_vec(), 0)]);
+    }
+
+    fn saved(items: &[Item]) -> Vec<Outcome> {
+        let now = std::time::SystemTime::now();
+        items
+            .iter()
+            .map(|item| Outcome {
+                item: item.clone(),
+                status: crate::item::Status::Done,
+                attempts: 1,
+                output: None,
+                error: None,
+                started_at: now,
+                finished_at: now,
+                duration: std::time::Duration::ZERO,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_no_resume_pass_is_finished_only_at_the_end_with_every_outcome_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, identity) = (dir.path().join("input"), dir.path().join("sink.lines-file"));
+        std::fs::write(&input, "a\nb\nc\nd\n").unwrap();
+        let unfinished = || {
+            let bytes = std::fs::read(&identity).unwrap();
+            serde_json::from_slice::<FileIdentity>(&bytes).unwrap().pass_unfinished
+        };
+        let source = LinesSource::open(LinesConfig::new(&input))
+            .unwrap()
+            .tie_resume(&identity, false, true)
+            .unwrap();
+        assert!(unfinished(), "recorded as unfinished before anything ran");
+        let Pull::Items(first) = source.pull(2).unwrap() else {
+            panic!()
+        };
+        source.ack(&saved(&first)).unwrap();
+        let Pull::Items(rest) = source.pull(10).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(source.pull(10).unwrap(), Pull::Exhausted));
+        // At the end, but one outcome could not be saved: given back.
+        source.ack(&saved(&rest[..1])).unwrap();
+        source.give_back(rest[1..].to_vec(), ReturnReason::FlushFailed).unwrap();
+        assert!(unfinished(), "finished with an outcome unsaved");
+        let Pull::Items(again) = source.pull(10).unwrap() else {
+            panic!()
+        };
+        assert_eq!(again.len(), 1);
+        source.ack(&saved(&again)).unwrap();
+        assert!(!unfinished(), "every line read and saved: finished");
+
+        // A resuming run over it now resumes; over an unfinished one, not.
+        assert!(LinesSource::open(LinesConfig::new(&input))
+            .unwrap()
+            .tie_resume(&identity, true, true)
+            .is_ok());
+        std::fs::write(&input, "other\n").unwrap();
+        let source = LinesSource::open(LinesConfig::new(&input))
+            .unwrap()
+            .tie_resume(&identity, false, true)
+            .unwrap();
+        drop(source);
+        let refused = LinesSource::open(LinesConfig::new(&input))
+            .unwrap()
+            .tie_resume(&identity, true, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(refused.contains("--no-resume again"), "{refused}");
     }
 
     #[test]
