@@ -669,10 +669,8 @@ fn unsaved_items_of_a_locked_database_go_back_in_one_wait_not_one_per_item() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("work.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE jobs(id TEXT PRIMARY KEY, payload BLOB, priority INTEGER, status TEXT NOT NULL);",
-    )
-    .unwrap();
+    conn.execute_batch("CREATE TABLE jobs(id TEXT PRIMARY KEY, payload BLOB, priority INTEGER, status TEXT NOT NULL);")
+        .unwrap();
     for id in 0..12 {
         conn.execute("INSERT INTO jobs VALUES (?1, 'x', 0, 'pending')", [id.to_string()])
             .unwrap();
