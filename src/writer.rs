@@ -631,12 +631,17 @@ impl Flusher {
         result
     }
 
-    /// Gives the items of unsaved outcomes back to the source, to run again.
-    /// One call per item, so that a failure names the very items still
-    /// claimed: those are kept and tried again (`Soon`: after the next pause;
-    /// `AtFinish`: at the next finish), and never one that did go back (it
-    /// may be claimed again by now). What is left at the drain stays claimed
-    /// until the source's own recovery at the next start.
+    /// Gives the items of unsaved outcomes back to the source, to run again:
+    /// all in one call first (one transaction for a SQLite table). If that
+    /// fails because the source is busy (a locked database, likely the very
+    /// lock that failed the flush), all are kept: one call per item would
+    /// wait `busy_timeout` each. On another error, the items it left claimed
+    /// go one call each, so that a failure names the very items still
+    /// claimed, stopping at the first busy answer. What is kept is exactly
+    /// what is still claimed, tried again later (`Soon`: after the next
+    /// pause; `AtFinish`: at the next finish), never an item that did go
+    /// back (it may be claimed again by now). What is left at the drain stays
+    /// claimed until the source's own recovery at the next start.
     fn give_back_unsaved(&mut self) {
         self.give_back_at = None;
         if self.unsaved_items.is_empty() {
@@ -646,11 +651,25 @@ impl Flusher {
         let items = std::mem::take(&mut self.unsaved_items);
         let n = items.len();
         let mut first_error = None;
-        for item in items {
-            if let Err(error) = self.source.give_back(vec![item.clone()], ReturnReason::FlushFailed) {
-                self.unsaved_items.push(item);
-                first_error.get_or_insert(error);
+        if let Err(error) = self.source.give_back(items.clone(), ReturnReason::FlushFailed) {
+            let still_claimed: Vec<Item> = match error.still_claimed() {
+                Some(ids) => items.into_iter().filter(|item| ids.contains(&item.id)).collect(),
+                None => items,
+            };
+            let busy = error.is_busy();
+            first_error = Some(error);
+            let mut rest = still_claimed.into_iter();
+            if !busy {
+                for item in rest.by_ref() {
+                    if let Err(error) = self.source.give_back(vec![item.clone()], ReturnReason::FlushFailed) {
+                        self.unsaved_items.push(item);
+                        if error.is_busy() {
+                            break;
+                        }
+                    }
+                }
             }
+            self.unsaved_items.extend(rest);
         }
         let back = n - self.unsaved_items.len();
         if back > 0 {
@@ -660,7 +679,7 @@ impl Flusher {
                 ReturnReason::FlushFailed
             );
         }
-        if let Some(error) = first_error {
+        if let Some(error) = first_error.filter(|_| !self.unsaved_items.is_empty()) {
             let kept = self.unsaved_items.len();
             log::error!(
                 "giving back {kept} item(s) whose outcomes were not saved failed (first: {error}); tried again later"

@@ -615,3 +615,54 @@ proptest! {
         prop_assert_eq!(done, expected);
     }
 }
+
+#[test]
+fn closing_a_second_sink_never_waits_for_another_connections_readers() {
+    // A running lote's sink, a reader in a transaction (a status query, a
+    // backup), and a second sink on the same file that opens and closes (as
+    // `lote dead-letter list` does). Its closing checkpoint must not wait
+    // busy_timeout for the reader, holding the write lock all that while.
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("outcomes.db");
+    let config = || SqliteConfig {
+        busy_timeout: Duration::from_secs(5),
+        ..SqliteConfig::new(&path, Role::Outcomes)
+    };
+    let mut running = SqliteSink::open(config()).unwrap();
+    running.write(&[outcome("a", Status::Done, 1)]).unwrap();
+    let reader = Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let rows: i64 = reader
+        .query_row("SELECT count(*) FROM outcomes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    let second = SqliteSink::open(config()).unwrap();
+    let started = std::time::Instant::now();
+    drop(second);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "closing took {took:?}");
+    running.write(&[outcome("b", Status::Done, 2)]).unwrap();
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    drop(running);
+    assert!(
+        !dir.path().join("outcomes.db-wal").exists(),
+        "the last close left the WAL"
+    );
+    assert_eq!(
+        ids(&SqliteSink::open(config()).unwrap().records().unwrap()),
+        vec!["a", "b"]
+    );
+}
+
+#[test]
+fn a_huge_busy_timeout_is_taken_without_a_panic() {
+    let dir = TempDir::new().unwrap();
+    let config = SqliteConfig {
+        busy_timeout: Duration::MAX,
+        ..SqliteConfig::new(dir.path().join("outcomes.db"), Role::Outcomes)
+    };
+    let mut sink = SqliteSink::open(config).unwrap();
+    sink.write(&[outcome("a", Status::Done, 1)]).unwrap();
+}

@@ -584,3 +584,39 @@ fn a_done_directory_removed_while_running_is_created_again() {
     assert_eq!(names(outside.path()), Vec::<String>::new());
     assert_eq!(names(&dir.path().join(".claimed")), vec!["y"]);
 }
+
+#[test]
+fn a_given_back_file_whose_name_is_pending_again_goes_back_beside_it() {
+    // A producer that reuses a name (latest.json) drops a new one while the
+    // first is claimed. The give-back must not leave the first in .claimed/
+    // forever (it would also keep the new one from ever being claimed).
+    let dir = tempfile::tempdir().unwrap();
+    let source = SpoolSource::open(config(dir.path())).unwrap();
+    write(dir.path(), "latest.json", "first");
+    let first = items(source.pull(10).unwrap());
+    assert_eq!(ids(&first), vec!["latest.json"]);
+    write(dir.path(), "latest.json", "second");
+    source.give_back(first, ReturnReason::FlushFailed).unwrap();
+    assert!(names(&dir.path().join(".claimed")).is_empty(), "left claimed");
+    let pending = pending(dir.path());
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert!(pending[1].starts_with("latest.json.~"), "{pending:?}");
+    let mut payloads: Vec<Vec<u8>> = items(source.pull(10).unwrap()).into_iter().map(|i| i.payload).collect();
+    payloads.sort();
+    assert_eq!(payloads, vec![b"first".to_vec(), b"second".to_vec()]);
+}
+
+#[test]
+fn a_crashed_claim_whose_name_is_pending_again_is_repaired_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = SpoolSource::open(config(dir.path())).unwrap();
+    write(dir.path(), "latest.json", "first");
+    assert_eq!(items(source.pull(10).unwrap()).len(), 1);
+    drop(source); // the "crash": claimed, never finished
+    write(dir.path(), "latest.json", "second");
+    let source = SpoolSource::open(config(dir.path())).unwrap();
+    assert!(names(&dir.path().join(".claimed")).is_empty(), "left claimed");
+    let mut payloads: Vec<Vec<u8>> = items(source.pull(10).unwrap()).into_iter().map(|i| i.payload).collect();
+    payloads.sort();
+    assert_eq!(payloads, vec![b"first".to_vec(), b"second".to_vec()]);
+}

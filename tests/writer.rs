@@ -658,3 +658,76 @@ fn a_source_that_needs_resuming_skips_what_the_sink_has_as_done() {
     assert_eq!((second.done, second.skipped), (30, 50));
     assert_eq!(runs.load(Ordering::SeqCst), 80, "the first 50 ran once only");
 }
+
+#[test]
+fn unsaved_items_of_a_locked_database_go_back_in_one_wait_not_one_per_item() {
+    // Work table and outcomes in one file, a realistic busy_timeout, and the
+    // database locked by someone else for good: the flush fails, and so does
+    // the give-back. One call for the batch waits busy_timeout once; one per
+    // item would hold the writer (and the drain) busy_timeout × items.
+    let busy_timeout = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("work.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE jobs(id TEXT PRIMARY KEY, payload BLOB, priority INTEGER, status TEXT NOT NULL);")
+        .unwrap();
+    for id in 0..12 {
+        conn.execute("INSERT INTO jobs VALUES (?1, 'x', 0, 'pending')", [id.to_string()])
+            .unwrap();
+    }
+    let mut table = SqliteSourceConfig::new(&db, "jobs");
+    table.busy_timeout = busy_timeout;
+    let source = SqliteSource::open(table).unwrap();
+    let ack = source.table_ack();
+    let source = Arc::new(source.acked_in_sink_transaction());
+    let mut outcomes = SqliteConfig::new(&db, Role::Outcomes);
+    outcomes.busy_timeout = busy_timeout;
+    let sink = SqliteSink::open(outcomes).unwrap().with_table_ack(ack).unwrap();
+    let config = WriterConfig {
+        max_retries: 0,
+        drain_timeout: Duration::from_secs(30),
+        give_back: GiveBack::AtFinish,
+        ..config()
+    };
+    let writer = Writer::start(config, Box::new(sink), None, source.clone()).unwrap();
+    let Ok(Pull::Items(items)) = source.pull(100) else {
+        panic!("twelve items expected")
+    };
+    assert_eq!(items.len(), 12);
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let done = |item: Item| Outcome {
+        item,
+        ..outcome(0, Status::Done)
+    };
+    writer.commit(items.into_iter().map(done).collect()).unwrap();
+    let started = Instant::now();
+    while writer.metrics().unsaved.get() < 12 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the flush never failed");
+        thread::sleep(Duration::from_millis(5));
+    }
+
+    let started = Instant::now();
+    writer.close();
+    let took = started.elapsed();
+    assert!(
+        took < busy_timeout * 5,
+        "close took {took:?} with busy_timeout {busy_timeout:?}: one wait per item"
+    );
+    assert_eq!(writer.metrics().given_back.get(), 0, "the lock refuses the give-back");
+
+    // Unlocked: the rows kept claimed are pending again at the next open,
+    // every one of them, none done.
+    conn.execute_batch("COMMIT").unwrap();
+    drop(source);
+    let mut table = SqliteSourceConfig::new(&db, "jobs");
+    table.busy_timeout = busy_timeout;
+    let again = SqliteSource::open(table).unwrap();
+    let Ok(Pull::Items(items)) = again.pull(100) else {
+        panic!("the rows are not pending again")
+    };
+    assert_eq!(items.len(), 12);
+    let outcomes: i64 = conn
+        .query_row("SELECT count(*) FROM outcomes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(outcomes, 0);
+}

@@ -32,8 +32,10 @@
 //!   committed batch and never block the writer.
 //! - A closed sink leaves a self-contained file: dropping it first closes
 //!   its lookups' read connections, then checkpoints the WAL into the main
-//!   file (`wal_checkpoint(TRUNCATE)`) and closes its own, so the last
-//!   connection to close is a writer and SQLite removes `-wal` and `-shm`.
+//!   file (`wal_checkpoint(TRUNCATE)`, without waiting: busy, it is skipped,
+//!   so closing never stalls another process's writers) and closes its own,
+//!   so the last connection to close is a writer and SQLite removes `-wal`
+//!   and `-shm`.
 //!   (A read-only connection closing last cannot checkpoint: it would leave
 //!   every row in `-wal` and a main file a plain copy cannot read.) A lookup
 //!   asked after that answers with an error.
@@ -232,8 +234,7 @@ impl SqliteSink {
         let at = path.as_path();
         let fail = |doing: &'static str| move |e| sql_error(at, doing, e);
 
-        conn.busy_timeout(config.busy_timeout)
-            .map_err(fail("setting the busy timeout"))?;
+        set_busy_timeout(&conn, config.busy_timeout).map_err(fail("setting the busy timeout"))?;
         // Before anything writes to the file: a damaged one is left as it is
         // for a person to look at.
         quick_check(&conn, at)?;
@@ -400,7 +401,7 @@ impl Sink for SqliteSink {
         let path = &self.config.path;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(sqlite_path(path), flags)
-            .and_then(|conn| conn.busy_timeout(self.config.busy_timeout).map(|()| conn))
+            .and_then(|conn| set_busy_timeout(&conn, self.config.busy_timeout).map(|()| conn))
             .map_err(|e| sql_error(path, "opening a reader", e))?;
         let reader: Reader = Arc::new(Mutex::new(Some(conn)));
         self.readers
@@ -440,6 +441,17 @@ impl Drop for SqliteSink {
         }
         // TRUNCATE: everything into the main file, the WAL emptied, even if
         // another process keeps the database open (then it stays, empty).
+        // Without waiting: a checkpoint that waits for another process's
+        // readers holds the write lock meanwhile and stalls its writers (a
+        // `lote dead-letter list` beside a running lote). Busy, it is skipped:
+        // the last connection to close checkpoints anyway.
+        if let Err(e) = self.conn.busy_timeout(Duration::ZERO) {
+            log::warn!(
+                "{}: the closing checkpoint was skipped: {e}",
+                self.config.path.display()
+            );
+            return;
+        }
         let checkpoint = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
@@ -449,6 +461,18 @@ impl Drop for SqliteSink {
                 "{}: the closing checkpoint was blocked by another connection; the WAL stays until it closes",
                 self.config.path.display()
             ),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) =>
+            {
+                log::debug!(
+                    "{}: the closing checkpoint was skipped, another connection is writing; the WAL stays until \
+                     the last one closes",
+                    self.config.path.display()
+                )
+            }
             Err(e) => log::warn!("{}: the closing checkpoint failed: {e}", self.config.path.display()),
         }
     }
@@ -585,7 +609,8 @@ fn check_version(path: &Path, version: i64) -> Result<(), SinkError> {
 /// retried, every 10–50 ms, until `busy_timeout` has passed, as any other
 /// statement would wait.
 pub(crate) fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
-    let deadline = std::time::Instant::now() + busy_timeout;
+    // None: so far ahead it never comes (a library caller's Duration::MAX).
+    let deadline = std::time::Instant::now().checked_add(busy_timeout);
     let mut pause = Duration::from_millis(10);
     loop {
         match conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get::<_, String>(0)) {
@@ -593,7 +618,7 @@ pub(crate) fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqli
                 if matches!(
                     e.sqlite_error_code(),
                     Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                ) && std::time::Instant::now() + pause < deadline =>
+                ) && deadline.is_none_or(|d| std::time::Instant::now() + pause < d) =>
             {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
@@ -601,6 +626,12 @@ pub(crate) fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqli
             answer => return answer,
         }
     }
+}
+
+/// Sets SQLite's busy timeout, capped at the most it takes (`i32::MAX`
+/// milliseconds, about 24 days): a longer one would panic in rusqlite.
+pub(crate) fn set_busy_timeout(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy_timeout.min(Duration::from_millis(i32::MAX as u64)))
 }
 
 fn create_parent(path: &Path) -> Result<(), SinkError> {

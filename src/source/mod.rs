@@ -71,6 +71,9 @@ pub struct SourceError {
     /// What failed, e.g. "reading /var/spool/lote/item-7".
     pub context: String,
     pub cause: Box<dyn std::error::Error + Send + Sync>,
+    /// For a `give_back` of several items that took some back: the ids of
+    /// those it did not (still claimed). `None`: none of them went back.
+    still_claimed: Option<Vec<String>>,
 }
 
 impl SourceError {
@@ -78,7 +81,41 @@ impl SourceError {
         SourceError {
             context: context.into(),
             cause: cause.into(),
+            still_claimed: None,
         }
+    }
+
+    /// Says which items of a `give_back` are still claimed, when the others
+    /// did go back.
+    pub fn with_still_claimed(mut self, ids: Vec<String>) -> Self {
+        self.still_claimed = Some(ids);
+        self
+    }
+
+    /// The ids a failed `give_back` left claimed, if it took the others
+    /// back; `None`: it took none back.
+    pub fn still_claimed(&self) -> Option<&[String]> {
+        self.still_claimed.as_deref()
+    }
+
+    /// True when the source was busy: a SQLite database locked by another
+    /// connection (`SQLITE_BUSY`/`SQLITE_LOCKED`, after `busy_timeout`).
+    /// Trying again later may work; trying again now only waits again.
+    pub fn is_busy(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self.cause.as_ref());
+        while let Some(error) = cause {
+            let code = error
+                .downcast_ref::<rusqlite::Error>()
+                .and_then(rusqlite::Error::sqlite_error_code);
+            if matches!(
+                code,
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ) {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
     }
 }
 
@@ -107,7 +144,9 @@ pub trait Source: Send + Sync {
     /// Takes back items that were pulled but will not be acknowledged: not
     /// processed, or processed without their outcomes becoming durable
     /// (`FlushFailed`). They stay (or become) pending and are pulled again,
-    /// by a later pull of this session or by a later session.
+    /// by a later pull of this session or by a later session. An error
+    /// means none of them went back, unless it names the ones still claimed
+    /// ([`SourceError::still_claimed`]): then all the others did.
     fn give_back(&self, items: Vec<Item>, reason: ReturnReason) -> Result<(), SourceError>;
 
     /// Hears that these outcomes are durable: the items are finished for the

@@ -26,7 +26,8 @@
 //! which protects a writer only as long as it never pauses longer than that.
 //! Names must be unique among files in flight: a file is never claimed while
 //! one of the same name is in `.claimed/`, and is never given back over a
-//! pending file of the same name. Move files in with `rename`, never `link`:
+//! pending file of the same name (it goes back beside it as
+//! `<name>.~<unix seconds>.<nanoseconds>~`, a new id). Move files in with `rename`, never `link`:
 //! a file with more than one hard link is refused unread.
 //!
 //! Only regular files with one link and a UTF-8 name are items. Anything
@@ -597,28 +598,26 @@ impl SpoolSource {
         self.raw_names.lock().get(id).cloned().unwrap_or_else(|| id.into())
     }
 
-    /// Moves a claimed entry back to `<dir>/` and marks it complete, unless a
-    /// pending entry of that name is there (then it stays claimed, logged).
+    /// Moves a claimed entry back to `<dir>/` and marks it complete. If a
+    /// pending entry of that name is there (a producer reusing the name), the
+    /// claimed one goes back beside it as `<name>.~<secs>.<nanos>~`: left
+    /// in `.claimed/` it would never run again, and would keep the new one
+    /// from being claimed (never two of a name in flight).
     fn put_back(&self, id: &str) -> io::Result<()> {
         let name = self.claimed_name(id);
         let claimed = self.claimed.get(&self.root)?;
-        match spool_fs::move_noreplace(&*claimed, &name, &self.root, &name) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                log::warn!(
-                    "spool {}: cannot give {id} back: a new file of that name is pending; the claimed one stays in {} \
-                     until both are gone from {} and lote starts again",
-                    self.config.dir.display(),
-                    self.claimed.path.display(),
-                    self.config.dir.display()
-                );
-                return Ok(());
-            }
-            Err(e) => return Err(e),
+        let back = spool_fs::move_unique(&*claimed, &name, &self.root, &name)?;
+        if back != name {
+            log::warn!(
+                "spool {}: a new file named {id} is pending, so the {id} given back is pending beside it as {} \
+                 (its new id)",
+                self.config.dir.display(),
+                back.to_string_lossy()
+            );
         }
         self.raw_names.lock().remove(id);
-        if let Ok(stat) = spool_fs::lstat(&self.root, &name) {
-            self.complete.lock().insert(name, Fingerprint::of(&stat));
+        if let Ok(stat) = spool_fs::lstat(&self.root, &back) {
+            self.complete.lock().insert(back, Fingerprint::of(&stat));
         }
         Ok(())
     }
@@ -633,7 +632,7 @@ impl SpoolSource {
         to: &SubDir,
         handle: &DirHandle,
     ) -> io::Result<()> {
-        let got = spool_fs::move_unique(claimed, name, handle, id)?;
+        let got = spool_fs::move_unique(claimed, name, handle, id.as_ref())?;
         if got != id {
             log::info!(
                 "spool {}: {} exists already; {id} is kept beside it as {}",
@@ -771,7 +770,7 @@ impl Source for SpoolSource {
 
     fn give_back(&self, items: Vec<Item>, reason: ReturnReason) -> Result<(), SourceError> {
         let mut first_error = None;
-        let mut failures = 0;
+        let mut still_claimed = Vec::new();
         for item in &items {
             let result = check_name(&item.id).and_then(|()| match self.put_back(&item.id) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -786,19 +785,22 @@ impl Source for SpoolSource {
                 other => other,
             });
             if let Err(e) = result {
-                failures += 1;
+                still_claimed.push(item.id.clone());
                 first_error.get_or_insert((item.id.clone(), e));
             }
         }
         match first_error {
             None => Ok(()),
-            Some((id, e)) => Err(self.error(
-                format!(
-                    "giving back {failures} of {} item(s) ({reason}), first {id}",
-                    items.len()
-                ),
-                e,
-            )),
+            Some((id, e)) => Err(self
+                .error(
+                    format!(
+                        "giving back {} of {} item(s) ({reason}), first {id}",
+                        still_claimed.len(),
+                        items.len()
+                    ),
+                    e,
+                )
+                .with_still_claimed(still_claimed)),
         }
     }
 
@@ -920,8 +922,9 @@ impl Source for SpoolSource {
 }
 
 /// Moves everything in `.claimed/` back to `<dir>/` (a crashed run's
-/// claims), except where a pending entry of the same name is in the way;
-/// returns the moved entries' fingerprints (they are complete).
+/// claims); one whose name a pending entry has taken goes back beside it as
+/// `<name>.~<secs>.<nanos>~`. Returns the moved entries' fingerprints (they
+/// are complete).
 fn repair_claims(
     dir: &Path,
     root: &OwnedFd,
@@ -929,25 +932,23 @@ fn repair_claims(
     claimed_path: &Path,
 ) -> Result<HashMap<OsString, Fingerprint>, (PathBuf, io::Error)> {
     let mut moved = HashMap::new();
-    let mut blocked = 0;
     for name in spool_fs::names(claimed).map_err(|e| (claimed_path.to_path_buf(), e))? {
         // rename moves the entry itself, whatever it is; nothing is followed.
-        match spool_fs::move_noreplace(claimed, &name, root, &name) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                blocked += 1;
-                log::warn!(
-                    "spool {}: {} cannot be moved back: a pending file of that name is in the way",
-                    dir.display(),
-                    claimed_path.join(&name).display()
-                );
-                continue;
-            }
+        let back = match spool_fs::move_unique(claimed, &name, root, &name) {
+            Ok(back) => back,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err((claimed_path.join(&name), e)),
+        };
+        if back != name {
+            log::warn!(
+                "spool {}: a pending file has the name of {}; it is pending beside it as {}",
+                dir.display(),
+                claimed_path.join(&name).display(),
+                dir.join(&back).display()
+            );
         }
-        if let Ok(stat) = spool_fs::lstat(root, &name) {
-            moved.insert(name, Fingerprint::of(&stat));
+        if let Ok(stat) = spool_fs::lstat(root, &back) {
+            moved.insert(back, Fingerprint::of(&stat));
         }
     }
     if !moved.is_empty() {
@@ -958,13 +959,6 @@ fn repair_claims(
             "spool {}: {} file(s) claimed by an earlier run that did not finish are pending again (they run again)",
             dir.display(),
             moved.len()
-        );
-    }
-    if blocked > 0 {
-        log::warn!(
-            "spool {}: {blocked} claimed file(s) left in {}",
-            dir.display(),
-            claimed_path.display()
         );
     }
     Ok(moved)

@@ -148,17 +148,20 @@ pub(super) fn move_noreplace(from_dir: impl AsFd, from: &OsStr, to_dir: impl AsF
 /// Moves `from` in `from_dir` into `to_dir` as `to` or, if that is taken,
 /// as `<to>.~<unix seconds>.<nanoseconds>~`; returns the name it got. An
 /// existing entry is never replaced.
-pub(super) fn move_unique(from_dir: impl AsFd, from: &OsStr, to_dir: impl AsFd, to: &str) -> io::Result<String> {
+pub(super) fn move_unique(from_dir: impl AsFd, from: &OsStr, to_dir: impl AsFd, to: &OsStr) -> io::Result<OsString> {
     let mut name = to.to_owned();
     for attempt in 0.. {
-        match move_noreplace(from_dir.as_fd(), from, to_dir.as_fd(), name.as_ref()) {
+        match move_noreplace(from_dir.as_fd(), from, to_dir.as_fd(), &name) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => {
                 name = unique_name(to, attempt);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{to} and {attempt} suffixed names are taken in the target directory; clean it up"),
+                    format!(
+                        "{} and {attempt} suffixed names are taken in the target directory; clean it up",
+                        to.to_string_lossy()
+                    ),
                 ))
             }
             other => return other.map(|()| name),
@@ -168,8 +171,8 @@ pub(super) fn move_unique(from_dir: impl AsFd, from: &OsStr, to_dir: impl AsFd, 
 }
 
 /// `<name>.~<secs>.<nanos>~` (with `-<attempt>` after the first), cut to
-/// fit the 255-byte limit of a file name.
-fn unique_name(name: &str, attempt: u32) -> String {
+/// fit the 255-byte limit of a file name (never inside a UTF-8 character).
+fn unique_name(name: &OsStr, attempt: u32) -> OsString {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
@@ -178,11 +181,15 @@ fn unique_name(name: &str, attempt: u32) -> String {
         let _ = write!(suffix, "-{attempt}");
     }
     suffix.push('~');
-    let mut keep = name.len().min(255 - suffix.len());
-    while !name.is_char_boundary(keep) {
+    let bytes = name.as_bytes();
+    let mut keep = bytes.len().min(255 - suffix.len());
+    // A UTF-8 continuation byte (10xxxxxx) is inside a character.
+    while keep > 0 && keep < bytes.len() && bytes[keep] & 0xC0 == 0x80 {
         keep -= 1;
     }
-    format!("{}{suffix}", &name[..keep])
+    let mut unique = OsStr::from_bytes(&bytes[..keep]).to_owned();
+    unique.push(suffix);
+    unique
 }
 
 /// Removes the entry `name` in `dir` (a link itself, never its target).
@@ -378,9 +385,10 @@ mod tests {
     #[test]
     fn a_unique_name_fits_a_file_name() {
         let long = "é".repeat(127);
-        let name = unique_name(&long, 3);
+        let name = unique_name(long.as_ref(), 3);
         assert!(name.len() <= 255, "{}", name.len());
+        let name = name.to_str().expect("cut between characters");
         assert!(name.ends_with("-3~"), "{name}");
-        assert!(unique_name("x", 0).starts_with("x.~"));
+        assert!(unique_name("x".as_ref(), 0).to_string_lossy().starts_with("x.~"));
     }
 }

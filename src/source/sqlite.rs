@@ -110,8 +110,7 @@ impl SqliteSource {
         }
         let conn =
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| fail("opening", &e))?;
-        conn.busy_timeout(config.busy_timeout)
-            .map_err(|e| fail("setting the busy timeout", &e))?;
+        crate::sink::set_busy_timeout(&conn, config.busy_timeout).map_err(|e| fail("setting the busy timeout", &e))?;
         crate::sink::switch_to_wal(&conn, config.busy_timeout).map_err(|e| fail("switching to WAL", &e))?;
         let columns = table_columns(&conn, &config.table).map_err(|e| fail("reading the table's columns", &e))?;
         if columns.is_empty() {
