@@ -223,3 +223,45 @@ fn sighup_after_reloading_from_every_to_continuous_still_reloads() {
     let code = lote.exit_code_within(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", setup.log());
 }
+
+#[test]
+fn a_reload_keeps_the_writer_counts_in_status() {
+    let setup = Setup::new();
+    let spool = setup.path("spool");
+    fs::create_dir_all(&spool).unwrap();
+    for i in 0..3 {
+        fs::write(spool.join(format!("item-{i}.txt")), "payload\n").unwrap();
+    }
+    let body = |threads: usize| {
+        format!(
+            "session:\n  threads: {threads}\n  poll_every: 50ms\nsource:\n  kind: spool\n  path: {}\n  \
+             stable_for: 0s\nhandler:\n  kind: noop\nsink:\n  kind: sqlite\n  path: outcomes.db\n  \
+             flush_every: 50ms\nmetrics:\n  every: 100ms\n",
+            spool.display()
+        )
+    };
+    let config = setup.config(&body(1));
+    let mut lote = setup.spawn(&config, &[]);
+    let persisted = || -> Option<u64> {
+        let text = fs::read_to_string(setup.path("state/status.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        json["writer"]["persisted"].as_u64()
+    };
+    wait_for("3 outcomes in status.json", Duration::from_secs(10), || setup.log(), || {
+        persisted() == Some(3)
+    });
+
+    setup.config(&body(2));
+    kill(lote.pid(), Signal::SIGHUP).unwrap();
+    wait_for("the reload", Duration::from_secs(10), || setup.log(), || {
+        setup.log().contains("config reloaded")
+    });
+    // status.json is rewritten every 100ms; a new writer's counts alone
+    // would say 0.
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(persisted(), Some(3), "{}", setup.log());
+
+    kill(lote.pid(), Signal::SIGTERM).unwrap();
+    let code = lote.exit_code_within(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", setup.log());
+}
