@@ -267,8 +267,8 @@ fn open_for(config: &Config, opened: &Opened, resume: bool) -> Result<LiveSource
         SourceSpec::Sqlite(table) if opened.in_sink_file => {
             let mut table = table.clone();
             table.stream = opened.stream;
-            let source = SqliteSource::open(table)
-                .map_err(|e| DaemonError::Build(format!("opening the sqlite source: {e}")))?;
+            let source =
+                SqliteSource::open(table).map_err(|e| DaemonError::Build(format!("opening the sqlite source: {e}")))?;
             // One file: outcome and acknowledgement in one transaction.
             table_ack = Some(source.table_ack());
             Arc::new(source.acked_in_sink_transaction())

@@ -121,7 +121,12 @@ fn a_reload_over_a_replaced_lines_file_keeps_running() {
     let lines = setup.write_lines("items.txt", 12);
     let config = setup.config(&lines_config(&setup, &lines, "0.2", ""));
     let mut lote = setup.spawn(&config, &[]);
-    wait_for("the first calls", Duration::from_secs(10), || setup.log(), || setup.runs() >= 2);
+    wait_for(
+        "the first calls",
+        Duration::from_secs(10),
+        || setup.log(),
+        || setup.runs() >= 2,
+    );
 
     // Rotated (a new file under the name) and then SIGHUP, as logrotate does.
     let fresh = setup.write_lines("items.txt.new", 3);
@@ -146,20 +151,34 @@ fn a_reload_keeps_no_resume() {
         .current_dir(setup.dir.path())
         .output()
         .unwrap();
-    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert_eq!(setup.runs(), 8);
 
     // Every line again, slowly enough for a SIGHUP in the middle.
     setup.config(&lines_config(&setup, &lines, "0.3", ""));
     let mut lote = setup.spawn(&config, &["--no-resume"]);
-    wait_for("the rerun to start", Duration::from_secs(10), || setup.log(), || setup.runs() >= 10);
+    wait_for(
+        "the rerun to start",
+        Duration::from_secs(10),
+        || setup.log(),
+        || setup.runs() >= 10,
+    );
     kill(lote.pid(), Signal::SIGHUP).unwrap();
 
     let code = lote.exit_code_within(Duration::from_secs(15));
     let log = setup.log();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("config reloaded"), "{log}");
-    assert_eq!(setup.runs(), 16, "--no-resume ran every line again, the reload skipped none:\n{log}");
+    assert_eq!(
+        setup.runs(),
+        16,
+        "--no-resume ran every line again, the reload skipped none:\n{log}"
+    );
 }
 
 #[test]
@@ -175,7 +194,12 @@ fn a_lines_daemon_with_unsaved_outcomes_exits_1() {
             .and_then(|c| c.query_row("SELECT count(*) FROM outcomes", [], |r| r.get::<_, i64>(0)))
             .unwrap_or(0)
     };
-    wait_for("the first outcome", Duration::from_secs(10), || setup.log(), || saved() >= 1);
+    wait_for(
+        "the first outcome",
+        Duration::from_secs(10),
+        || setup.log(),
+        || saved() >= 1,
+    );
 
     // Another process holds the database's write lock from now on: every
     // later flush fails for good.
@@ -205,19 +229,32 @@ fn sighup_after_reloading_from_every_to_continuous_still_reloads() {
     let config = setup.config(&body("  threads: 1\n  every: 200ms"));
     let mut lote = setup.spawn(&config, &[]);
     let reloads = || setup.log().matches("config reloaded").count();
-    wait_for("a first session", Duration::from_secs(10), || setup.log(), || {
-        setup.path("state/status.json").exists()
-    });
+    wait_for(
+        "a first session",
+        Duration::from_secs(10),
+        || setup.log(),
+        || setup.path("state/status.json").exists(),
+    );
 
     // From `every` to a continuous session.
     setup.config(&body("  threads: 1\n  poll_every: 50ms"));
     kill(lote.pid(), Signal::SIGHUP).unwrap();
-    wait_for("the first reload", Duration::from_secs(10), || setup.log(), || reloads() == 1);
+    wait_for(
+        "the first reload",
+        Duration::from_secs(10),
+        || setup.log(),
+        || reloads() == 1,
+    );
 
     // The continuous session must end at this SIGHUP for the reload to come.
     setup.config(&body("  threads: 2\n  poll_every: 50ms"));
     kill(lote.pid(), Signal::SIGHUP).unwrap();
-    wait_for("the second reload", Duration::from_secs(10), || setup.log(), || reloads() == 2);
+    wait_for(
+        "the second reload",
+        Duration::from_secs(10),
+        || setup.log(),
+        || reloads() == 2,
+    );
 
     kill(lote.pid(), Signal::SIGTERM).unwrap();
     let code = lote.exit_code_within(Duration::from_secs(10));
@@ -247,15 +284,21 @@ fn a_reload_keeps_the_writer_counts_in_status() {
         let json: serde_json::Value = serde_json::from_str(&text).ok()?;
         json["writer"]["persisted"].as_u64()
     };
-    wait_for("3 outcomes in status.json", Duration::from_secs(10), || setup.log(), || {
-        persisted() == Some(3)
-    });
+    wait_for(
+        "3 outcomes in status.json",
+        Duration::from_secs(10),
+        || setup.log(),
+        || persisted() == Some(3),
+    );
 
     setup.config(&body(2));
     kill(lote.pid(), Signal::SIGHUP).unwrap();
-    wait_for("the reload", Duration::from_secs(10), || setup.log(), || {
-        setup.log().contains("config reloaded")
-    });
+    wait_for(
+        "the reload",
+        Duration::from_secs(10),
+        || setup.log(),
+        || setup.log().contains("config reloaded"),
+    );
     // status.json is rewritten every 100ms; a new writer's counts alone
     // would say 0.
     thread::sleep(Duration::from_millis(600));
