@@ -119,7 +119,7 @@ fn lines_config(setup: &Setup, lines: &Path, sleep: &str, sink: &str) -> String 
 fn a_reload_over_a_replaced_lines_file_keeps_running() {
     let setup = Setup::new();
     let lines = setup.write_lines("items.txt", 12);
-    let config = setup.config(&lines_config(&setup, &lines, "0.2", ""));
+    let config = setup.config(&lines_config(&setup, &lines, "0.3", ""));
     let mut lote = setup.spawn(&config, &[]);
     wait_for(
         "the first calls",
@@ -144,7 +144,7 @@ fn a_reload_over_a_replaced_lines_file_keeps_running() {
 #[test]
 fn a_reload_keeps_no_resume() {
     let setup = Setup::new();
-    let lines = setup.write_lines("items.txt", 8);
+    let lines = setup.write_lines("items.txt", 10);
     let config = setup.config(&lines_config(&setup, &lines, "0", ""));
     let first = Command::new(LOTE)
         .args(["run", "--once", "-c", config.to_str().unwrap()])
@@ -157,7 +157,7 @@ fn a_reload_keeps_no_resume() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert_eq!(setup.runs(), 8);
+    assert_eq!(setup.runs(), 10);
 
     // Every line again, slowly enough for a SIGHUP in the middle.
     setup.config(&lines_config(&setup, &lines, "0.3", ""));
@@ -166,7 +166,7 @@ fn a_reload_keeps_no_resume() {
         "the rerun to start",
         Duration::from_secs(10),
         || setup.log(),
-        || setup.runs() >= 10,
+        || setup.runs() >= 12,
     );
     kill(lote.pid(), Signal::SIGHUP).unwrap();
 
@@ -176,7 +176,7 @@ fn a_reload_keeps_no_resume() {
     assert!(log.contains("config reloaded"), "{log}");
     assert_eq!(
         setup.runs(),
-        16,
+        20,
         "--no-resume ran every line again, the reload skipped none:\n{log}"
     );
 }
