@@ -67,7 +67,7 @@ use crate::source::spool::SpoolSource;
 use crate::source::{Source, SqliteSource};
 use crate::status::{DaemonState, Status, StatusSources};
 use crate::sync::Mutex;
-use crate::writer::{DrainReport, GiveBack, Writer, WriterConfig};
+use crate::writer::{DrainReport, GiveBack, Writer, WriterConfig, WriterMetrics};
 
 /// How `lote run` was asked to run.
 #[derive(Clone, Debug)]
@@ -76,9 +76,9 @@ pub struct RunOptions {
     /// One session, then exit (cron / systemd timer mode).
     pub once: bool,
     /// `--resume` (the default) / `--no-resume`: whether a lines source
-    /// skips the ids the sink's records say are done. Applies to the parts
-    /// built at start; a reload resumes (its records are tied to the file by
-    /// then).
+    /// skips the ids the sink's records say are done. Applies whenever the
+    /// source opens: at start, and at a reload that changed `source:` (a
+    /// reload that did not keeps the open source, where it is).
     pub resume: bool,
 }
 
@@ -156,38 +156,57 @@ impl std::error::Error for DaemonError {}
 struct Parts {
     config: Config,
     source: Arc<dyn Source>,
+    /// What the source was opened for: a reload keeps `source` (where it
+    /// is, its resume, its locks) when the new config's is the same.
+    opened: Opened,
+    /// The acknowledgement the sink makes for a source in its own file.
+    table_ack: Option<TableAck>,
     handler: Arc<dyn Handler>,
     /// The exec handler again, to kill its children on the way out.
     exec: Option<Arc<ExecHandler>>,
     writer: Arc<Writer>,
 }
 
-impl Parts {
-    /// Builds everything `config` names. `stream`: sources poll when empty.
-    fn build(config: Config, stream: bool) -> Result<Parts, DaemonError> {
-        Self::build_with(config, stream, true)
-    }
+/// What a source was opened for; the same for the same source object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Opened {
+    spec: SourceSpec,
+    /// Polled when empty (a spool or table in a continuous session). A
+    /// lines source is never a stream: it ends at the end of its file.
+    stream: bool,
+    /// A sqlite source in the sink's own file (acknowledged by the sink).
+    in_sink_file: bool,
+}
 
-    /// As `build`; `resume: false` is `--no-resume`.
-    fn build_with(config: Config, stream: bool, resume: bool) -> Result<Parts, DaemonError> {
-        config.create_dirs().map_err(DaemonError::Build)?;
-        let build = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
-        let same_sqlite_file = match (&config.source, &config.sink) {
+impl Opened {
+    fn of(config: &Config, stream: bool) -> Opened {
+        let in_sink_file = match (&config.source, &config.sink) {
             (SourceSpec::Sqlite(source), SinkSpec::Sqlite(sink)) => same_file(&source.path, &sink.path),
             _ => false,
         };
-        let mut table_ack = None;
-        let source: Arc<dyn Source> = match &config.source {
-            SourceSpec::Sqlite(table) if same_sqlite_file => {
-                let mut table = table.clone();
-                table.stream = stream;
-                let source = SqliteSource::open(table).map_err(|e| build("opening the sqlite source", &e))?;
-                // One file: outcome and acknowledgement in one transaction.
-                table_ack = Some(source.table_ack());
-                Arc::new(source.acked_in_sink_transaction())
-            }
-            SourceSpec::Lines(lines) => open_lines(lines, &config, resume)?,
-            spec => open_source(spec, stream)?,
+        Opened {
+            spec: config.source.clone(),
+            stream: stream && !matches!(config.source, SourceSpec::Lines(_)),
+            in_sink_file,
+        }
+    }
+}
+
+/// A source already open, to build new parts around.
+type LiveSource = (Arc<dyn Source>, Option<TableAck>);
+
+impl Parts {
+    /// Builds everything `config` names. `stream`: sources poll when empty.
+    /// `resume: false` is `--no-resume`. `live`: the source already open for
+    /// this config's `source:` (a reload), used rather than opened again.
+    fn build(config: Config, stream: bool, resume: bool, live: Option<LiveSource>) -> Result<Parts, DaemonError> {
+        config.create_dirs().map_err(DaemonError::Build)?;
+        let build = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
+        let opened = Opened::of(&config, stream);
+        let stream = opened.stream;
+        let (source, table_ack) = match live {
+            Some(live) => live,
+            None => open_for(&config, &opened, resume)?,
         };
         let mut exec = None;
         let handler: Arc<dyn Handler> = match &config.handler {
@@ -201,13 +220,15 @@ impl Parts {
             }
             HandlerSpec::Noop => Arc::new(Noop),
         };
-        let sink = open_sink(&config.sink, table_ack)?;
+        let sink = open_sink(&config.sink, table_ack.clone())?;
         let dead_letter = match &config.dead_letter {
             Some(spec) => Some(open_sink(spec, None)?),
             None => None,
         };
         let writer_config = WriterConfig {
-            // A continuous session never finishes: unsaved items go back soon.
+            // A continuous session over a stream never finishes: unsaved
+            // items go back soon. A source that ends (a lines file, a batch
+            // session) gets them back at the finish, for the next session.
             give_back: if stream { GiveBack::Soon } else { GiveBack::AtFinish },
             ..config.writer.clone()
         };
@@ -216,6 +237,8 @@ impl Parts {
         Ok(Parts {
             config,
             source,
+            opened,
+            table_ack,
             handler,
             exec,
             writer: Arc::new(writer),
@@ -234,6 +257,26 @@ impl Parts {
         }
         report
     }
+}
+
+/// Opens the source of `config` as `opened` says; a sqlite source in the
+/// sink's own file comes with the acknowledgement the sink makes for it.
+fn open_for(config: &Config, opened: &Opened, resume: bool) -> Result<LiveSource, DaemonError> {
+    let mut table_ack = None;
+    let source: Arc<dyn Source> = match &config.source {
+        SourceSpec::Sqlite(table) if opened.in_sink_file => {
+            let mut table = table.clone();
+            table.stream = opened.stream;
+            let source =
+                SqliteSource::open(table).map_err(|e| DaemonError::Build(format!("opening the sqlite source: {e}")))?;
+            // One file: outcome and acknowledgement in one transaction.
+            table_ack = Some(source.table_ack());
+            Arc::new(source.acked_in_sink_transaction())
+        }
+        SourceSpec::Lines(lines) => open_lines(lines, config, resume)?,
+        spec => open_source(spec, opened.stream)?,
+    };
+    Ok((source, table_ack))
 }
 
 /// Opens the source `spec` names. `stream`: an empty spool or table means
@@ -315,6 +358,9 @@ struct Inputs {
     sessions: u64,
     last: Option<(SessionSummary, SystemTime)>,
     writer: Option<Arc<Writer>>,
+    /// The counts of the writers earlier reloads closed, added to the
+    /// running one's so that the reported counters never go back to 0.
+    retired: WriterCounts,
     breaker: Option<Arc<crate::policy::Breaker>>,
     threads: usize,
     status_file: PathBuf,
@@ -339,7 +385,7 @@ impl Shared {
     fn capture(&self) -> Status {
         let inputs = self.inputs.lock();
         let writer_metrics = inputs.writer.as_ref().map(|w| Arc::clone(w.metrics()));
-        Status::capture(
+        let mut status = Status::capture(
             StatusSources {
                 metrics: &self.metrics,
                 writer: writer_metrics.as_deref(),
@@ -351,7 +397,11 @@ impl Shared {
             self.started_at,
             inputs.sessions,
             inputs.last.as_ref().map(|(summary, at)| (summary, *at)),
-        )
+        );
+        if let Some(writer) = status.writer.as_mut() {
+            inputs.retired.add_to(writer);
+        }
+        status
     }
 
     /// Writes the status file and the metrics textfile.
@@ -517,14 +567,16 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
         .map_err(|e| DaemonError::Build(format!("installing signal handlers: {e}")))?;
     let signals_handle = signals.handle();
     let stream = !options.once && config.every.is_none();
-    // The running session's own stop handle (a child of `stop`). Protects
-    // which session is current: set and cleared by the session loop, read
-    // by the signal thread (SIGHUP ends a continuous session); held only to
-    // set, clear or clone it.
+    // The running continuous session's own stop handle (a child of `stop`),
+    // `None` between sessions and for a session that ends on its own
+    // schedule (`--once`, `session.every`). Protects which session is
+    // current: set and cleared by the session loop from the config running
+    // then (a reload may change it), read by the signal thread (SIGHUP ends
+    // a continuous session); held only to set, clear or clone it.
     let current: Arc<Mutex<Option<StopHandle>>> = Arc::new(Mutex::new(None));
     let signal_thread = {
         let (stop, reload, status_wanted) = (stop.clone(), Arc::clone(&reload), Arc::clone(&status_wanted));
-        let (current, continuous, notifier) = (Arc::clone(&current), stream, notifier.clone());
+        let (current, notifier) = (Arc::clone(&current), notifier.clone());
         thread::Builder::new()
             .name("lote-signals".into())
             .spawn(move || {
@@ -545,7 +597,7 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
                             reload.store(true, Ordering::Relaxed);
                             // A continuous session has no boundary of its
                             // own: end it (gracefully) so one comes.
-                            if let Some(session) = current.lock().as_ref().filter(|_| continuous) {
+                            if let Some(session) = current.lock().as_ref() {
                                 session.stop(StopReason::Requested);
                             }
                         }
@@ -563,7 +615,7 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
                 "--no-resume applies to a lines source only; spool and sqlite sources remember what they finished"
             );
         }
-        let mut parts = Parts::build_with(config, stream, options.resume)?;
+        let mut parts = Parts::build(config, stream, options.resume, None)?;
         notifier.ready("started");
         let shared = Shared {
             inputs: Mutex::new(inputs_of(&parts)),
@@ -642,6 +694,7 @@ fn inputs_of(parts: &Parts) -> Inputs {
         sessions: 0,
         last: None,
         writer: Some(Arc::clone(&parts.writer)),
+        retired: WriterCounts::default(),
         breaker: config.policy.breaker.clone(),
         threads: config.session.threads,
         status_file: config.state_dir.join("status.json"),
@@ -649,6 +702,49 @@ fn inputs_of(parts: &Parts) -> Inputs {
         every: config.metrics.every,
         log_every: config.metrics.log_every,
         bounds: Bounds::of(config),
+    }
+}
+
+/// The counters of closed writers (see [`Inputs::retired`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct WriterCounts {
+    enqueued: u64,
+    persisted: u64,
+    failed: u64,
+    unsaved: u64,
+    given_back: u64,
+    retries: u64,
+    batches: u64,
+    failed_flushes: u64,
+    ack_errors: u64,
+}
+
+impl WriterCounts {
+    /// These counts plus those of `writer`, closed.
+    fn plus(self, writer: &WriterMetrics) -> WriterCounts {
+        WriterCounts {
+            enqueued: self.enqueued + writer.enqueued.get(),
+            persisted: self.persisted + writer.persisted.get(),
+            failed: self.failed + writer.failed.get(),
+            unsaved: self.unsaved + writer.unsaved.get(),
+            given_back: self.given_back + writer.given_back.get(),
+            retries: self.retries + writer.retries.get(),
+            batches: self.batches + writer.batches.get(),
+            failed_flushes: self.failed_flushes + writer.failed_flushes.get(),
+            ack_errors: self.ack_errors + writer.ack_errors.get(),
+        }
+    }
+
+    fn add_to(&self, status: &mut crate::status::WriterStatus) {
+        status.enqueued += self.enqueued;
+        status.persisted += self.persisted;
+        status.failed += self.failed;
+        status.unsaved += self.unsaved;
+        status.given_back += self.given_back;
+        status.retries += self.retries;
+        status.batches += self.batches;
+        status.failed_flushes += self.failed_flushes;
+        status.ack_errors += self.ack_errors;
     }
 }
 
@@ -665,11 +761,15 @@ fn session_loop(
     status_wanted: &AtomicBool,
 ) -> Result<RunEnd, DaemonError> {
     let mut end = RunEnd::Complete;
+    // Outcomes the drains at reloads could not write: an I/O failure the
+    // exit code tells of, like the final drain's.
+    let mut unsaved_at_reloads = 0u64;
     loop {
         let started = Instant::now();
         shared.set_state(DaemonState::Running);
         let session_stop = stop.child();
-        *current.lock() = Some(session_stop.clone());
+        let continuous = !options.once && parts.config.every.is_none();
+        *current.lock() = continuous.then(|| session_stop.clone());
         let session = Session::new(
             parts.config.session.clone(),
             Arc::clone(&parts.source),
@@ -694,12 +794,16 @@ fn session_loop(
         if status_wanted.swap(false, Ordering::Relaxed) {
             log::info!("{}", shared.capture().summary_line());
         }
+        // Whatever way the run ends now, what this session could not save
+        // is still to run (a source that ends got the items back at its
+        // finish, for a later run): exit 1. A stream's session gave them
+        // back to run again in it; what its writer still holds, the final
+        // drain counts.
+        let last_unsaved = if parts.opened.stream { 0 } else { unsaved };
+        let ending = |end: RunEnd| end.with_unsaved(last_unsaved).with_unsaved(unsaved_at_reloads);
         let this = RunEnd::of_session(&summary);
         if options.once || stop.is_stopping() {
-            let end = if stop.is_stopping() { RunEnd::Stopped } else { this };
-            // A daemon gave its unsaved items back to run in this or a later
-            // session; what --once could not save is still to run: exit 1.
-            return Ok(if options.once { end.with_unsaved(unsaved) } else { end });
+            return Ok(ending(if stop.is_stopping() { RunEnd::Stopped } else { this }));
         }
         if this == RunEnd::ItemsFailed {
             end = RunEnd::ItemsFailed;
@@ -707,16 +811,16 @@ fn session_loop(
         let Some(every) = parts.config.every else {
             if reload.swap(false, Ordering::Relaxed) {
                 // SIGHUP ended the continuous session: reload, go on.
-                apply_reload(parts, options, shared)?;
+                unsaved_at_reloads += apply_reload(parts, options, shared)?;
                 continue;
             }
             // A continuous session ended by itself (a lines file ran out).
-            return Ok(end);
+            return Ok(ending(end));
         };
         // Validation bounds `every`; past the clock's end, wait for a stop.
         let Some(next) = started.checked_add(every) else {
             stop.wait_for_stop();
-            return Ok(RunEnd::Stopped);
+            return Ok(ending(RunEnd::Stopped));
         };
         if Instant::now() > next {
             log::warn!(
@@ -725,33 +829,47 @@ fn session_loop(
                 every.as_millis()
             );
         } else if stop.sleep_until(next) {
-            return Ok(RunEnd::Stopped);
+            return Ok(ending(RunEnd::Stopped));
         }
         if reload.swap(false, Ordering::Relaxed) {
-            apply_reload(parts, options, shared)?;
+            unsaved_at_reloads += apply_reload(parts, options, shared)?;
         }
     }
 }
 
 /// SIGHUP: reads the config again; on success the parts are rebuilt, on
-/// failure the old config stays and the error is logged. An error only if
-/// the old parts, closed for the new ones, cannot be built again either:
-/// there is then no writer to run with, and the daemon must stop (exit 1)
-/// rather than hand outcomes to a closed one.
-fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Result<(), DaemonError> {
+/// failure the old config stays and the error is logged. The open source
+/// is kept when `source:` did not change (where it is, its resume mode, its
+/// locks): opening it again could fail (a lines file replaced since) or
+/// lose `--no-resume`; a changed one is closed first, then the new one
+/// opens as at start. Returns how many outcomes the old writer's drain
+/// could not write. An error only if the old parts, closed for the new
+/// ones, cannot be built again either: there is then no writer to run
+/// with, and the daemon must stop (exit 1) rather than hand outcomes to a
+/// closed one.
+fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Result<u64, DaemonError> {
     let mut config = match Config::load(&options.config_path) {
         Ok(config) => config,
         Err(e) => {
             log::error!("SIGHUP: the new config is invalid, keeping the old one: {e}");
-            return Ok(());
+            return Ok(0);
         }
     };
     keep_breaker(&parts.config, &mut config);
     let stream_of = |config: &Config| !options.once && config.every.is_none();
     // The old writer drains before the new parts open the same files.
-    parts.close();
+    let unsaved = parts.close().unwritten;
+    let retired = shared.inputs.lock().retired.plus(parts.writer.metrics());
     let stream = stream_of(&config);
-    match Parts::build(config, stream) {
+    let keep = Opened::of(&config, stream) == parts.opened;
+    if !keep {
+        // Released before the new source opens (a spool's lock, a table's
+        // connection); nothing runs until the parts are rebuilt.
+        parts.source = Arc::new(crate::source::VecSource::new(Vec::new()));
+        parts.table_ack = None;
+    }
+    let live = |keep: bool| keep.then(|| (Arc::clone(&parts.source), parts.table_ack.clone()));
+    match Parts::build(config, stream, options.resume, live(keep)) {
         Ok(new) => {
             *parts = new;
             if std::env::var_os("RUST_LOG").is_none() {
@@ -763,7 +881,9 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Res
             log::error!("SIGHUP: the new config could not be applied ({new_failed}); keeping the old one");
             let old = parts.config.clone();
             let stream = stream_of(&old);
-            *parts = Parts::build(old, stream).map_err(|old_failed| {
+            // The old source, as it was; one reopened resumes (the records
+            // are tied to its file by now).
+            *parts = Parts::build(old, stream, true, live(keep)).map_err(|old_failed| {
                 DaemonError::Build(format!(
                     "SIGHUP: the new config could not be applied ({new_failed}) and rebuilding the old \
                      parts failed too ({old_failed}); stopping, as there is no writer to run with: \
@@ -777,10 +897,11 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Res
     *inputs = Inputs {
         sessions,
         last,
+        retired,
         state: DaemonState::Idle,
         ..inputs_of(parts)
     };
-    Ok(())
+    Ok(unsaved)
 }
 
 /// A reload keeps the running breaker — open or closed, its failure count
