@@ -302,11 +302,16 @@ fn status_says_stopping_not_running_while_the_item_in_hand_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let systemd = Systemd::listen(dir.path().join("notify.sock"));
     let started_file = dir.path().join("handler.started");
-    // One item whose handler takes 3 s; metrics.every stays at its 15 s
-    // default, so only the stop itself can make the status file change.
+    let release_file = dir.path().join("handler.release");
+    // One item whose handler runs until the test releases it (at most 20 s),
+    // so the stop's window cannot close before the test has looked, however
+    // slow the machine; metrics.every stays at its 15 s default, so only the
+    // stop itself can make the status file change.
     let handler = format!(
-        "handler:\n  kind: exec\n  command: [\"/bin/sh\", \"-c\", \"touch {}; sleep 3; cat\"]",
-        started_file.display()
+        "handler:\n  kind: exec\n  command: [\"/bin/sh\", \"-c\", \"touch {}; i=0; \
+         while [ ! -e {} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; cat\"]",
+        started_file.display(),
+        release_file.display()
     );
     let config = config(dir.path(), 1, &handler);
     let mut lote = start(dir.path(), &config, &systemd);
@@ -325,11 +330,23 @@ fn status_says_stopping_not_running_while_the_item_in_hand_finishes() {
         if let Some(status) = lote.child.try_wait().unwrap() {
             break status.code();
         }
-        assert!(term.elapsed() < Duration::from_secs(15), "lote did not stop");
+        assert!(term.elapsed() < Duration::from_secs(30), "lote did not stop");
         if let Some(state) = status_file_state(dir.path()) {
             if file_states.last() != Some(&state) {
                 file_states.push(state);
             }
+        }
+        // Let the item in hand finish once the stop has shown in the file and
+        // in STATUS= and a second has passed (or after 10 s, so that a lote that never says stopping fails the
+        // assertions below instead of hanging the test).
+        let shown = file_states.iter().any(|s| s == "stopping")
+            && !systemd
+                .arrivals("STATUS=stopping |", term, term + Duration::from_secs(60))
+                .is_empty();
+        if !release_file.exists()
+            && ((shown && term.elapsed() >= Duration::from_secs(1)) || term.elapsed() >= Duration::from_secs(10))
+        {
+            fs::write(&release_file, b"").unwrap();
         }
         thread::sleep(Duration::from_millis(20));
     };
