@@ -623,11 +623,22 @@ impl Build<'_> {
     }
 }
 
-/// `path` against `base` unless absolute, with `.` components dropped
-/// (`..` is kept: it may cross a symlink).
+/// `path` against `base` unless absolute, with `.` components dropped.
+/// A `..` is kept where the path before it exists (it may be a symlink,
+/// which the kernel must resolve), and folded where it does not yet (a
+/// `state_dir` that `run` will create as a plain directory): so
+/// `../samples/x` under a fresh `./state` names `./samples/x`, which
+/// exists, instead of a path through a directory that is not there yet.
 pub(super) fn absolute(base: &Path, path: &Path) -> PathBuf {
-    base.join(path)
-        .components()
-        .filter(|c| *c != Component::CurDir)
-        .collect()
+    let mut out = PathBuf::new();
+    for component in base.join(path).components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir if out.parent().is_some() && std::fs::symlink_metadata(&out).is_err() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }

@@ -614,12 +614,16 @@ mod tests {
     }
 
     #[test]
-    fn absolute_drops_dots_but_keeps_parents() {
-        assert_eq!(absolute(Path::new("/w"), Path::new("./state")), Path::new("/w/state"));
-        assert_eq!(
-            absolute(Path::new("/w/state"), Path::new("../x")),
-            Path::new("/w/state/../x")
-        );
-        assert_eq!(absolute(Path::new("/w"), Path::new("/etc/x")), Path::new("/etc/x"));
+    fn absolute_drops_dots_keeps_parents_of_what_exists_and_folds_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path();
+        assert_eq!(absolute(w, Path::new("./state")), w.join("state"));
+        // `state` does not exist yet (run creates it): `..` is folded, so
+        // the path names what is there on a fresh clone.
+        assert_eq!(absolute(&w.join("state"), Path::new("../x")), w.join("x"));
+        // It exists (and might be a symlink): the kernel resolves `..`.
+        std::fs::create_dir(w.join("state")).unwrap();
+        assert_eq!(absolute(&w.join("state"), Path::new("../x")), w.join("state/../x"));
+        assert_eq!(absolute(w, Path::new("/etc/x")), Path::new("/etc/x"));
     }
 }
