@@ -623,18 +623,21 @@ impl Build<'_> {
     }
 }
 
-/// `path` against `base` unless absolute, with `.` components dropped.
-/// A `..` is kept where the path before it exists (it may be a symlink,
-/// which the kernel must resolve), and folded where it does not yet (a
-/// `state_dir` that `run` will create as a plain directory): so
-/// `../samples/x` under a fresh `./state` names `./samples/x`, which
-/// exists, instead of a path through a directory that is not there yet.
+/// `path` against `base` unless absolute, with `.` components dropped and
+/// `x/..` folded — unless `x` is a symlink, whose `..` only the kernel can
+/// resolve. Folding a plain or missing directory gives the same file, and
+/// the same path before and after `run` creates it: `../samples/x` under
+/// `./state` is `./samples/x` on a fresh clone and after the first run
+/// alike (a reload compares paths to tell whether a source changed).
 pub(super) fn absolute(base: &Path, path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for component in base.join(path).components() {
         match component {
             Component::CurDir => {}
-            Component::ParentDir if out.parent().is_some() && std::fs::symlink_metadata(&out).is_err() => {
+            Component::ParentDir
+                if out.parent().is_some()
+                    && !std::fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
                 out.pop();
             }
             other => out.push(other),

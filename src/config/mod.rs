@@ -614,16 +614,18 @@ mod tests {
     }
 
     #[test]
-    fn absolute_drops_dots_keeps_parents_of_what_exists_and_folds_the_rest() {
+    fn absolute_drops_dots_and_folds_parents_except_after_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let w = dir.path();
         assert_eq!(absolute(w, Path::new("./state")), w.join("state"));
-        // `state` does not exist yet (run creates it): `..` is folded, so
-        // the path names what is there on a fresh clone.
+        // `state` does not exist yet (run creates it), then it does: the
+        // same path either way, so a reload sees the same source.
         assert_eq!(absolute(&w.join("state"), Path::new("../x")), w.join("x"));
-        // It exists (and might be a symlink): the kernel resolves `..`.
         std::fs::create_dir(w.join("state")).unwrap();
-        assert_eq!(absolute(&w.join("state"), Path::new("../x")), w.join("state/../x"));
+        assert_eq!(absolute(&w.join("state"), Path::new("../x")), w.join("x"));
+        // A symlink's `..` is its target's parent: only the kernel knows.
+        std::os::unix::fs::symlink("/tmp", w.join("link")).unwrap();
+        assert_eq!(absolute(&w.join("link"), Path::new("../x")), w.join("link/../x"));
         assert_eq!(absolute(w, Path::new("/etc/x")), Path::new("/etc/x"));
     }
 }
