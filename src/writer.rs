@@ -369,6 +369,10 @@ impl Committer for Writer {
         // Blocks while the channel is full: backpressure, never a drop.
         self.commands.send(Command::Chunk(chunk)).map_err(|_| {
             self.metrics.depth.sub(n);
+            // Never written: unsaved, so a run that hit this exits 1. The
+            // items stay claimed at their source, whose crash recovery
+            // releases them at the next start.
+            self.metrics.unsaved.add(n);
             CommitError::Unavailable("the writer thread has stopped".to_string())
         })
     }

@@ -383,6 +383,9 @@ fn close_drains_everything_handed_over_before_it() {
     assert_eq!(reopen_records(&dir).len(), 500);
     assert_eq!(source.ack_count(), 500);
     assert!(writer.commit(vec![outcome(1, Status::Done)]).is_err(), "closed");
+    // Refused outcomes are never written: they count as unsaved, so a run
+    // that handed them over cannot exit 0.
+    assert_eq!(writer.metrics().unsaved.get(), 1);
 }
 
 #[test]
