@@ -97,13 +97,16 @@ pub enum RunEnd {
     /// drain out of time): an I/O failure, exit 1, whatever else happened.
     /// Their items run again.
     OutcomesUnsaved(u64),
+    /// The source failed (an I/O error reading it) and ended the run: exit
+    /// 1, so a timer or `Restart=on-failure` sees it.
+    SourceFailed,
 }
 
 impl RunEnd {
     pub fn exit_code(self) -> i32 {
         match self {
             RunEnd::Complete | RunEnd::Stopped => 0,
-            RunEnd::OutcomesUnsaved(_) => 1,
+            RunEnd::OutcomesUnsaved(_) | RunEnd::SourceFailed => 1,
             RunEnd::ItemsFailed => 3,
             RunEnd::DeadlineWithItemsLeft => 4,
         }
@@ -114,6 +117,7 @@ impl RunEnd {
     fn of_session(summary: &SessionSummary) -> RunEnd {
         match &summary.end {
             EndReason::Stopped => RunEnd::Stopped,
+            EndReason::SourceFailed(_) => RunEnd::SourceFailed,
             EndReason::Deadline if summary.items_left() => RunEnd::DeadlineWithItemsLeft,
             _ if summary.failed > 0 => RunEnd::ItemsFailed,
             _ => RunEnd::Complete,
@@ -769,7 +773,17 @@ fn session_loop(
         shared.set_state(DaemonState::Running);
         let session_stop = stop.child();
         let continuous = !options.once && parts.config.every.is_none();
-        *current.lock() = continuous.then(|| session_stop.clone());
+        {
+            let mut current = current.lock();
+            *current = continuous.then(|| session_stop.clone());
+            // A SIGHUP that came while no session was registered (between
+            // sessions, during a reload) found nothing to end: end this one
+            // now, or that reload would wait for the next SIGHUP. The
+            // signal thread sets the flag before it takes this lock.
+            if continuous && reload.load(Ordering::Relaxed) {
+                session_stop.stop(StopReason::Requested);
+            }
+        }
         let session = Session::new(
             parts.config.session.clone(),
             Arc::clone(&parts.source),
@@ -814,8 +828,9 @@ fn session_loop(
                 unsaved_at_reloads += apply_reload(parts, options, shared)?;
                 continue;
             }
-            // A continuous session ended by itself (a lines file ran out).
-            return Ok(ending(end));
+            // A continuous session ended by itself: a lines file ran out,
+            // or the source failed (then exit 1, not the sessions' end).
+            return Ok(ending(if this == RunEnd::SourceFailed { this } else { end }));
         };
         // Validation bounds `every`; past the clock's end, wait for a stop.
         let Some(next) = started.checked_add(every) else {

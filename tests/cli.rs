@@ -503,6 +503,32 @@ fn a_lines_source_reads_standard_input() {
     assert!(dead.contains("line 6") && dead.contains("not json"), "{dead}");
 }
 
+/// SPEC §3.8: an I/O error is exit 1. A source that cannot be read (here
+/// standard input is a directory: EISDIR on the first read) ends the run
+/// with 1, under `--once` and as a daemon alike, so a timer or systemd's
+/// `Restart=on-failure` sees it.
+#[test]
+fn a_source_that_fails_ends_the_run_with_exit_1() {
+    let setup = Setup::new();
+    let config = setup.config("source:\n  kind: lines\n  path: \"-\"\nhandler:\n  kind: noop\n");
+    for once in [true, false] {
+        let mut args = vec!["run", "-c", config.to_str().unwrap()];
+        if once {
+            args.insert(1, "--once");
+        }
+        let mut child = setup
+            .lote(&args)
+            .stdin(fs::File::open(setup.path("")).unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (code, _, err) = wait(&mut child, Duration::from_secs(20));
+        assert_eq!(code, Some(1), "once: {once}: {err}");
+        assert!(err.contains("source failed"), "{err}");
+    }
+}
+
 #[test]
 fn check_quiet_prints_nothing_on_success_and_still_refuses_a_bad_config() {
     let setup = Setup::new();
