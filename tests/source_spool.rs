@@ -586,10 +586,12 @@ fn a_done_directory_removed_while_running_is_created_again() {
 }
 
 #[test]
-fn a_given_back_file_whose_name_is_pending_again_goes_back_beside_it() {
+fn a_given_back_file_keeps_its_name_and_a_pending_newcomer_of_it_is_moved_aside() {
     // A producer that reuses a name (latest.json) drops a new one while the
     // first is claimed. The give-back must not leave the first in .claimed/
-    // forever (it would also keep the new one from ever being claimed).
+    // forever (it would also keep the new one from ever being claimed), nor
+    // give it a new id (under exactly_once its outcome may be durable already):
+    // the newcomer, which never ran, is moved aside instead.
     let dir = tempfile::tempdir().unwrap();
     let source = SpoolSource::open(config(dir.path())).unwrap();
     write(dir.path(), "latest.json", "first");
@@ -597,17 +599,14 @@ fn a_given_back_file_whose_name_is_pending_again_goes_back_beside_it() {
     assert_eq!(ids(&first), vec!["latest.json"]);
     write(dir.path(), "latest.json", "second");
     source.give_back(first, ReturnReason::FlushFailed).unwrap();
-    assert!(names(&dir.path().join(".claimed")).is_empty(), "left claimed");
-    let pending = pending(dir.path());
-    assert_eq!(pending.len(), 2, "{pending:?}");
-    assert!(pending[1].starts_with("latest.json.~"), "{pending:?}");
+    assert_claimed_kept_its_name(dir.path());
     let mut payloads: Vec<Vec<u8>> = items(source.pull(10).unwrap()).into_iter().map(|i| i.payload).collect();
     payloads.sort();
     assert_eq!(payloads, vec![b"first".to_vec(), b"second".to_vec()]);
 }
 
 #[test]
-fn a_crashed_claim_whose_name_is_pending_again_is_repaired_beside_it() {
+fn a_crashed_claim_keeps_its_name_and_a_pending_newcomer_of_it_is_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     let source = SpoolSource::open(config(dir.path())).unwrap();
     write(dir.path(), "latest.json", "first");
@@ -615,8 +614,20 @@ fn a_crashed_claim_whose_name_is_pending_again_is_repaired_beside_it() {
     drop(source); // the "crash": claimed, never finished
     write(dir.path(), "latest.json", "second");
     let source = SpoolSource::open(config(dir.path())).unwrap();
-    assert!(names(&dir.path().join(".claimed")).is_empty(), "left claimed");
+    assert_claimed_kept_its_name(dir.path());
     let mut payloads: Vec<Vec<u8>> = items(source.pull(10).unwrap()).into_iter().map(|i| i.payload).collect();
     payloads.sort();
     assert_eq!(payloads, vec![b"first".to_vec(), b"second".to_vec()]);
+}
+
+/// latest.json ("first", claimed) is back under its own name; the newcomer
+/// ("second") is beside it under a unique name; nothing is left claimed.
+fn assert_claimed_kept_its_name(dir: &Path) {
+    assert!(names(&dir.join(".claimed")).is_empty(), "left claimed");
+    let pending = pending(dir);
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert_eq!(pending[0], "latest.json", "{pending:?}");
+    assert_eq!(fs::read(dir.join("latest.json")).unwrap(), b"first");
+    assert!(pending[1].starts_with("latest.json.~"), "{pending:?}");
+    assert_eq!(fs::read(dir.join(&pending[1])).unwrap(), b"second");
 }

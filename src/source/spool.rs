@@ -598,23 +598,17 @@ impl SpoolSource {
         self.raw_names.lock().get(id).cloned().unwrap_or_else(|| id.into())
     }
 
-    /// Moves a claimed entry back to `<dir>/` and marks it complete. If a
-    /// pending entry of that name is there (a producer reusing the name), the
-    /// claimed one goes back beside it as `<name>.~<secs>.<nanos>~`: left
-    /// in `.claimed/` it would never run again, and would keep the new one
-    /// from being claimed (never two of a name in flight).
+    /// Moves a claimed entry back to `<dir>/` and marks it complete. It keeps
+    /// its name (its id): if a pending entry of that name is there (a
+    /// producer reusing the name), that one has never run and is moved aside
+    /// as `<name>.~<secs>.<nanos>~`. Left in `.claimed/` the claimed one would
+    /// never run again, and would keep the new one from being claimed.
     fn put_back(&self, id: &str) -> io::Result<()> {
         let name = self.claimed_name(id);
         let claimed = self.claimed.get(&self.root)?;
-        let back = spool_fs::move_unique(&*claimed, &name, &self.root, &name)?;
-        if back != name {
-            log::warn!(
-                "spool {}: a new file named {id} is pending, so the {id} given back is pending beside it as {} \
-                 (its new id)",
-                self.config.dir.display(),
-                back.to_string_lossy()
-            );
-        }
+        let moved = spool_fs::move_back(&*claimed, &name, &self.root)?;
+        log_moved_back(&self.config.dir, &self.claimed.path.join(&name), &moved);
+        let back = moved.back;
         self.raw_names.lock().remove(id);
         if let Ok(stat) = spool_fs::lstat(&self.root, &back) {
             self.complete.lock().insert(back, Fingerprint::of(&stat));
@@ -922,9 +916,9 @@ impl Source for SpoolSource {
 }
 
 /// Moves everything in `.claimed/` back to `<dir>/` (a crashed run's
-/// claims); one whose name a pending entry has taken goes back beside it as
-/// `<name>.~<secs>.<nanos>~`. Returns the moved entries' fingerprints (they
-/// are complete).
+/// claims) under their own names; a pending entry that has taken one's name
+/// is moved aside as `<name>.~<secs>.<nanos>~`. Returns the moved entries'
+/// fingerprints (they are complete).
 fn repair_claims(
     dir: &Path,
     root: &OwnedFd,
@@ -934,19 +928,13 @@ fn repair_claims(
     let mut moved = HashMap::new();
     for name in spool_fs::names(claimed).map_err(|e| (claimed_path.to_path_buf(), e))? {
         // rename moves the entry itself, whatever it is; nothing is followed.
-        let back = match spool_fs::move_unique(claimed, &name, root, &name) {
+        let back = match spool_fs::move_back(claimed, &name, root) {
             Ok(back) => back,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err((claimed_path.join(&name), e)),
         };
-        if back != name {
-            log::warn!(
-                "spool {}: a pending file has the name of {}; it is pending beside it as {}",
-                dir.display(),
-                claimed_path.join(&name).display(),
-                dir.join(&back).display()
-            );
-        }
+        log_moved_back(dir, &claimed_path.join(&name), &back);
+        let back = back.back;
         if let Ok(stat) = spool_fs::lstat(root, &back) {
             moved.insert(back, Fingerprint::of(&stat));
         }
@@ -962,6 +950,26 @@ fn repair_claims(
         );
     }
     Ok(moved)
+}
+
+/// Logs what [`spool_fs::move_back`] renamed to give `claimed` back to `dir`.
+fn log_moved_back(dir: &Path, claimed: &Path, moved: &spool_fs::MovedBack) {
+    for aside in &moved.aside {
+        log::warn!(
+            "spool {}: a new file has the name of {}, which keeps it; the new one is pending as {} (its new id)",
+            dir.display(),
+            claimed.display(),
+            dir.join(aside).display()
+        );
+    }
+    if let Some(why) = &moved.fallback {
+        log::warn!(
+            "spool {}: {why}, so {} is pending beside it as {} (its new id: under exactly_once it may run twice)",
+            dir.display(),
+            claimed.display(),
+            dir.join(&moved.back).display()
+        );
+    }
 }
 
 /// An item id must be a plain file name: it names an entry in a directory,

@@ -170,6 +170,73 @@ pub(super) fn move_unique(from_dir: impl AsFd, from: &OsStr, to_dir: impl AsFd, 
     unreachable!("the loop returns")
 }
 
+/// Where [`move_back`] put a claimed entry.
+pub(super) struct MovedBack {
+    /// Its name in the spool directory: its own unless `fallback` is set.
+    pub back: OsString,
+    /// The new names of pending namesakes moved out of its way.
+    pub aside: Vec<OsString>,
+    /// Why it could not keep its name and went back beside a namesake.
+    pub fallback: Option<String>,
+}
+
+/// Moves the claimed entry `name` back from `claimed` to `root` under its
+/// own name (its id: under `exactly_once` its outcome may already be durable,
+/// so it must not run again under another). A pending namesake there has
+/// never run, so it is moved aside to `<name>.~<secs>.<nanos>~` first. If
+/// the name is taken again each time (a producer racing), or the namesake
+/// cannot be moved, the claimed entry goes back beside it under a unique
+/// name instead. Nothing is ever replaced.
+pub(super) fn move_back(claimed: impl AsFd, name: &OsStr, root: impl AsFd) -> io::Result<MovedBack> {
+    let mut aside = Vec::new();
+    let mut fallback = format!(
+        "{} was taken again after {MOVE_BACK_TRIES} tries",
+        name.to_string_lossy()
+    );
+    for _ in 0..MOVE_BACK_TRIES {
+        match move_noreplace(claimed.as_fd(), name, root.as_fd(), name) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            other => {
+                return other.map(|()| MovedBack {
+                    back: name.to_owned(),
+                    aside,
+                    fallback: None,
+                })
+            }
+        }
+        match move_aside(root.as_fd(), name) {
+            Ok(to) => aside.push(to),
+            // Gone since: the name may be free now.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                fallback = format!("the pending {} cannot be moved aside: {e}", name.to_string_lossy());
+                break;
+            }
+        }
+    }
+    let back = move_unique(claimed, name, root, name)?;
+    let fallback = (back != name).then_some(fallback);
+    Ok(MovedBack { back, aside, fallback })
+}
+
+/// How often [`move_back`] moves a namesake aside before giving up.
+const MOVE_BACK_TRIES: u32 = 3;
+
+/// Renames `name` in `dir` to `<name>.~<secs>.<nanos>~`; returns the new name.
+fn move_aside(dir: impl AsFd, name: &OsStr) -> io::Result<OsString> {
+    for attempt in 0..8 {
+        let to = unique_name(name, attempt);
+        match move_noreplace(dir.as_fd(), name, dir.as_fd(), &to) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            other => return other.map(|()| to),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("the suffixed names of {} are taken", name.to_string_lossy()),
+    ))
+}
+
 /// `<name>.~<secs>.<nanos>~` (with `-<attempt>` after the first), cut to
 /// fit the 255-byte limit of a file name (never inside a UTF-8 character).
 fn unique_name(name: &OsStr, attempt: u32) -> OsString {
