@@ -308,3 +308,59 @@ fn a_reload_keeps_the_writer_counts_in_status() {
     let code = lote.exit_code_within(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", setup.log());
 }
+
+/// A SIGHUP that arrives while a reload is under way (no session to end)
+/// is applied once that reload is done, not left for a third SIGHUP. The
+/// first reload is held up on purpose: its new sink's file is locked by
+/// the test, so opening it waits (up to `busy_timeout`, 3 s); the second
+/// SIGHUP lands in that wait, then the lock goes. Two reloads must follow.
+#[test]
+fn a_sighup_during_a_reload_is_not_lost() {
+    let setup = Setup::new();
+    let spool = setup.path("spool");
+    fs::create_dir_all(&spool).unwrap();
+    let body = |sink: &str| {
+        format!(
+            "session:\n  threads: 1\n  poll_every: 50ms\nsource:\n  kind: spool\n  path: {}\n  stable_for: 0s\n\
+             handler:\n  kind: noop\nsink:\n  kind: sqlite\n  path: {sink}\n  busy_timeout: 3s\n  flush_every: 50ms\n",
+            spool.display()
+        )
+    };
+    let config = setup.config(&body("outcomes.db"));
+    let mut lote = setup.spawn(&config, &[]);
+    wait_for(
+        "the daemon to start",
+        Duration::from_secs(10),
+        || setup.log(),
+        || setup.path("state/status.json").exists(),
+    );
+
+    let other = setup.path("state/other.db");
+    let lock = rusqlite::Connection::open(&other).unwrap();
+    lock.execute_batch("CREATE TABLE t(x); BEGIN EXCLUSIVE; INSERT INTO t VALUES (1);")
+        .unwrap();
+    setup.config(&body("other.db"));
+    kill(lote.pid(), Signal::SIGHUP).unwrap();
+    // The continuous session ended and the old writer drained: the reload
+    // is now opening other.db, waiting on the lock.
+    wait_for(
+        "the first reload to start",
+        Duration::from_secs(10),
+        || setup.log(),
+        || setup.log().contains("writer drained"),
+    );
+    thread::sleep(Duration::from_millis(300));
+    kill(lote.pid(), Signal::SIGHUP).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    drop(lock);
+    wait_for(
+        "the second SIGHUP's reload",
+        Duration::from_secs(15),
+        || setup.log(),
+        || setup.log().matches("SIGHUP: config reloaded").count() == 2,
+    );
+
+    kill(lote.pid(), Signal::SIGTERM).unwrap();
+    let code = lote.exit_code_within(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", setup.log());
+}
