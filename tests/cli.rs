@@ -9,7 +9,7 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -18,21 +18,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const LOTE: &str = env!("CARGO_BIN_EXE_lote");
-
-struct Setup {
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::{text, Setup, LOTE};
 
 impl Setup {
-    fn new() -> Self {
-        Setup {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
     fn spool(&self, n: usize) -> PathBuf {
         let spool = self.path("spool");
         fs::create_dir_all(&spool).unwrap();
@@ -40,21 +29,6 @@ impl Setup {
             fs::write(spool.join(format!("item-{i:04}.txt")), format!("payload {i}\n")).unwrap();
         }
         spool
-    }
-    /// Writes `config.yaml` with `state_dir` in the temp dir.
-    fn config(&self, body: &str) -> PathBuf {
-        let path = self.path("config.yaml");
-        let text = format!("state_dir: {}\nlog: info\n{body}", self.path("state").display());
-        fs::write(&path, text).unwrap();
-        path
-    }
-    fn lote(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(LOTE);
-        command.args(args).current_dir(self.dir.path()).env_remove("RUST_LOG");
-        command
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.lote(args).output().unwrap()
     }
     fn spawn(&self, args: &[&str]) -> Child {
         self.lote(args)
@@ -82,15 +56,6 @@ impl Setup {
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         rows.collect::<Result<_, _>>().unwrap()
     }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn spool_config(spool: &Path, handler: &str, session: &str) -> String {

@@ -14,37 +14,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const LOTE: &str = env!("CARGO_BIN_EXE_lote");
-
-/// A temp dir with `config.yaml`, `state/` and the daemon's `lote.log`.
-struct Setup {
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::{Setup, LOTE};
 
 impl Setup {
-    fn new() -> Self {
-        Setup {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    /// Writes `config.yaml` with `state_dir` in the temp dir.
-    fn config(&self, body: &str) -> PathBuf {
-        let path = self.path("config.yaml");
-        let text = format!("state_dir: {}\nlog: info\n{body}", self.path("state").display());
-        fs::write(&path, text).unwrap();
-        path
-    }
     /// `lote run -c config.yaml <extra>`, stderr to `lote.log`.
     fn spawn(&self, config: &Path, extra: &[&str]) -> Daemon {
         let log = fs::File::create(self.path("lote.log")).unwrap();
-        let child = Command::new(LOTE)
-            .args(["run", "-c", config.to_str().unwrap()])
+        let child = self
+            .lote(&["run", "-c", config.to_str().unwrap()])
             .args(extra)
-            .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+mod common;
+use common::text;
+
 const LOTE_BIN: &str = env!("CARGO_BIN_EXE_lote");
 
 /// lote's user, its group (the spool's), and a producer in that group. No
@@ -146,15 +149,6 @@ impl Setup {
         let rows = s.query_map([], |r| r.get(0)).unwrap();
         rows.collect::<Result<_, _>>().unwrap()
     }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Polls `done` every 20 ms for up to 15 s.

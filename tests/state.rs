@@ -4,39 +4,12 @@
 //! starting at once on fresh state.
 
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-const LOTE: &str = env!("CARGO_BIN_EXE_lote");
-
-struct Setup {
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::{text, Setup};
 
 impl Setup {
-    fn new() -> Self {
-        Setup {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    /// Writes `config.yaml` with `state_dir` in the temp dir.
-    fn config(&self, body: &str) -> PathBuf {
-        let path = self.path("config.yaml");
-        let text = format!("state_dir: {}\nlog: info\n{body}", self.path("state").display());
-        fs::write(&path, text).unwrap();
-        path
-    }
-    fn lote(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(LOTE);
-        command.args(args).current_dir(self.dir.path()).env_remove("RUST_LOG");
-        command
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.lote(args).output().unwrap()
-    }
     /// `lote run --once -c config.yaml` plus `extra`, which must exit 0.
     fn run_once(&self, extra: &[&str]) -> Output {
         let mut args = vec!["run", "--once", "-c", "config.yaml"];
@@ -59,15 +32,6 @@ impl Setup {
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         rows.collect::<Result<_, _>>().unwrap()
     }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// An exec handler that echoes its payload: the output says which line ran.
@@ -114,6 +78,17 @@ fn two_at_once(setup: &Setup) -> [Output; 2] {
 
 /// What a start race used to say: a directory made by the other instance
 /// first, or the WAL switch refused while the other held the lock.
+/// Starts two `lote run --once` at once over `setup`: neither may fail on
+/// the start race, both must exit 0, and the 10 items are done.
+fn both_start_and_finish(round: usize, setup: &Setup) {
+    let outputs = two_at_once(setup);
+    assert_no_start_race(round, &outputs);
+    for output in &outputs {
+        assert_eq!(output.status.code(), Some(0), "round {round}: {}", text(output));
+    }
+    assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
+}
+
 fn assert_no_start_race(round: usize, outputs: &[Output]) {
     for output in outputs {
         let all = text(output);
@@ -143,12 +118,7 @@ fn two_instances_started_at_once_on_fresh_state_both_run() {
         for i in 0..10 {
             fs::write(spool.join(format!("item-{i}")), "x").unwrap();
         }
-        let outputs = two_at_once(&setup);
-        assert_no_start_race(round, &outputs);
-        for output in &outputs {
-            assert_eq!(output.status.code(), Some(0), "round {round}: {}", text(output));
-        }
-        assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
+        both_start_and_finish(round, &setup);
 
         // A SQLite work table, in a file of its own: rows are claimed in a
         // transaction, so both share the table.
@@ -165,12 +135,7 @@ fn two_instances_started_at_once_on_fresh_state_both_run() {
         setup.config(&format!(
             "source: {{kind: sqlite, path: work.db, table: items}}\n{sinks}"
         ));
-        let outputs = two_at_once(&setup);
-        assert_no_start_race(round, &outputs);
-        for output in &outputs {
-            assert_eq!(output.status.code(), Some(0), "round {round}: {}", text(output));
-        }
-        assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
+        both_start_and_finish(round, &setup);
 
         // A lines file: nothing claims a line, so both read every line (two
         // instances over one lines file and one sink are a mistake this does
@@ -178,12 +143,7 @@ fn two_instances_started_at_once_on_fresh_state_both_run() {
         let setup = Setup::new();
         setup.lines("reading", 10);
         setup.config(&format!("source: {{kind: lines, path: ../input.txt}}\n{sinks}"));
-        let outputs = two_at_once(&setup);
-        assert_no_start_race(round, &outputs);
-        for output in &outputs {
-            assert_eq!(output.status.code(), Some(0), "round {round}: {}", text(output));
-        }
-        assert_eq!(Setup::done(&setup.path("state/outcomes.db")).len(), 10);
+        both_start_and_finish(round, &setup);
     }
 }
 
