@@ -1,8 +1,12 @@
 //! The command line of SPEC §3.8, as clap types. They live in the library,
-//! not in `src/main.rs`, so that `examples/manpage.rs` can render lote(8)
+//! not in `src/main.rs`, so that `build.rs` can render lote(8)
 //! from the same definition the binary parses (`Cli::command()`): the man
 //! page cannot drift from `--help`. The binary (`src/main.rs`) matches on
 //! [`Command`] and maps results to exit codes.
+//!
+//! `build.rs` includes this file as a module of its own to render the man
+//! pages, so it uses nothing of the crate but clap and std
+//! (`ConfigArg::load` lives in `config::arg`).
 //!
 //! Exit codes: 0 done (or stopped by a signal), 1 fatal error (config, I/O),
 //! 2 usage, 3 some items failed (dead-lettered), 4 stopped by the deadline
@@ -11,8 +15,6 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::config::Config;
 
 /// The config file used when `-c` is not given and it exists.
 pub const SYSTEM_CONFIG: &str = "/etc/lote/config.yaml";
@@ -140,12 +142,5 @@ impl ConfigArg {
             PathBuf::from("config.yaml")
         }
     }
-
-    /// Reads and validates the config; the error is the message to print.
-    pub fn load(&self) -> Result<(PathBuf, Config), String> {
-        let path = self.resolve();
-        Config::load(&path)
-            .map(|config| (path, config))
-            .map_err(|e| e.to_string())
-    }
 }
+

@@ -35,6 +35,7 @@
 //! `RetryPolicy::default()`, `SpoolConfig::new`, …) that is the config's
 //! default too; the rest are the `DEFAULT_*` constants here.
 
+mod arg;
 mod build;
 mod effective;
 mod error;
