@@ -101,6 +101,7 @@ pub mod session;
 pub mod sink;
 pub mod source;
 pub mod status;
+mod stop;
 mod sync;
 pub mod writer;
 

@@ -16,7 +16,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::item::{Item, Priority};
-use crate::session::StopHandle;
+use crate::stop::StopHandle;
 
 /// Processes one item. Called from worker threads with no lock held; one
 /// handler value serves every worker, so it must be `Sync`.

@@ -25,7 +25,7 @@ use super::{Breaker, Permit, RetryPolicy};
 use crate::handler::{CallContext, Failure, Handler};
 use crate::item::Item;
 use crate::metrics::Metrics;
-use crate::session::StopHandle;
+use crate::stop::StopHandle;
 use crate::source::ReturnReason;
 
 /// What a worker does with an item while the breaker is open.

@@ -22,11 +22,10 @@
 //! to the source untouched.
 
 mod producer;
-mod shutdown;
 mod summary;
 mod worker;
 
-pub use shutdown::{StopHandle, StopLevel, StopReason, Subscription};
+pub use crate::stop::{StopHandle, StopLevel, StopReason, Subscription};
 pub use summary::{EndReason, SessionSummary};
 
 use std::fmt;
