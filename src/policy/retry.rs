@@ -6,7 +6,7 @@
 //!
 //! Everything here is a pure function of the policy except [`RetryPolicy::delay`],
 //! which draws the jitter. The waiting itself happens in the call loop
-//! (`policy::call`), on the stop handle, so a Stop cuts any delay short.
+//! (`session/call.rs`), on the stop handle, so a Stop cuts any delay short.
 
 use std::time::Duration;
 

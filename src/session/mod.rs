@@ -21,6 +21,7 @@
 //! commit, and exit; `run` then takes the work still queued and gives it back
 //! to the source untouched.
 
+mod call;
 mod producer;
 mod summary;
 mod worker;
