@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use lote::metrics::{prometheus, Metrics};
+use lote::metrics::Metrics;
+use lote::status::prometheus;
 use lote::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy};
 use lote::sink::{JsonlConfig, JsonlSink, Role};
 use lote::source::VecSource;
