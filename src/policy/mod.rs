@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState, Permit, Rejected, Transition};
-pub use retry::RetryPolicy;
+pub use retry::{doubled, RetryPolicy};
 
 /// What a worker does with an item while the breaker is open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
