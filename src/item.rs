@@ -77,10 +77,9 @@ pub enum Status {
     Failed,
     /// Already done in an earlier run (exactly-once): not run again.
     Skipped,
-    /// Not taken: a stop, an open breaker or a full queue handed it back to
-    /// its source, where it stays pending.
-    Returned,
 }
+// An item not taken (a stop, an open breaker, a full queue) has no outcome:
+// it goes back to its source (`Source::give_back`) and is counted `returned`.
 
 impl Status {
     /// The lowercase name used in records, logs and metrics.
@@ -89,7 +88,6 @@ impl Status {
             Status::Done => "done",
             Status::Failed => "failed",
             Status::Skipped => "skipped",
-            Status::Returned => "returned",
         }
     }
 }
