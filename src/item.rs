@@ -1,4 +1,5 @@
-//! What flows through lote: an [`Item`] in, an [`Outcome`] out.
+//! What flows through lote: an [`Item`] in, an [`Outcome`] out, and the
+//! [`Failure`] of one attempt on the way.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -76,10 +77,9 @@ pub enum Status {
     Failed,
     /// Already done in an earlier run (exactly-once): not run again.
     Skipped,
-    /// Not taken: a stop, an open breaker or a full queue handed it back to
-    /// its source, where it stays pending.
-    Returned,
 }
+// An item not taken (a stop, an open breaker, a full queue) has no outcome:
+// it goes back to its source (`Source::give_back`) and is counted `returned`.
 
 impl Status {
     /// The lowercase name used in records, logs and metrics.
@@ -88,7 +88,6 @@ impl Status {
             Status::Done => "done",
             Status::Failed => "failed",
             Status::Skipped => "skipped",
-            Status::Returned => "returned",
         }
     }
 }
@@ -125,3 +124,67 @@ impl Outcome {
         &self.item.id
     }
 }
+
+/// Whether retrying a failed attempt could help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Transient (a timeout, 429, 503, a dead uplink): retried per policy, and
+    /// counted by the circuit breaker.
+    Retryable,
+    /// The item itself is bad (400, a listed exit code): never retried, and
+    /// not held against the downstream's health.
+    Fatal,
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+    /// The downstream's own word on when to try again (HTTP Retry-After).
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Failure {
+            kind: FailureKind::Retryable,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure no retry can fix.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Failure {
+            kind: FailureKind::Fatal,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A call that ran past its deadline (retryable).
+    pub fn timed_out(after: Duration) -> Self {
+        Failure::retryable(format!("timed out after {}ms", after.as_millis()))
+    }
+
+    /// The same failure with the downstream's Retry-After hint.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// True if a retry could help.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == FailureKind::Retryable
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}

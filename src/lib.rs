@@ -22,14 +22,17 @@
 //!   (`Stop < Work(priority, seq) < EndOfData`), with the five `when_full`
 //!   modes. Nothing else lives there.
 //! - [`session`]: one run of seed 003's producer/consumer: the producer
-//!   thread, the workers, the deadline thread, the [`StopHandle`] that stops
-//!   them, [`Qos`], and the [`SessionSummary`] a session returns.
+//!   thread, the workers, the call loop (retries, breaker, timeout around a
+//!   handler call), the deadline thread, [`Qos`], and the [`SessionSummary`]
+//!   a session returns. The [`StopHandle`] that stops them lives in a leaf
+//!   module of its own; `session` re-exports it.
 //! - [`handler`]: the [`Handler`] trait, its [`CallContext`] and [`Failure`];
 //!   closures are handlers; [`handler::Noop`], [`handler::exec::ExecHandler`]
 //!   (a command per item) and [`handler::http::HttpHandler`].
 //! - [`policy`]: what runs around a handler: [`policy::RetryPolicy`]
 //!   (exponential back-off with jitter), [`policy::Breaker`] (a lock-free
-//!   circuit breaker), the per-call timeout, and the loop that applies them.
+//!   circuit breaker), the per-call timeout: pure policies. The loop that
+//!   applies them is the session's.
 //! - [`commit`]: the [`Committer`] trait that receives the workers' chunks,
 //!   and [`commit::MemoryCommitter`], which keeps them in memory.
 //! - [`writer`]: [`writer::Writer`], the write-behind thread: the committer
@@ -38,9 +41,10 @@
 //!   and [`sink::JsonlSink`]; both also serve as the dead-letter sink.
 //! - [`dead_letter`]: list dead letters and requeue them into the source.
 //! - [`metrics`]: counters on atomics and latency histograms (queue wait,
-//!   handler time, end to end) with p50/p90/p99; [`metrics::prometheus`]
-//!   renders them for a node_exporter textfile.
-//! - [`status`]: the status snapshot behind `status.json` and `lote status`.
+//!   handler time, end to end) with p50/p90/p99.
+//! - [`status`]: the status snapshot behind `status.json` and `lote status`;
+//!   [`status::prometheus`] renders it and the histograms for `GET /metrics`
+//!   and a node_exporter textfile.
 //! - [`config`]: the config file, raw then validated into the types above.
 //! - [`daemon`]: `lote run` — parts from a config, sessions on a schedule,
 //!   signals, reload.
@@ -101,6 +105,7 @@ pub mod session;
 pub mod sink;
 pub mod source;
 pub mod status;
+mod stop;
 mod sync;
 pub mod writer;
 

@@ -6,7 +6,8 @@
 //! all three backends can offer. Lock poisoning is ignored on purpose: no lock
 //! in lote is held across user code (handlers run with no lock held), so a
 //! poisoned lock can only mean a bug in lote itself, and the data behind it
-//! (counters, a heap) is still consistent after any single statement.
+//! (counters, the queue's per-priority lanes) is still consistent after any
+//! single statement.
 
 use std::time::Instant;
 

@@ -79,6 +79,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use crate::commit::{CommitError, Committer};
 use crate::item::{Item, Outcome, Status};
 use crate::metrics::{Counter, Gauge};
+use crate::policy;
 use crate::sink::{DoneLookup, Sink, SinkError, SinkErrorKind};
 use crate::source::{ReturnReason, Source};
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -236,6 +237,9 @@ enum Command {
 /// The committer that persists through the write-behind thread.
 pub struct Writer {
     commands: Sender<Command>,
+    /// `close` sends the drain deadline here first: it wakes the thread from
+    /// a flush's back-off at once (a `Shutdown` waits behind the flush).
+    closing: Sender<Instant>,
     metrics: Arc<WriterMetrics>,
     /// Answers exactly-once lookups; `None` if the sink cannot.
     lookup: Option<Box<dyn DoneLookup>>,
@@ -261,6 +265,7 @@ impl Writer {
             None
         };
         let (commands, inbox) = bounded(config.channel_chunks.max(1));
+        let (closing, closing_inbox) = bounded(1);
         let metrics = Arc::new(WriterMetrics::new(Instant::now()));
         let drain_timeout = config.drain_timeout;
         let thread = {
@@ -275,6 +280,8 @@ impl Writer {
                 unsaved_items: Vec::new(),
                 give_back_at: None,
                 give_backs_in_a_row: 0,
+                closing: closing_inbox,
+                drain_deadline: None,
             };
             thread::Builder::new()
                 .name("lote-writer".to_string())
@@ -283,6 +290,7 @@ impl Writer {
         };
         Ok(Writer {
             commands,
+            closing,
             metrics,
             lookup,
             thread: Mutex::new(Some(thread)),
@@ -304,6 +312,8 @@ impl Writer {
         let deadline = Instant::now() + self.drain_timeout;
         let (reply, report) = bounded(1);
         let queued = self.metrics.depth.get();
+        // Wakes a back-off now; a full slot means a close is already under way.
+        let _ = self.closing.try_send(deadline);
         // The send waits for room in the channel, but no longer than the drain.
         let sent = self
             .commands
@@ -417,6 +427,10 @@ struct Flusher {
     /// Give-backs since the last durable flush: the pause before
     /// `GiveBack::Soon` gives items back doubles with each.
     give_backs_in_a_row: u32,
+    /// Where `close` announces the drain deadline (see [`Writer::close`]).
+    closing: Receiver<Instant>,
+    /// Once announced: no flush retries past it.
+    drain_deadline: Option<Instant>,
 }
 
 /// How one flush ended.
@@ -515,6 +529,9 @@ impl Flusher {
 
     /// Takes every chunk still in the channel and flushes it all by `deadline`.
     fn drain(&mut self, pending: &mut Vec<Outcome>, inbox: &Receiver<Command>, deadline: Instant) -> DrainReport {
+        // The close's announcement is this deadline: a back-off need not wait for it.
+        let _ = self.closing.try_recv();
+        self.drain_deadline = Some(deadline);
         let persisted_before = self.metrics.persisted.get();
         let failed_before = self.metrics.failed.get();
         while let Ok(command) = inbox.try_recv() {
@@ -572,6 +589,8 @@ impl Flusher {
         let mut dead_durable = dead.is_empty();
         let mut retry = 0u32;
         let result = loop {
+            // A close announced during a back-off bounds the retries too.
+            let deadline = deadline.into_iter().chain(self.drain_deadline).min();
             let started = Instant::now();
             match self.write_once(&batch, &dead, &mut dead_durable) {
                 Ok(()) => {
@@ -601,7 +620,7 @@ impl Flusher {
                         self.config.max_retries,
                         delay.as_millis()
                     );
-                    thread::sleep(delay);
+                    self.back_off(delay);
                 }
             }
         };
@@ -695,6 +714,24 @@ impl Flusher {
         }
     }
 
+    /// Sleeps `delay` between two tries of a flush, waking at once when the
+    /// writer is told to close: the next try then runs within the drain
+    /// deadline. (Once closing, `flush` never asks for a pause past it.)
+    fn back_off(&mut self, delay: Duration) {
+        if self.drain_deadline.is_some() {
+            thread::sleep(delay);
+            return;
+        }
+        match self.closing.recv_timeout(delay) {
+            Ok(deadline) => self.drain_deadline = Some(deadline),
+            Err(RecvTimeoutError::Timeout) => {}
+            // Every Writer is gone (no close): drain as `run` does then.
+            Err(RecvTimeoutError::Disconnected) => {
+                self.drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+            }
+        }
+    }
+
     /// One try: dead letters first (unless an earlier try made them
     /// durable), then the outcomes. Both writes are idempotent, so a retry
     /// of a half-done try stores the same records.
@@ -711,5 +748,5 @@ impl Flusher {
 
 /// `base` doubled `retry` times, capped at `MAX_RETRY_BACKOFF`.
 fn backoff(base: Duration, retry: u32) -> Duration {
-    base.saturating_mul(1u32 << retry.min(16)).min(MAX_RETRY_BACKOFF)
+    policy::doubled(base, retry, MAX_RETRY_BACKOFF)
 }

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use lote::metrics::{prometheus, Metrics};
+use lote::metrics::Metrics;
 use lote::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy};
 use lote::sink::{JsonlConfig, JsonlSink, Role};
 use lote::source::VecSource;
+use lote::status::prometheus;
 use lote::status::{write_atomically, Status, StatusSources};
 use lote::writer::{Writer, WriterConfig};
 use lote::{CallContext, Failure, Item, QueueConfig, Session, SessionConfig, SessionSummary};

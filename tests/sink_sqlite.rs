@@ -344,13 +344,12 @@ fn table_ack_marks_work_rows_done_and_failed_with_the_outcomes() {
     let db = dir.path().join("lote.db");
     work_table(&db, &["a", "b", "c", "d"]);
     let mut sink = open(&dir, Role::Outcomes).with_table_ack(ack()).unwrap();
-    let mut returned = outcome("d", Status::Returned, 0);
-    returned.item.payload.clear();
+    // "d" has no outcome in this batch (still in flight, or given back): its
+    // row is left as it is.
     sink.write(&[
         outcome("a", Status::Done, 0),
         outcome("b", Status::Failed, 0),
         outcome("c", Status::Skipped, 0),
-        returned,
     ])
     .unwrap();
 

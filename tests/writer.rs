@@ -183,6 +183,52 @@ fn a_sink_that_never_recovers_leaves_items_unacknowledged_and_lote_stoppable() {
 }
 
 #[test]
+fn a_close_wakes_a_writer_in_back_off_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(VecSource::numbered(0));
+    let sink = Flaky {
+        inner: sqlite(&dir),
+        failures: Arc::new(AtomicU32::new(u32::MAX)),
+    };
+    let writer = Writer::start(
+        WriterConfig {
+            batch: 1,
+            // A back-off far longer than the test: only a wake-up ends it.
+            retry_backoff: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(5),
+            ..config()
+        },
+        Box::new(sink),
+        None,
+        source.clone(),
+    )
+    .unwrap();
+    writer.commit(vec![outcome(1, Status::Done)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writer.metrics().retries.get() < 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        writer.metrics().retries.get(),
+        1,
+        "the flush failed once and is backing off"
+    );
+    thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let report = writer.close();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "close took {took:?}: the back-off slept through it"
+    );
+    assert!(!report.timed_out, "the thread answered the close");
+    // The flush's last try fell within the drain; it failed, so its item
+    // went back to the source, to run again.
+    assert_eq!(writer.metrics().unsaved.get(), 1);
+    assert_eq!(source.returns("1"), 1);
+}
+
+#[test]
 fn dead_letters_are_written_once_per_item() {
     // The outcomes database is locked by another connection, so flushes fail
     // (busy) after the dead letters are durable, and are retried.

@@ -42,7 +42,7 @@ use ureq::{Agent, Timeout};
 
 use super::{CallContext, Failure, Handler};
 use crate::item::Item;
-use crate::session::StopLevel;
+use crate::stop::StopLevel;
 use crate::sync::Mutex;
 
 /// Bytes of an error response's body quoted in the failure message.

@@ -11,12 +11,13 @@ pub mod http;
 mod noop;
 
 pub use noop::Noop;
+// Defined beside the item (metrics counts them without knowing handlers).
+pub use crate::item::{Failure, FailureKind};
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::item::{Item, Priority};
-use crate::session::StopHandle;
+use crate::stop::StopHandle;
 
 /// Processes one item. Called from worker threads with no lock held; one
 /// handler value serves every worker, so it must be `Sync`.
@@ -105,67 +106,3 @@ impl<'a> CallContext<'a> {
         self.stop
     }
 }
-
-/// Whether retrying a failed attempt could help.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Transient (a timeout, 429, 503, a dead uplink): retried per policy, and
-    /// counted by the circuit breaker.
-    Retryable,
-    /// The item itself is bad (400, a listed exit code): never retried, and
-    /// not held against the downstream's health.
-    Fatal,
-}
-
-/// Why an attempt failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-    /// The downstream's own word on when to try again (HTTP Retry-After).
-    pub retry_after: Option<Duration>,
-}
-
-impl Failure {
-    /// A failure worth retrying.
-    pub fn retryable(message: impl Into<String>) -> Self {
-        Failure {
-            kind: FailureKind::Retryable,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// A failure no retry can fix.
-    pub fn fatal(message: impl Into<String>) -> Self {
-        Failure {
-            kind: FailureKind::Fatal,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// A call that ran past its deadline (retryable).
-    pub fn timed_out(after: Duration) -> Self {
-        Failure::retryable(format!("timed out after {}ms", after.as_millis()))
-    }
-
-    /// The same failure with the downstream's Retry-After hint.
-    pub fn with_retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = Some(after);
-        self
-    }
-
-    /// True if a retry could help.
-    pub fn is_retryable(&self) -> bool {
-        self.kind == FailureKind::Retryable
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}

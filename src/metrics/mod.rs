@@ -6,14 +6,13 @@
 //! else is synchronised through them, so every access is `Relaxed`.
 
 mod histogram;
-pub mod prometheus;
 
 pub use histogram::{Histogram, HistogramSnapshot};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::handler::Failure;
+use crate::item::Failure;
 use crate::policy::Transition;
 use crate::queue::QueueStats;
 use crate::source::ReturnReason;

@@ -6,7 +6,7 @@
 //!
 //! Everything here is a pure function of the policy except [`RetryPolicy::delay`],
 //! which draws the jitter. The waiting itself happens in the call loop
-//! (`policy::call`), on the stop handle, so a Stop cuts any delay short.
+//! (`session/call.rs`), on the stop handle, so a Stop cuts any delay short.
 
 use std::time::Duration;
 
@@ -64,18 +64,7 @@ impl RetryPolicy {
     /// The doubling saturates instead of overflowing, so a caller that keeps
     /// counting (retry 1000) just gets `max_backoff`.
     pub fn nominal_delay(&self, retry: u32) -> Duration {
-        let doublings = retry.saturating_sub(1);
-        let doubled = 2u32
-            .checked_pow(doublings)
-            .and_then(|factor| self.backoff.checked_mul(factor))
-            // Past 2^31 or past Duration::MAX the true value is beyond any cap;
-            // zero doubled any number of times is still zero.
-            .unwrap_or(if self.backoff.is_zero() {
-                Duration::ZERO
-            } else {
-                Duration::MAX
-            });
-        doubled.min(self.max_backoff)
+        doubled(self.backoff, retry.saturating_sub(1), self.max_backoff)
     }
 
     /// The delay before retry `retry` at point `unit` of the jitter band:
@@ -136,6 +125,18 @@ impl RetryPolicy {
         }
         Ok(())
     }
+}
+
+/// `base × 2^doublings`, capped at `cap`: the one exponential back-off (the
+/// call loop's, through [`RetryPolicy::nominal_delay`], and the writer's).
+/// Saturates instead of overflowing: any count of doublings is safe.
+pub fn doubled(base: Duration, doublings: u32, cap: Duration) -> Duration {
+    2u32.checked_pow(doublings)
+        .and_then(|factor| base.checked_mul(factor))
+        // Past 2^31 or past Duration::MAX the true value is beyond any cap;
+        // zero doubled any number of times is still zero.
+        .unwrap_or(if base.is_zero() { Duration::ZERO } else { Duration::MAX })
+        .min(cap)
 }
 
 /// `x` clamped to [0, 1], with NaN taken as 0.

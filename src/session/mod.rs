@@ -21,12 +21,12 @@
 //! commit, and exit; `run` then takes the work still queued and gives it back
 //! to the source untouched.
 
+mod call;
 mod producer;
-mod shutdown;
 mod summary;
 mod worker;
 
-pub use shutdown::{StopHandle, StopLevel, StopReason, Subscription};
+pub use crate::stop::{StopHandle, StopLevel, StopReason, Subscription};
 pub use summary::{EndReason, SessionSummary};
 
 use std::fmt;

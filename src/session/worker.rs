@@ -22,12 +22,13 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use super::call::{self, Verdict};
 use super::{Job, SessionCounts, StopHandle};
 use crate::commit::Committer;
 use crate::handler::Handler;
 use crate::item::{Outcome, Status};
 use crate::metrics::Metrics;
-use crate::policy::{CallPolicy, Verdict};
+use crate::policy::CallPolicy;
 use crate::queue::{Message, WorkQueue};
 use crate::source::{ReturnReason, Source};
 
@@ -137,11 +138,14 @@ impl Worker<'_> {
                 error: format!("not processable: {defect}"),
                 attempts: 0,
             },
-            None => self
-                .policy
-                .call_with(self.handler, &job.item, self.stop, self.metrics, &mut || {
-                    self.commit(chunk)
-                }),
+            None => call::call(
+                self.policy,
+                self.handler,
+                &job.item,
+                self.stop,
+                self.metrics,
+                &mut || self.commit(chunk),
+            ),
         };
         let end_to_end = job.pulled_at.elapsed();
         let (status, attempts, output, error) = match verdict {

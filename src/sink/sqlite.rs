@@ -24,9 +24,7 @@
 //!     [`TableAck`] it is harmless, since the lost outcomes and the lost
 //!     acknowledgements are the same transactions, so those items run again.
 //! - `Skipped` outcomes are never written (their `done` record is already
-//!   there), but a [`TableAck`] marks them done. `Returned` outcomes are
-//!   neither written nor acknowledged: the item is still pending at its
-//!   source.
+//!   there), but a [`TableAck`] marks them done.
 //! - The sink's connection is the only writer of its table. Readers use their
 //!   own read-only connection ([`Sink::lookup`]); under WAL they see the last
 //!   committed batch and never block the writer.
@@ -142,12 +140,11 @@ struct Ack {
 }
 
 impl Ack {
-    /// The status value for an outcome, or `None` if it is not acknowledged.
-    fn value(&self, status: Status) -> Option<&str> {
+    /// The status value an outcome sets in the work table.
+    fn value(&self, status: Status) -> &str {
         match status {
-            Status::Done | Status::Skipped => Some(&self.config.done_value),
-            Status::Failed => Some(&self.config.failed_value),
-            Status::Returned => None,
+            Status::Done | Status::Skipped => &self.config.done_value,
+            Status::Failed => &self.config.failed_value,
         }
     }
 }
@@ -340,9 +337,7 @@ impl SqliteSink {
                     upsert.execute(params_from_iter(shared.iter().chain(extra)))?;
                 }
                 if let Some((ack, update)) = &mut update {
-                    if let Some(value) = ack.value(outcome.status) {
-                        update.execute(params![value, outcome.id()])?;
-                    }
+                    update.execute(params![ack.value(outcome.status), outcome.id()])?;
                 }
             }
         }
@@ -381,10 +376,7 @@ impl Sink for SqliteSink {
 
     fn write(&mut self, outcomes: &[Outcome]) -> Result<(), SinkError> {
         let acks = self.ack.is_some();
-        if !outcomes
-            .iter()
-            .any(|o| is_written(o.status) || (acks && o.status != Status::Returned))
-        {
+        if !outcomes.iter().any(|o| is_written(o.status) || acks) {
             return Ok(());
         }
         self.write_batch(outcomes)
@@ -780,10 +772,9 @@ mod tests {
             },
             sql: String::new(),
         };
-        assert!(!is_written(Status::Returned) && !is_written(Status::Skipped));
-        assert_eq!(ack.value(Status::Returned), None);
-        assert_eq!(ack.value(Status::Skipped), Some("ok"));
-        assert_eq!(ack.value(Status::Failed), Some("bad"));
+        assert!(!is_written(Status::Skipped));
+        assert_eq!(ack.value(Status::Skipped), "ok");
+        assert_eq!(ack.value(Status::Failed), "bad");
     }
 
     #[test]

@@ -808,7 +808,6 @@ impl Source for SpoolSource {
             .get(&self.root)
             .map_err(|e| self.error(format!("acknowledging {} outcome(s)", outcomes.len()), e))?;
         let (mut done, mut failed) = (None, None);
-        let mut returned = false;
         let mut first_error = None;
         let mut failures = 0;
         for outcome in outcomes {
@@ -823,10 +822,6 @@ impl Source for SpoolSource {
                 (Status::Failed, _) => {
                     let to = handle_of(&mut failed, &self.failed, &self.root)?;
                     self.file_away(&claimed, &name, id, &self.failed, &to)
-                }
-                (Status::Returned, _) => {
-                    returned = true;
-                    self.put_back(id)
                 }
             });
             match result {
@@ -854,11 +849,10 @@ impl Source for SpoolSource {
             (failed.as_deref(), self.failed.path.as_path()),
             (Some(&*claimed), self.claimed.path.as_path()),
         ];
-        let root = returned.then_some((self.root.as_fd(), self.config.dir.as_path()));
         let fds = touched
             .into_iter()
             .filter_map(|(handle, path)| Some((handle?.as_fd(), path)));
-        for (fd, path) in fds.chain(root) {
+        for (fd, path) in fds {
             if let Err(e) = spool_fs::sync(fd) {
                 failures += 1;
                 first_error.get_or_insert((format!("(fsync of {})", path.display()), e));

@@ -18,6 +18,8 @@
 //! - **Durations are milliseconds as `f64`** (microsecond resolution), so a
 //!   sub-millisecond queue wait does not read as 0.
 
+pub mod prometheus;
+
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};

@@ -23,8 +23,8 @@
 use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{HistogramSnapshot, Metrics};
-use crate::status::{DaemonState, Status};
+use super::{DaemonState, Status};
+use crate::metrics::{HistogramSnapshot, Metrics};
 
 /// The breaker's states, as `lote_breaker_state{state=…}` lists them.
 const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];

@@ -1,4 +1,6 @@
-//! [`StopHandle`]: the one way anything stops a session.
+//! [`StopHandle`]: the one way anything stops a session (a leaf: it imports
+//! only `sync` and std, so the handler, the session and the daemon can all
+//! hold one).
 //!
 //! A signal handler, the deadline thread, a test or a library user calls
 //! [`StopHandle::trigger`] (or [`StopHandle::stop`]). The first trigger moves the
