@@ -51,8 +51,11 @@
 //! [`PIPE_DRAIN`] for it and returns what was read by then. If lote itself is
 //! SIGKILLed, its children are re-parented and run on: `PR_SET_PDEATHSIG`
 //! would need an `unsafe` `pre_exec` hook, which this crate forbids. Both gaps
-//! are closed by the systemd unit's `KillMode=control-group`, which kills the
-//! whole cgroup when lote's service stops.
+//! are closed by the systemd units' `KillMode=mixed` (every unit in
+//! `packaging/systemd`): a stop sends SIGTERM to lote alone, so it finishes
+//! the items in hand and ends its own groups, and once lote has exited (or
+//! `TimeoutStopSec` has passed) systemd SIGKILLs whatever is left in the
+//! service's cgroup, escaped descendants included.
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};

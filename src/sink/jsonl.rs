@@ -53,6 +53,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use log::warn;
 
 use super::{encode_json_line, DoneLookup, Record, Role, Sink, SinkError};
+use crate::fsutil::{open_lock_file, parent_dir, sync_dir_at};
 use crate::item::{Outcome, Status};
 
 /// Where a JSONL sink writes and how it rotates.
@@ -115,11 +116,8 @@ fn lock_exclusively(path: &Path) -> Result<File, SinkError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let file = File::open(parent_dir(&lock_path))
+        .and_then(|dir| open_lock_file(&dir, lock_path.file_name().unwrap_or_default()))
         .map_err(|e| SinkError::io(&lock_path, format!("cannot open the lock file: {e}")))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -342,7 +340,7 @@ impl Sink for JsonlSink {
             removed += from_active;
         }
         if removed > 0 {
-            sync_dir(parent_dir(&path))
+            sync_dir_at(parent_dir(&path))
                 .map_err(|e| SinkError::io(&path, format!("cannot fsync the directory: {e}")))?;
         }
         Ok(removed)
@@ -579,7 +577,7 @@ impl Active {
             .create(true)
             .open(path)
             .map_err(|e| SinkError::io(path, format!("cannot open for appending: {e}")))?;
-        sync_dir(parent_dir(path)).map_err(|e| SinkError::io(path, format!("cannot fsync the directory: {e}")))?;
+        sync_dir_at(parent_dir(path)).map_err(|e| SinkError::io(path, format!("cannot fsync the directory: {e}")))?;
         let len = file
             .metadata()
             .map_err(|e| SinkError::io(path, format!("cannot read the length: {e}")))?
@@ -637,7 +635,7 @@ fn create_dir(dir: &Path) -> Result<(), SinkError> {
         .collect();
     fs::create_dir_all(dir).map_err(error)?;
     for created in missing.into_iter().rev() {
-        sync_dir(parent_dir(created)).map_err(error)?;
+        sync_dir_at(parent_dir(created)).map_err(error)?;
     }
     Ok(())
 }
@@ -648,18 +646,6 @@ fn rename_if_present(from: &Path, to: &Path) -> Result<(), SinkError> {
             Err(SinkError::io(from, format!("cannot rename to {}: {e}", to.display())))
         }
         _ => Ok(()),
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// The directory holding `file` (`.` for a bare file name).
-fn parent_dir(file: &Path) -> &Path {
-    match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
     }
 }
 

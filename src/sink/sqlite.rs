@@ -52,6 +52,7 @@ use rusqlite::{params, params_from_iter, Connection, ErrorCode, OpenFlags, Row, 
 
 use super::{encode_payload, DoneLookup, Record, Role, Sink, SinkError};
 use crate::item::{Outcome, Status};
+use crate::sql::{columns, has_column, is_identifier, set_busy_timeout, switch_to_wal};
 
 /// The schema this lote writes, kept in `PRAGMA user_version` (0 = a new
 /// file). Both roles share it when they share a file.
@@ -286,7 +287,7 @@ impl SqliteSink {
             ));
         }
         for column in [&ack.id_column, &ack.status_column] {
-            if !has(&columns, column) {
+            if !has_column(&columns, column) {
                 return Err(SinkError::corrupt(
                     path,
                     format!("acknowledgement table {} has no column {column}", ack.table),
@@ -602,38 +603,6 @@ fn check_version(path: &Path, version: i64) -> Result<(), SinkError> {
     Ok(())
 }
 
-/// Sets `journal_mode = WAL` and returns the mode SQLite answers with.
-/// Switching needs the database's exclusive lock for a moment, and SQLite
-/// does not call the busy handler for it: a second lote opening the same new
-/// file at the same moment gets SQLITE_BUSY at once. So a busy answer is
-/// retried, every 10–50 ms, until `busy_timeout` has passed, as any other
-/// statement would wait.
-pub(crate) fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
-    // None: so far ahead it never comes (a library caller's Duration::MAX).
-    let deadline = std::time::Instant::now().checked_add(busy_timeout);
-    let mut pause = Duration::from_millis(10);
-    loop {
-        match conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get::<_, String>(0)) {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                ) && deadline.is_none_or(|d| std::time::Instant::now() + pause < d) =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            answer => return answer,
-        }
-    }
-}
-
-/// Sets SQLite's busy timeout, capped at the most it takes (`i32::MAX`
-/// milliseconds, about 24 days): a longer one would panic in rusqlite.
-pub(crate) fn set_busy_timeout(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
-    conn.busy_timeout(busy_timeout.min(Duration::from_millis(i32::MAX as u64)))
-}
-
 fn create_parent(path: &Path) -> Result<(), SinkError> {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent)
@@ -700,13 +669,6 @@ fn create_schema(conn: &mut Connection, layout: &Layout) -> rusqlite::Result<i64
     Ok(version)
 }
 
-/// The column names of `table`; empty if there is no such table.
-fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
-    let mut select = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
-    let names = select.query_map([table], |row| row.get(0))?;
-    names.collect()
-}
-
 /// Checks that an existing table of ours has the columns and the unique id
 /// the statements need, by preparing them: a table of the same name made by
 /// another program is refused before any write.
@@ -730,30 +692,10 @@ fn fits_schema(conn: &Connection, layout: &Layout, path: &Path) -> Result<(), Si
     Ok(())
 }
 
-/// SQLite compares identifiers without regard to ASCII case.
-fn has(columns: &[String], name: &str) -> bool {
-    columns.iter().any(|c| c.eq_ignore_ascii_case(name))
-}
-
-/// A name safe to splice into SQL between double quotes.
-fn is_identifier(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::sink::SinkErrorKind;
-
-    #[test]
-    fn only_plain_names_are_identifiers() {
-        for good in ["work", "Work_2", "_x", "9lives"] {
-            assert!(is_identifier(good), "{good}");
-        }
-        for bad in ["", "a b", "a\"b", "a;b", "a-b", "é", "x--", "t.c"] {
-            assert!(!is_identifier(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn one_lookup_statement_has_room_for_a_full_chunk() {

@@ -165,7 +165,7 @@ impl UnfinishedPass {
         let shown = self.identity_file.display();
         let written = serde_json::to_vec_pretty(&self.finished)
             .map_err(io::Error::other)
-            .and_then(|json| crate::status::write_atomically(&self.identity_file, &json));
+            .and_then(|json| crate::fsutil::write_atomically(&self.identity_file, &json));
         match written {
             Ok(()) => log::info!(
                 "lines source {input_name}: the --no-resume pass reached the end of the file with every outcome \
@@ -355,7 +355,7 @@ impl LinesSource {
             }
         }
         let json = serde_json::to_vec_pretty(&record).map_err(|e| fail("recording", &e))?;
-        crate::status::write_atomically(identity_file, &json).map_err(|e| fail("recording", &e))?;
+        crate::fsutil::write_atomically(identity_file, &json).map_err(|e| fail("recording", &e))?;
         Ok(self)
     }
 

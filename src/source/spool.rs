@@ -100,6 +100,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::spool_fs::{self, DirHandle, Kind, Stat, SubDir};
 use super::{Pull, ReturnReason, Source, SourceError};
+use crate::fsutil::{open_lock_file, sync_dir};
 use crate::item::{Item, Outcome, Priority, Status, DEFAULT_PRIORITY};
 use crate::sync::Mutex;
 
@@ -308,7 +309,7 @@ impl SpoolSource {
             failed.map_err(|e| SourceError::new(context.clone(), e))?,
         );
         let lock_path = dir.join(LOCK);
-        let lock = spool_fs::open_lock_file(&root, LOCK.as_ref())
+        let lock = open_lock_file(&root, LOCK.as_ref())
             .map_err(|e| fail(&lock_path, "opening the lock file", &e))?;
         let mut complete = HashMap::new();
         let claimed_now = claimed.get(&root).map_err(|e| SourceError::new(context.clone(), e))?;
@@ -859,7 +860,7 @@ impl Source for SpoolSource {
             .into_iter()
             .filter_map(|(handle, path)| Some((handle?.as_fd(), path)));
         for (fd, path) in fds.chain(root) {
-            if let Err(e) = spool_fs::sync(fd) {
+            if let Err(e) = sync_dir(fd) {
                 failures += 1;
                 first_error.get_or_insert((format!("(fsync of {})", path.display()), e));
             }
@@ -909,7 +910,7 @@ impl Source for SpoolSource {
             (self.root.as_fd(), &self.config.dir),
             (failed.as_fd(), &self.failed.path),
         ] {
-            spool_fs::sync(fd).map_err(|e| self.error(format!("requeueing: fsync of {}", path.display()), e))?;
+            sync_dir(fd).map_err(|e| self.error(format!("requeueing: fsync of {}", path.display()), e))?;
         }
         Ok(())
     }
@@ -941,7 +942,7 @@ fn repair_claims(
     }
     if !moved.is_empty() {
         for (fd, path) in [(root.as_fd(), dir), (claimed.as_fd(), claimed_path)] {
-            spool_fs::sync(fd).map_err(|e| (path.to_path_buf(), e))?;
+            sync_dir(fd).map_err(|e| (path.to_path_buf(), e))?;
         }
         log::warn!(
             "spool {}: {} file(s) claimed by an earlier run that did not finish are pending again (they run again)",

@@ -25,6 +25,7 @@ use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
 use super::{Pull, ReturnReason, Source, SourceError};
 use crate::item::{Item, Outcome, Status, DEFAULT_PRIORITY};
 use crate::sink::TableAck;
+use crate::sql::{columns, has_column, quote, set_busy_timeout, switch_to_wal};
 use crate::sync::Mutex;
 
 /// Where the work table is and what its columns are called.
@@ -110,9 +111,9 @@ impl SqliteSource {
         }
         let conn =
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| fail("opening", &e))?;
-        crate::sink::set_busy_timeout(&conn, config.busy_timeout).map_err(|e| fail("setting the busy timeout", &e))?;
-        crate::sink::switch_to_wal(&conn, config.busy_timeout).map_err(|e| fail("switching to WAL", &e))?;
-        let columns = table_columns(&conn, &config.table).map_err(|e| fail("reading the table's columns", &e))?;
+        set_busy_timeout(&conn, config.busy_timeout).map_err(|e| fail("setting the busy timeout", &e))?;
+        switch_to_wal(&conn, config.busy_timeout).map_err(|e| fail("switching to WAL", &e))?;
+        let columns = columns(&conn, &config.table).map_err(|e| fail("reading the table's columns", &e))?;
         if columns.is_empty() {
             return Err(fail(
                 "checking the table",
@@ -122,7 +123,7 @@ impl SqliteSource {
         let mut wanted = vec![&config.id_column, &config.payload_column, &config.status_column];
         wanted.extend(config.priority_column.as_ref());
         for column in wanted {
-            if !columns.iter().any(|c| c == column) {
+            if !has_column(&columns, column) {
                 return Err(fail(
                     "checking the table",
                     &format!(
@@ -345,18 +346,6 @@ fn bytes_of(value: ValueRef<'_>) -> Vec<u8> {
         ValueRef::Real(r) => r.to_string().into_bytes(),
         ValueRef::Null => Vec::new(),
     }
-}
-
-/// The column names of `table` (empty if there is no such table).
-fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
-    let mut statement = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
-    let names = statement.query_map([table], |row| row.get::<_, String>(0))?;
-    names.collect()
-}
-
-/// An identifier quoted for SQL: `"name"`, with inner quotes doubled.
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 #[cfg(all(test, not(loom)))]
