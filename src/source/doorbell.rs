@@ -87,7 +87,11 @@ impl Doorbell {
             if bell.rung {
                 break;
             }
-            let period = if bell.deaf { poll_every } else { poll_every.max(SAFETY_NET) };
+            let period = if bell.deaf {
+                poll_every
+            } else {
+                poll_every.max(SAFETY_NET)
+            };
             let fallback = started.checked_add(period);
             let deadline = match (bell.due, fallback) {
                 (Some(due), Some(fallback)) => Some(due.min(fallback)),

@@ -244,8 +244,7 @@ impl SpoolSource {
             failed.map_err(|e| SourceError::new(context.clone(), e))?,
         );
         let lock_path = dir.join(LOCK);
-        let lock = open_lock_file(&root, LOCK.as_ref())
-            .map_err(|e| fail(&lock_path, "opening the lock file", &e))?;
+        let lock = open_lock_file(&root, LOCK.as_ref()).map_err(|e| fail(&lock_path, "opening the lock file", &e))?;
         let mut complete = HashMap::new();
         let claimed_now = claimed.get(&root).map_err(|e| SourceError::new(context.clone(), e))?;
         match lock.try_lock() {
@@ -605,8 +604,8 @@ impl Source for SpoolSource {
                 Err(e) => Some(e.to_string()),
                 Ok(()) if id.starts_with('.') => Some("a dot-file would be ignored".to_string()),
                 Ok(()) => {
-                    let taken = files::lstat(&self.root, id.as_ref()).is_ok()
-                        || files::lstat(&*claimed, id.as_ref()).is_ok();
+                    let taken =
+                        files::lstat(&self.root, id.as_ref()).is_ok() || files::lstat(&*claimed, id.as_ref()).is_ok();
                     taken.then(|| "a file of that name is already pending or in flight".to_string())
                 }
             };

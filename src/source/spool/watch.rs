@@ -84,7 +84,10 @@ fn listen(inotify: &Inotify, bell: &Doorbell, closing: &AtomicBool, dir: &Path) 
             }
             // An overflow lost events: any of them may have been an arrival.
             arrived |= event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
-                || event.name.as_ref().is_some_and(|name| name.as_bytes().first() != Some(&b'.'));
+                || event
+                    .name
+                    .as_ref()
+                    .is_some_and(|name| name.as_bytes().first() != Some(&b'.'));
         }
         if arrived {
             bell.ring();
