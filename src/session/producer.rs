@@ -59,6 +59,9 @@ impl Producer<'_> {
         // Grows to what a pull brings and is reused; `batch` is a bound,
         // not a size to allocate up front.
         let mut batch: Vec<(i32, Job)> = Vec::new();
+        // A source that hears arrivals rings its bell; a stop rings it too.
+        let bell = self.source.doorbell();
+        let _stop_rings = bell.clone().map(|bell| self.stop.on_change(move |_| bell.ring()));
         loop {
             if self.stop.is_stopping() {
                 return ProducerEnd::Stopped;
@@ -71,7 +74,14 @@ impl Producer<'_> {
             let items = match self.source.pull(want) {
                 Ok(Pull::Items(items)) => items,
                 Ok(Pull::Idle) => {
-                    if self.stop.sleep(self.poll_interval) {
+                    let stopping = match &bell {
+                        Some(bell) => {
+                            bell.wait(self.poll_interval);
+                            self.stop.is_stopping()
+                        }
+                        None => self.stop.sleep(self.poll_interval),
+                    };
+                    if stopping {
                         return ProducerEnd::Stopped;
                     }
                     continue;

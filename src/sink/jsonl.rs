@@ -53,6 +53,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use log::warn;
 
 use super::{encode_json_line, DoneLookup, Record, Role, Sink, SinkError};
+use crate::fsutil::{open_lock_file, parent_dir, sync_dir_at};
 use crate::item::{Outcome, Status};
 
 /// Where a JSONL sink writes and how it rotates.
@@ -115,11 +116,8 @@ fn lock_exclusively(path: &Path) -> Result<File, SinkError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let file = File::open(parent_dir(&lock_path))
+        .and_then(|dir| open_lock_file(&dir, lock_path.file_name().unwrap_or_default()))
         .map_err(|e| SinkError::io(&lock_path, format!("cannot open the lock file: {e}")))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -342,7 +340,7 @@ impl Sink for JsonlSink {
             removed += from_active;
         }
         if removed > 0 {
-            sync_dir(parent_dir(&path))
+            sync_dir_at(parent_dir(&path))
                 .map_err(|e| SinkError::io(&path, format!("cannot fsync the directory: {e}")))?;
         }
         Ok(removed)
@@ -579,7 +577,7 @@ impl Active {
             .create(true)
             .open(path)
             .map_err(|e| SinkError::io(path, format!("cannot open for appending: {e}")))?;
-        sync_dir(parent_dir(path)).map_err(|e| SinkError::io(path, format!("cannot fsync the directory: {e}")))?;
+        sync_dir_at(parent_dir(path)).map_err(|e| SinkError::io(path, format!("cannot fsync the directory: {e}")))?;
         let len = file
             .metadata()
             .map_err(|e| SinkError::io(path, format!("cannot read the length: {e}")))?
@@ -637,7 +635,7 @@ fn create_dir(dir: &Path) -> Result<(), SinkError> {
         .collect();
     fs::create_dir_all(dir).map_err(error)?;
     for created in missing.into_iter().rev() {
-        sync_dir(parent_dir(created)).map_err(error)?;
+        sync_dir_at(parent_dir(created)).map_err(error)?;
     }
     Ok(())
 }
@@ -648,18 +646,6 @@ fn rename_if_present(from: &Path, to: &Path) -> Result<(), SinkError> {
             Err(SinkError::io(from, format!("cannot rename to {}: {e}", to.display())))
         }
         _ => Ok(()),
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// The directory holding `file` (`.` for a bare file name).
-fn parent_dir(file: &Path) -> &Path {
-    match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
     }
 }
 
@@ -675,86 +661,4 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
-    use super::*;
-    use crate::item::Item;
-
-    fn outcome(id: &str) -> Outcome {
-        Outcome {
-            item: Item::new(id, "payload"),
-            status: Status::Done,
-            attempts: 1,
-            output: Some("ok".into()),
-            error: None,
-            started_at: UNIX_EPOCH,
-            finished_at: UNIX_EPOCH,
-            duration: Duration::ZERO,
-        }
-    }
-
-    fn line(id: &str) -> Vec<u8> {
-        let mut line = serde_json::to_vec(&Record::new(&outcome(id), Role::Outcomes)).unwrap();
-        line.push(b'\n');
-        line
-    }
-
-    #[test]
-    fn complete_len_keeps_whole_records_and_cuts_a_torn_last_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = line("a");
-        let cases: Vec<(&str, Vec<u8>, usize)> = vec![
-            ("empty", vec![], 0),
-            ("an empty line", b"\n".to_vec(), 0),
-            ("one record", a.clone(), a.len()),
-            ("two records", [&a[..], &a[..]].concat(), 2 * a.len()),
-            ("a half line", [&a[..], b"{\"id\":"].concat(), a.len()),
-            ("a garbage line", [&a[..], b"garbage\n"].concat(), a.len()),
-            ("an empty last line", [&a[..], b"\n"].concat(), a.len()),
-            ("the first record without its newline", a[..a.len() - 1].to_vec(), 0),
-            ("zeros over several chunks", [&a[..], &[0; 200_000]].concat(), a.len()),
-            (
-                "a long garbage line",
-                [&a[..], &[b'x'; 200_000], b"\n"].concat(),
-                a.len(),
-            ),
-        ];
-        for (name, contents, expected) in cases {
-            let file = dir.path().join("f");
-            fs::write(&file, &contents).unwrap();
-            let mut opened = File::open(&file).unwrap();
-            assert_eq!(
-                complete_len(&mut opened, contents.len() as u64).unwrap(),
-                expected as u64,
-                "{name}"
-            );
-        }
-    }
-
-    #[test]
-    fn what_a_failed_write_left_is_cut_before_the_next_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("outcomes.jsonl");
-        let mut sink = JsonlSink::open(JsonlConfig::new(&path, Role::Outcomes)).unwrap();
-        sink.write(&[outcome("a")]).unwrap();
-        // As if a write had failed half-way and the cut back failed too.
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"{\"id\":\"half")
-            .unwrap();
-        sink.active.as_mut().unwrap().dirty = true;
-        assert_eq!(sink.records().unwrap().len(), 1, "records stop at the last whole batch");
-
-        sink.write(&[outcome("b")]).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), [line("a"), line("b")].concat());
-    }
-
-    #[test]
-    fn rotated_names_append_the_number() {
-        assert_eq!(rotated(Path::new("state/out.jsonl"), 2), Path::new("state/out.jsonl.2"));
-        assert_eq!(parent_dir(Path::new("out.jsonl")), Path::new("."));
-    }
-}
+mod tests;

@@ -28,7 +28,6 @@ mod jsonl;
 mod sqlite;
 
 pub use jsonl::{JsonlConfig, JsonlSink};
-pub(crate) use sqlite::{set_busy_timeout, switch_to_wal};
 pub use sqlite::{SqliteConfig, SqliteSink, Synchronous, TableAck};
 
 use std::collections::HashSet;

@@ -50,6 +50,7 @@ use rusqlite::{params, params_from_iter, Connection, ErrorCode, OpenFlags, Row, 
 
 use super::{encode_payload, DoneLookup, Record, Role, Sink, SinkError};
 use crate::item::{Outcome, Status};
+use crate::sql::{columns, has_column, is_identifier, set_busy_timeout, switch_to_wal};
 
 /// The schema this lote writes, kept in `PRAGMA user_version` (0 = a new
 /// file). Both roles share it when they share a file.
@@ -283,7 +284,7 @@ impl SqliteSink {
             ));
         }
         for column in [&ack.id_column, &ack.status_column] {
-            if !has(&columns, column) {
+            if !has_column(&columns, column) {
                 return Err(SinkError::corrupt(
                     path,
                     format!("acknowledgement table {} has no column {column}", ack.table),
@@ -594,38 +595,6 @@ fn check_version(path: &Path, version: i64) -> Result<(), SinkError> {
     Ok(())
 }
 
-/// Sets `journal_mode = WAL` and returns the mode SQLite answers with.
-/// Switching needs the database's exclusive lock for a moment, and SQLite
-/// does not call the busy handler for it: a second lote opening the same new
-/// file at the same moment gets SQLITE_BUSY at once. So a busy answer is
-/// retried, every 10–50 ms, until `busy_timeout` has passed, as any other
-/// statement would wait.
-pub(crate) fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
-    // None: so far ahead it never comes (a library caller's Duration::MAX).
-    let deadline = std::time::Instant::now().checked_add(busy_timeout);
-    let mut pause = Duration::from_millis(10);
-    loop {
-        match conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get::<_, String>(0)) {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                ) && deadline.is_none_or(|d| std::time::Instant::now() + pause < d) =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            answer => return answer,
-        }
-    }
-}
-
-/// Sets SQLite's busy timeout, capped at the most it takes (`i32::MAX`
-/// milliseconds, about 24 days): a longer one would panic in rusqlite.
-pub(crate) fn set_busy_timeout(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
-    conn.busy_timeout(busy_timeout.min(Duration::from_millis(i32::MAX as u64)))
-}
-
 fn create_parent(path: &Path) -> Result<(), SinkError> {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent)
@@ -692,13 +661,6 @@ fn create_schema(conn: &mut Connection, layout: &Layout) -> rusqlite::Result<i64
     Ok(version)
 }
 
-/// The column names of `table`; empty if there is no such table.
-fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
-    let mut select = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
-    let names = select.query_map([table], |row| row.get(0))?;
-    names.collect()
-}
-
 /// Checks that an existing table of ours has the columns and the unique id
 /// the statements need, by preparing them: a table of the same name made by
 /// another program is refused before any write.
@@ -722,118 +684,5 @@ fn fits_schema(conn: &Connection, layout: &Layout, path: &Path) -> Result<(), Si
     Ok(())
 }
 
-/// SQLite compares identifiers without regard to ASCII case.
-fn has(columns: &[String], name: &str) -> bool {
-    columns.iter().any(|c| c.eq_ignore_ascii_case(name))
-}
-
-/// A name safe to splice into SQL between double quotes.
-fn is_identifier(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-    use crate::sink::SinkErrorKind;
-
-    #[test]
-    fn only_plain_names_are_identifiers() {
-        for good in ["work", "Work_2", "_x", "9lives"] {
-            assert!(is_identifier(good), "{good}");
-        }
-        for bad in ["", "a b", "a\"b", "a;b", "a-b", "é", "x--", "t.c"] {
-            assert!(!is_identifier(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn one_lookup_statement_has_room_for_a_full_chunk() {
-        let sql = lookup_sql();
-        assert_eq!(sql.matches('?').count(), LOOKUP_CHUNK + 1);
-        assert!(sql.ends_with(&format!("?{})", LOOKUP_CHUNK + 1)));
-    }
-
-    #[test]
-    fn a_relative_file_named_like_a_uri_stays_a_file() {
-        assert_eq!(sqlite_path(Path::new("file:x.db")), Path::new("./file:x.db"));
-        assert_eq!(sqlite_path(Path::new("state/x.db")), Path::new("state/x.db"));
-    }
-
-    #[test]
-    fn returned_outcomes_are_neither_written_nor_acknowledged() {
-        let ack = Ack {
-            config: TableAck {
-                table: "work".into(),
-                id_column: "id".into(),
-                status_column: "status".into(),
-                done_value: "ok".into(),
-                failed_value: "bad".into(),
-            },
-            sql: String::new(),
-        };
-        assert!(!is_written(Status::Skipped));
-        assert_eq!(ack.value(Status::Skipped), "ok");
-        assert_eq!(ack.value(Status::Failed), "bad");
-    }
-
-    #[test]
-    fn synchronous_is_applied_to_the_sink_connection() {
-        let dir = tempfile::TempDir::new().unwrap();
-        for (synchronous, level) in [(Synchronous::Normal, 1), (Synchronous::Full, 2)] {
-            let mut config = SqliteConfig::new(dir.path().join(format!("{}.db", synchronous.as_str())), Role::Outcomes);
-            config.synchronous = synchronous;
-            let sink = SqliteSink::open(config).unwrap();
-            let read: i64 = sink
-                .conn
-                .pragma_query_value(None, "synchronous", |row| row.get(0))
-                .unwrap();
-            assert_eq!(read, level, "{synchronous:?}");
-        }
-    }
-
-    #[test]
-    fn damage_is_corrupt_and_everything_else_io() {
-        use rusqlite::ffi;
-        let failure = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
-        let path = Path::new("x.db");
-        for code in [ffi::SQLITE_CORRUPT, ffi::SQLITE_NOTADB] {
-            let err = sql_error(path, "writing 2 outcomes", failure(code));
-            assert_eq!(err.kind, SinkErrorKind::Corrupt);
-            assert!(
-                err.message.starts_with("writing 2 outcomes: the database is damaged"),
-                "{err}"
-            );
-        }
-        for code in [
-            ffi::SQLITE_BUSY,
-            ffi::SQLITE_LOCKED,
-            ffi::SQLITE_IOERR,
-            ffi::SQLITE_FULL,
-            ffi::SQLITE_CONSTRAINT,
-        ] {
-            assert_eq!(sql_error(path, "writing", failure(code)).kind, SinkErrorKind::Io);
-        }
-    }
-
-    #[test]
-    fn sqlite_sink_and_lookup_cross_threads() {
-        fn send<T: Send>() {}
-        fn sync<T: Send + Sync>() {}
-        send::<SqliteSink>();
-        sync::<SqliteLookup>();
-    }
-
-    #[test]
-    fn a_dropped_sink_closes_its_lookups_and_leaves_no_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("outcomes.db");
-        let sink = SqliteSink::open(SqliteConfig::new(&path, Role::Outcomes)).unwrap();
-        let lookup = sink.lookup().unwrap();
-        assert!(lookup.done_ids(&["a"]).unwrap().is_empty());
-        drop(sink);
-        assert!(!dir.path().join("outcomes.db-wal").exists());
-        let error = lookup.done_ids(&["a"]).unwrap_err();
-        assert!(error.message.contains("the sink is closed"), "{error}");
-    }
-}
+mod tests;

@@ -8,17 +8,19 @@
 //! durable. These calls come from different threads, so a source is
 //! `Sync` and locks what it must inside.
 
+mod doorbell;
 mod file_identity;
 pub mod lines;
 mod memory;
 pub mod spool;
-mod spool_fs;
 mod sqlite;
 
+pub use doorbell::{Doorbell, SAFETY_NET};
 pub use memory::VecSource;
 pub use sqlite::{SqliteSource, SqliteSourceConfig};
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::item::{Item, Outcome};
 
@@ -162,6 +164,14 @@ pub trait Source: Send + Sync {
             format!("requeueing {n} item(s)"),
             format!("the {} source cannot take items back", self.describe()),
         ))
+    }
+
+    /// For a stream source that hears new items arrive (a spool watched
+    /// with inotify): the bell it rings then. An idle producer waits on it
+    /// instead of pulling again every `poll_every`. `None` (the default):
+    /// the producer polls.
+    fn doorbell(&self) -> Option<Arc<Doorbell>> {
+        None
     }
 
     /// True for a source that cannot remember what it finished (a plain file

@@ -21,14 +21,14 @@
 pub mod prometheus;
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs;
+use std::io;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::fsutil::write_atomically;
 use crate::metrics::{HistogramSnapshot, Metrics};
 // Part of the status file; defined beside the counters it copies.
 pub use crate::metrics::Counters;
@@ -554,53 +554,6 @@ impl From<&HistogramSnapshot> for Latency {
             mean_ms: millis(h.mean()),
         }
     }
-}
-
-/// Counts the temporary files of [`write_atomically`], so two threads of
-/// one process writing the same file never share one. Relaxed: only
-/// uniqueness matters, which `fetch_add` gives under any ordering.
-static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces the file at `path` with `bytes` so that a reader sees either the
-/// old content or the new, never a mix: writes `<path>.tmp-<pid>-<n>` in the
-/// same directory, fsyncs it, renames it over `path`, then fsyncs the
-/// directory so the rename survives a power cut. Creates the parent
-/// directory if it is missing. On error the temporary file is removed.
-///
-/// The temporary name does not end in `.prom`, so node_exporter's textfile
-/// collector never reads a half-written metrics file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir)?;
-    let mut temp_name = name.to_os_string();
-    temp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temp = dir.join(temp_name);
-    let written = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(e);
-    }
-    // The data is in place; a directory that cannot be fsynced (some
-    // filesystems refuse) only weakens durability, not atomicity.
-    if let Ok(dir) = File::open(&dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 /// A duration in milliseconds, to the microsecond.

@@ -156,7 +156,7 @@ impl Build<'_> {
         ];
         for (key, name) in names {
             if let Some(name) = name {
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                if !crate::sql::is_identifier(name) {
                     return self.err(
                         &format!("source.{key}"),
                         format!("`{name}` is not a plain SQL name; expected letters, digits and `_` only"),

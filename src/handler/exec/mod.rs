@@ -51,24 +51,26 @@
 //! [`PIPE_DRAIN`] for it and returns what was read by then. If lote itself is
 //! SIGKILLed, its children are re-parented and run on: `PR_SET_PDEATHSIG`
 //! would need an `unsafe` `pre_exec` hook, which this crate forbids. Both gaps
-//! are closed by the systemd unit's `KillMode=control-group`, which kills the
-//! whole cgroup when lote's service stops.
+//! are closed by the systemd units' `KillMode=mixed` (every unit in
+//! `packaging/systemd`): a stop sends SIGTERM to lote alone, so it finishes
+//! the items in hand and ends its own groups, and once lote has exited (or
+//! `TimeoutStopSec` has passed) systemd SIGKILLs whatever is left in the
+//! service's cgroup, escaped descendants included.
 
-use std::collections::HashSet;
-use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+
+mod group;
+mod pump;
+
+use group::{Groups, Running};
+use pump::{Cut, Pump};
 
 use super::{CallContext, Failure, Handler};
 use crate::item::Item;
@@ -147,13 +149,6 @@ pub struct ExecHandler {
     groups: Mutex<Groups>,
 }
 
-#[derive(Debug, Default)]
-struct Groups {
-    running: HashSet<i32>,
-    /// Set by `kill_all_running`: no new child may start.
-    closed: bool,
-}
-
 impl ExecHandler {
     /// Checks `config` and resolves the program. The error says what is wrong
     /// and what to do about it.
@@ -205,26 +200,6 @@ impl ExecHandler {
     /// The absolute path of the program each call runs.
     pub fn program(&self) -> &Path {
         &self.program
-    }
-
-    /// SIGKILLs the process group of every child running now, and closes the
-    /// handler: from now on a call starts no child and fails at once with
-    /// "cut short: lote is stopping" (retryable), as do the calls whose child
-    /// this killed. For the daemon's way out, so no child outlives lote.
-    /// Returns how many groups were signalled.
-    pub fn kill_all_running(&self) -> usize {
-        let mut groups = self.groups.lock();
-        groups.closed = true;
-        // Under the lock: a pgid in `running` belongs to an unreaped leader,
-        // so it cannot name anyone else's group (module invariants).
-        for &pgid in &groups.running {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
-        groups.running.len()
-    }
-
-    fn is_closed(&self) -> bool {
-        self.groups.lock().closed
     }
 
     /// Starts the child and registers its group. The returned guard kills and
@@ -334,298 +309,6 @@ impl Handler for ExecHandler {
     }
 }
 
-/// A spawned child whose group is registered as running.
-struct Running<'h> {
-    handler: &'h ExecHandler,
-    child: Child,
-    pgid: Pid,
-    reaped: bool,
-}
-
-impl Running<'_> {
-    /// SIGKILLs the group, leaves the registry, then reaps the leader — in
-    /// that order, so no signal can reach a recycled pid.
-    fn finish(&mut self) -> io::Result<ExitStatus> {
-        // The leader is not reaped yet, so this pgid is still ours; a zombie
-        // leader ignores the signal, its leftovers do not.
-        let _ = killpg(self.pgid, Signal::SIGKILL);
-        self.handler.groups.lock().running.remove(&self.pgid.as_raw());
-        self.reaped = true;
-        // Blocks only until the SIGKILL lands (or returns the zombie's status).
-        self.child.wait()
-    }
-}
-
-impl Drop for Running<'_> {
-    // An early return or a panic between spawn and `finish`: the child must
-    // not outlive the call.
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.finish();
-        }
-    }
-}
-
-/// Why a call cut its child short.
-enum Cut {
-    /// The deadline passed, this long after the spawn.
-    Deadline(Duration),
-    Hurry,
-}
-
-/// How long the pump sleeps at most between looks at the deadline, the hurry
-/// flag and the leader's exit while the child runs.
-const TICK: Duration = Duration::from_millis(20);
-
-/// One call's pipes, pumped from the calling thread with `poll(2)` (what
-/// std's `Command::output` does): the payload goes into stdin as the pipe
-/// takes it, stdout and stderr are read as they come, so a child that writes
-/// a lot while reading slowly cannot deadlock the call. One thread per call
-/// and no helpers: measured, four helper threads per call cost more than the
-/// child itself on 2 cores (benches/exec.rs).
-struct Pump<'p> {
-    stdin: Option<ChildStdin>,
-    payload: &'p [u8],
-    /// How much of `payload` went into stdin.
-    written: usize,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
-    /// The first `output_limit` bytes of stdout.
-    out: Vec<u8>,
-    output_limit: usize,
-    /// The end of stderr (trimmed to `STDERR_KEEP` in batches).
-    err: Vec<u8>,
-    /// Seen with `waitid(WNOWAIT)`: the leader exited, not yet reaped.
-    exited: bool,
-}
-
-impl<'p> Pump<'p> {
-    fn new(child: &mut Child, payload: &'p [u8], output_limit: usize) -> io::Result<Self> {
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        if let Some(fd) = &stdin {
-            set_nonblocking(fd)?;
-        }
-        if let Some(fd) = &stdout {
-            set_nonblocking(fd)?;
-        }
-        if let Some(fd) = &stderr {
-            set_nonblocking(fd)?;
-        }
-        Ok(Pump {
-            stdin,
-            payload,
-            written: 0,
-            stdout,
-            stderr,
-            out: Vec::new(),
-            output_limit,
-            err: Vec::new(),
-            exited: false,
-        })
-    }
-
-    fn pipes_closed(&self) -> bool {
-        self.stdout.is_none() && self.stderr.is_none()
-    }
-
-    /// Pumps until the leader has exited and its pipes are drained (`None`),
-    /// or the call is cut short: on the deadline or a hurry the group gets
-    /// SIGTERM, and the pump returns once the leader exits or `grace` passes.
-    fn run(&mut self, pgid: Pid, ctx: &CallContext<'_>, started: Instant, grace: Duration) -> Option<Cut> {
-        let mut cut = None;
-        let mut grace_until: Option<Instant> = None;
-        let mut drain_until: Option<Instant> = None;
-        let mut exit_looks = 0u32;
-        loop {
-            if !self.exited && leader_exited(pgid) {
-                self.exited = true;
-                // Whatever it left in its group dies with it. The leader is
-                // not reaped, so the pgid is still ours (module invariants).
-                let _ = killpg(pgid, Signal::SIGKILL);
-            }
-            let now = Instant::now();
-            if self.exited {
-                // Drain what the group wrote; a descendant that escaped the
-                // group and holds a pipe open gets `PIPE_DRAIN`, no more.
-                let until = *drain_until.get_or_insert(now + PIPE_DRAIN);
-                if self.pipes_closed() || now >= until {
-                    return cut;
-                }
-            } else if cut.is_none() {
-                let why = if ctx.is_cancelled() {
-                    Some(Cut::Hurry)
-                } else if ctx.deadline().is_some_and(|d| now >= d) {
-                    Some(Cut::Deadline(started.elapsed()))
-                } else {
-                    None
-                };
-                if let Some(why) = why {
-                    let _ = killpg(pgid, Signal::SIGTERM);
-                    // None (SIGKILL never comes) only past the clock's
-                    // end; validation bounds `kill_grace` far below it.
-                    grace_until = now.checked_add(grace);
-                    cut = Some(why);
-                }
-            } else if grace_until.is_some_and(|until| now >= until) {
-                return cut; // `finish` sends the SIGKILL
-            }
-            let mut wait = TICK;
-            if self.pipes_closed() && !self.exited {
-                // The exit follows end-of-file within microseconds (the
-                // kernel closes the files first): look again at once a few
-                // times, then back off.
-                exit_looks += 1;
-                if exit_looks <= 16 {
-                    std::thread::yield_now();
-                    continue;
-                }
-                wait = Duration::from_micros(250 << (exit_looks - 16).min(6)).min(TICK);
-            }
-            for until in [ctx.deadline().filter(|_| cut.is_none()), grace_until, drain_until]
-                .into_iter()
-                .flatten()
-            {
-                wait = wait.min(until.saturating_duration_since(now));
-            }
-            self.poll_once(wait);
-        }
-    }
-
-    /// One `poll` over the open pipes (or a sleep when none is open), then
-    /// as much writing and reading as they allow without blocking.
-    fn poll_once(&mut self, wait: Duration) {
-        let timeout = PollTimeout::from(u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX));
-        let (ready_in, ready_out, ready_err) = {
-            let mut fds = Vec::with_capacity(3);
-            let mut slots = [None; 3];
-            if let Some(fd) = &self.stdin {
-                slots[0] = Some(fds.len());
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
-            }
-            if let Some(fd) = &self.stdout {
-                slots[1] = Some(fds.len());
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-            }
-            if let Some(fd) = &self.stderr {
-                slots[2] = Some(fds.len());
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-            }
-            if fds.is_empty() {
-                std::thread::sleep(wait);
-                return;
-            }
-            if poll(&mut fds, timeout).is_err() {
-                return; // EINTR: the caller looks at the clock and comes back
-            }
-            let ready = |slot: Option<usize>| slot.is_some_and(|i| fds[i].revents().is_some_and(|r| !r.is_empty()));
-            (ready(slots[0]), ready(slots[1]), ready(slots[2]))
-        };
-        if ready_in {
-            self.feed();
-        }
-        if ready_out {
-            let (limit, out) = (self.output_limit, &mut self.out);
-            if drain(&mut self.stdout, |chunk| keep_head(out, limit, chunk)) {
-                self.stdout = None;
-            }
-        }
-        if ready_err {
-            let err = &mut self.err;
-            if drain(&mut self.stderr, |chunk| keep_tail(err, STDERR_KEEP, chunk)) {
-                self.stderr = None;
-            }
-        }
-    }
-
-    /// Writes what the pipe takes; closes stdin when the payload is in (or
-    /// the child stopped reading: EPIPE is its own business).
-    fn feed(&mut self) {
-        let Some(stdin) = self.stdin.as_mut() else { return };
-        while self.written < self.payload.len() {
-            match stdin.write(&self.payload[self.written..]) {
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::BrokenPipe {
-                        log::debug!("exec: writing the payload to the child's stdin failed: {e}");
-                    }
-                    break;
-                }
-            }
-        }
-        self.stdin = None; // closing it is the child's end-of-file
-    }
-
-    /// The kept end of stderr.
-    fn err_tail(&self) -> Vec<u8> {
-        tail_of(&self.err, STDERR_KEEP).to_vec()
-    }
-}
-
-/// Keeps the first `limit` bytes of a stream in `kept`; the rest is dropped.
-fn keep_head(kept: &mut Vec<u8>, limit: usize, chunk: &[u8]) {
-    let room = limit.saturating_sub(kept.len()).min(chunk.len());
-    kept.extend_from_slice(&chunk[..room]);
-}
-
-/// Keeps (at least) the last `limit` bytes of a stream in `kept`, trimming
-/// in batches rather than per chunk; `tail_of` cuts it to size.
-fn keep_tail(kept: &mut Vec<u8>, limit: usize, chunk: &[u8]) {
-    kept.extend_from_slice(chunk);
-    if kept.len() > 2 * limit {
-        let excess = kept.len() - limit;
-        kept.drain(..excess);
-    }
-}
-
-fn tail_of(bytes: &[u8], limit: usize) -> &[u8] {
-    &bytes[bytes.len().saturating_sub(limit)..]
-}
-
-/// Reads a non-blocking pipe until it would block, handing each chunk to
-/// `keep`. True at end-of-file (or an error, read as end-of-file).
-fn drain(pipe: &mut Option<impl Read>, mut keep: impl FnMut(&[u8])) -> bool {
-    let Some(reader) = pipe.as_mut() else { return true };
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match reader.read(&mut chunk) {
-            Ok(0) => return true,
-            Ok(n) => keep(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
-        }
-    }
-}
-
-fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
-    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
-    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
-    Ok(())
-}
-
-/// True once `pgid`'s leader has exited, seen without reaping it (WNOWAIT:
-/// its pid, the pgid, is not recycled before `Running::finish`).
-fn leader_exited(pgid: Pid) -> bool {
-    loop {
-        match waitid(
-            Id::Pid(pgid),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
-        ) {
-            Ok(WaitStatus::StillAlive) => return false,
-            Ok(_) => return true,
-            Err(Errno::EINTR) => {}
-            // ECHILD/EINVAL cannot happen for our own unreaped child; if
-            // they do, there is nothing to wait for.
-            Err(_) => return true,
-        }
-    }
-}
-
 /// `program` as an absolute path to an executable file, or an error saying
 /// what to do.
 fn resolve_program(program: &str) -> Result<PathBuf, String> {
@@ -667,24 +350,6 @@ fn check_executable(path: &Path) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn head_keeps_the_first_bytes_across_chunks() {
-        let mut kept = Vec::new();
-        for chunk in [&b"abc"[..], b"defg", b"hij"] {
-            keep_head(&mut kept, 5, chunk);
-        }
-        assert_eq!(kept, b"abcde");
-    }
-
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut kept = Vec::new();
-        for chunk in [&b"0123"[..], b"4567", b"89"] {
-            keep_tail(&mut kept, 4, chunk);
-        }
-        assert_eq!(tail_of(&kept, 4), b"6789");
-    }
 
     #[test]
     fn programs_resolve_through_path_or_fail_clearly() {

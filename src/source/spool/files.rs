@@ -30,7 +30,7 @@ use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags, AT_FDCWD};
 use nix::sys::stat::{fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
-use nix::unistd::{fsync, unlinkat, UnlinkatFlags};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::sync::Mutex;
 
@@ -270,20 +270,6 @@ pub(super) fn create_new(dir: impl AsFd, name: &OsStr) -> io::Result<File> {
     Ok(File::from(openat(dir, name, flags, Mode::from_bits_truncate(0o666))?))
 }
 
-/// Opens (creating it if missing) the regular file `name` in `dir` for
-/// locking; refuses anything else.
-pub(super) fn open_lock_file(dir: impl AsFd, name: &OsStr) -> io::Result<File> {
-    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let fd = openat(dir, name, flags, Mode::from_bits_truncate(0o666)).map_err(|e| match e {
-        Errno::ELOOP => io::Error::other("it is a symlink; remove it"),
-        e => e.into(),
-    })?;
-    if Stat::of(&fstat(&fd)?).kind != Kind::File {
-        return Err(io::Error::other("it is not a regular file; remove it"));
-    }
-    Ok(File::from(fd))
-}
-
 /// Reads the item `name` in `dir`, which `expected` describes, at most
 /// `limit + 1` bytes. Refuses, without reading a byte, what is not that very
 /// regular file (a link or another file swapped in since it was examined)
@@ -315,16 +301,6 @@ pub(super) fn hard_links(nlink: u64) -> String {
         "it has {nlink} hard links: refused unread (another name of it may be a file outside the spool; \
          move files in with rename, not link)"
     )
-}
-
-/// fsyncs a directory, so the renames in it survive a power cut.
-/// Filesystems that cannot fsync a directory say so with EINVAL; there is
-/// nothing more to do on them.
-pub(super) fn sync(dir: impl AsFd) -> io::Result<()> {
-    match fsync(dir) {
-        Err(Errno::EINVAL | Errno::EOPNOTSUPP) => Ok(()),
-        other => Ok(other?),
-    }
 }
 
 /// The item id of an entry name: the name itself when it is UTF-8;

@@ -1,0 +1,91 @@
+//! SQLite helpers shared by the sqlite source, the sqlite sink and the
+//! config check: plain SQL names, a table's columns, and how a connection
+//! is set up (busy timeout, WAL). A leaf: it imports rusqlite and std only.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode};
+
+/// A name safe to splice into SQL between double quotes: ASCII letters,
+/// digits and `_`, not empty. Every table and column name lote puts into a
+/// statement passes this first (the config refuses others).
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// An identifier quoted for SQL: `"name"`, with inner quotes doubled.
+pub fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// The column names of `table`; empty if there is no such table.
+pub fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut select = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = select.query_map([table], |row| row.get::<_, String>(0))?;
+    names.collect()
+}
+
+/// Whether `columns` holds `name`. SQLite compares identifiers without
+/// regard to ASCII case, so this does too.
+pub fn has_column(columns: &[String], name: &str) -> bool {
+    columns.iter().any(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// Sets SQLite's busy timeout, capped at the most it takes (`i32::MAX`
+/// milliseconds, about 24 days): a longer one would panic in rusqlite.
+pub fn set_busy_timeout(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy_timeout.min(Duration::from_millis(i32::MAX as u64)))
+}
+
+/// Sets `journal_mode = WAL` and returns the mode SQLite answers with.
+/// Switching needs the database's exclusive lock for a moment, and SQLite
+/// does not call the busy handler for it: a second lote opening the same new
+/// file at the same moment gets SQLITE_BUSY at once. So a busy answer is
+/// retried, every 10–50 ms, until `busy_timeout` has passed, as any other
+/// statement would wait.
+pub fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
+    // None: so far ahead it never comes (a library caller's Duration::MAX).
+    let deadline = Instant::now().checked_add(busy_timeout);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get::<_, String>(0)) {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && deadline.is_none_or(|d| Instant::now() + pause < d) =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_are_identifiers() {
+        for good in ["work", "Work_2", "_x", "9lives"] {
+            assert!(is_identifier(good), "{good}");
+        }
+        for bad in ["", "a b", "a\"b", "a;b", "a-b", "é", "x--", "t.c"] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn columns_are_listed_and_compared_as_sqlite_does() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE work (id TEXT, Payload BLOB)").unwrap();
+        let found = columns(&conn, "work").unwrap();
+        assert_eq!(found, ["id", "Payload"]);
+        assert!(has_column(&found, "payload") && has_column(&found, "ID"));
+        assert!(!has_column(&found, "status"));
+        assert!(columns(&conn, "missing").unwrap().is_empty());
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+    }
+}
