@@ -144,9 +144,12 @@ fn open_for(config: &Config, opened: &Opened, resume: bool) -> Result<LiveSource
     Ok((source, table_ack))
 }
 
-/// Builds the handler `spec` names; an exec handler comes again as itself,
-/// to kill its children on the way out.
-fn build_handler(spec: &HandlerSpec) -> Result<(Arc<dyn Handler>, Option<Arc<ExecHandler>>), DaemonError> {
+/// A handler, and the exec handler again if it is one (to kill its
+/// children on the way out).
+type BuiltHandler = (Arc<dyn Handler>, Option<Arc<ExecHandler>>);
+
+/// Builds the handler `spec` names.
+fn build_handler(spec: &HandlerSpec) -> Result<BuiltHandler, DaemonError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
     Ok(match spec {
         HandlerSpec::Exec(spec) => {
