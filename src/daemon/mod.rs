@@ -5,12 +5,17 @@
 //!
 //! # Threads (besides a session's own, see `session`)
 //!
-//! | thread | started by | stopped by |
-//! |---|---|---|
-//! | signals (`lote-signals`) | [`run`] | [`run`] closing the signal iterator on the way out |
-//! | status (`lote-status`) | [`run`] | the `over` handle, stopped by [`run`] on the way out (it also wakes at the first stop signal, to write `stopping` at once) |
-//! | notify (`lote-notify`) | [`run`], only under systemd (`NOTIFY_SOCKET` set) | the `over` handle, like status |
-//! | writer (`lote-writer`) | [`run`] via `Writer::start` | `Writer::close` after the last session (drain) |
+//! | thread | started by | stopped by | wakes |
+//! |---|---|---|---|
+//! | signals (`lote-signals`, `signals.rs`) | [`run`] | [`run`] closing the signal iterator on the way out | at a signal only |
+//! | status (`lote-status`, `threads.rs`) | `Daemon::run` | the `over` handle, stopped by `Daemon::run` after the drain | every `metrics.every` / `metrics.log_every`, and when the bell rings (a state change, a session's end, a reload, the first stop) |
+//! | notify (`lote-notify`, `threads.rs`), only under systemd (`NOTIFY_SOCKET` set) | `Daemon::run` | the `over` handle, like status | every `WATCHDOG_USEC / 2` if systemd asks for a watchdog; else once a second while something moves, backing off to `metrics.every` while nothing does; and when the bell rings |
+//! | writer (`lote-writer`) | `Parts::build` via `Writer::start` | `Parts::close` (a reload, or after the last session: the drain) | its own batches |
+//!
+//! The files: `parts.rs` builds and closes the parts (the per-kind wiring,
+//! and what a reload keeps), `state.rs` holds what the threads share and the
+//! state transitions, `signals.rs` and `threads.rs` the thread bodies; this
+//! file runs the sessions (`Daemon`) and the reloads.
 //!
 //! # Signals
 //!
@@ -31,7 +36,8 @@
 //!
 //! - `READY=1` once the config is valid and the parts are built (stores
 //!   open, writer started).
-//! - `STATUS=` from the notify thread, at most once a second: state, queue,
+//! - `STATUS=` from the notify thread, at most once a second (and no more
+//!   than once per `metrics.every` while nothing changes): state, queue,
 //!   busy workers, throughput, breaker, writer depth; `stopping | …` from
 //!   the first SIGTERM until the sessions are over, then `draining: writer
 //!   depth N`; when the watchdog withholds, why. The states are
