@@ -1,6 +1,6 @@
 //! The `lote` binary: the CLI of SPEC §3.8, thin over the library. The clap
 //! types are `lote::cli` (shared with the man page generator,
-//! `examples/manpage.rs`); dispatch and exit codes live here; everything
+//! `build.rs`); dispatch and exit codes live here; everything
 //! else is `lote::daemon` and friends.
 //!
 //! Exit codes: 0 done (or stopped by a signal), 1 fatal error (config, I/O),
@@ -12,9 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use lote::cli::{Cli, Command, DeadLetterCommand};
-use lote::config::SinkSpec;
 use lote::daemon::{self, RunOptions};
-use lote::sink::{JsonlSink, Record, Sink, SqliteSink};
 use lote::status::Status;
 
 fn main() -> ExitCode {
@@ -82,10 +80,7 @@ fn run(command: Command) -> Result<u8, String> {
         }
         Command::DeadLetter(DeadLetterCommand::List { config, json }) => {
             let (_, loaded) = config.load()?;
-            let Some(spec) = &loaded.dead_letter else {
-                return Err("this config has no dead_letter sink".into());
-            };
-            let records = dead_letters(spec)?;
+            let records = daemon::dead_letters(&loaded).map_err(|e| e.to_string())?;
             for record in &records {
                 if json {
                     println!("{}", serde_json::to_string(record).map_err(|e| e.to_string())?);
@@ -115,23 +110,11 @@ fn run(command: Command) -> Result<u8, String> {
     }
 }
 
-/// Reads dead letters without taking the sink over: safe while lote runs.
-fn dead_letters(spec: &SinkSpec) -> Result<Vec<Record>, String> {
-    let records = match spec {
-        SinkSpec::Jsonl(config) => JsonlSink::read_records(config).map_err(|e| e.to_string())?,
-        SinkSpec::Sqlite(config) => {
-            let mut sink = SqliteSink::open(config.clone()).map_err(|e| e.to_string())?;
-            sink.records().map_err(|e| e.to_string())?
-        }
-    };
-    Ok(lote::dead_letter::latest_per_id(records))
-}
-
 /// `log:` from the config, unless RUST_LOG says otherwise. Under systemd
 /// (journald adds its own timestamps) lines carry none.
 fn init_logging(level: &str) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(daemon::level_filter(level));
+    builder.filter_level(lote::config::level_filter(level));
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }

@@ -17,3 +17,10 @@ impl ConfigArg {
             .map_err(|e| e.to_string())
     }
 }
+
+/// The `log:` level as a filter (`info` for anything unknown; the config
+/// validation has already refused unknown names). The binary's logging
+/// starts from it, and a reload sets it again.
+pub fn level_filter(level: &str) -> log::LevelFilter {
+    level.parse().unwrap_or(log::LevelFilter::Info)
+}

@@ -43,6 +43,7 @@ mod raw;
 mod text;
 mod value;
 
+pub use arg::level_filter;
 pub use error::ConfigError;
 pub use text::MAX_FILE_BYTES;
 pub use value::{format_bytes, format_duration, parse_bytes, parse_duration};

@@ -1,0 +1,245 @@
+//! What the daemon's threads share: [`Shared`] (the inputs of the status
+//! snapshot, which the session loop changes between sessions and the status
+//! and notify threads read), the state transitions the loop makes
+//! ([`Shared::set_state`], and `stopping` once a stop is asked for, see
+//! [`Shared::state`]), the counts of writers closed by reloads
+//! ([`WriterCounts`]), and the [`Bell`] the loop rings when something the
+//! threads report changed, so that they need not tick to notice it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::metrics::Metrics;
+use crate::status::prometheus;
+use crate::notify::Bounds;
+use crate::session::{SessionSummary, StopHandle};
+use crate::status::{DaemonState, Status, StatusSources};
+use crate::sync::{Condvar, Mutex};
+use crate::writer::{Writer, WriterMetrics};
+
+use super::parts::Parts;
+
+/// What the status thread reports, shared with the session loop.
+pub(super) struct Shared {
+    /// Protects what changes between sessions.
+    pub(super) inputs: Mutex<Inputs>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) started_at: SystemTime,
+    pub(super) config_path: PathBuf,
+    /// The daemon's stop (not a session's): once a stop is asked for, the
+    /// reported state is `stopping` whatever the session loop last set
+    /// (see [`Shared::state`]). Read here rather than set by the signal
+    /// thread, so that the loop cannot overwrite it with `running`.
+    pub(super) stop: StopHandle,
+    /// Rung at each change of `inputs` and at a stop.
+    pub(super) bell: Bell,
+}
+
+pub(super) struct Inputs {
+    /// What the session loop set last; read it through [`Shared::state`].
+    pub(super) state: DaemonState,
+    pub(super) sessions: u64,
+    pub(super) last: Option<(SessionSummary, SystemTime)>,
+    pub(super) writer: Option<Arc<Writer>>,
+    /// The counts of the writers earlier reloads closed, added to the
+    /// running one's so that the reported counters never go back to 0.
+    pub(super) retired: WriterCounts,
+    pub(super) breaker: Option<Arc<crate::policy::Breaker>>,
+    pub(super) threads: usize,
+    pub(super) status_file: PathBuf,
+    pub(super) textfile: Option<PathBuf>,
+    pub(super) every: Duration,
+    pub(super) log_every: Duration,
+    /// The watchdog's bounds for the running config (`crate::notify`).
+    pub(super) bounds: Bounds,
+}
+
+impl Shared {
+    /// The state to report: the session loop's, or `stopping` once a stop
+    /// was asked for and the loop has not yet moved on to the drain.
+    pub(super) fn state(&self, inputs: &Inputs) -> DaemonState {
+        if self.stop.is_stopping() {
+            inputs.state.once_stop_asked()
+        } else {
+            inputs.state
+        }
+    }
+
+    pub(super) fn capture(&self) -> Status {
+        let inputs = self.inputs.lock();
+        let writer_metrics = inputs.writer.as_ref().map(|w| Arc::clone(w.metrics()));
+        let mut status = Status::capture(
+            StatusSources {
+                metrics: &self.metrics,
+                writer: writer_metrics.as_deref(),
+                breaker: inputs.breaker.as_deref(),
+                threads: inputs.threads,
+            },
+            self.state(&inputs).as_str(),
+            &self.config_path.display().to_string(),
+            self.started_at,
+            inputs.sessions,
+            inputs.last.as_ref().map(|(summary, at)| (summary, *at)),
+        );
+        if let Some(writer) = status.writer.as_mut() {
+            inputs.retired.add_to(writer);
+        }
+        status
+    }
+
+    /// Writes the status file and the metrics textfile.
+    pub(super) fn write_files(&self) {
+        let status = self.capture();
+        let (status_file, textfile) = {
+            let inputs = self.inputs.lock();
+            (inputs.status_file.clone(), inputs.textfile.clone())
+        };
+        if let Err(e) = status.write(&status_file) {
+            log::warn!("writing the status file {}: {e}", status_file.display());
+        }
+        if let Some(textfile) = textfile {
+            let text = prometheus::render(&status, &self.metrics);
+            if let Err(e) = crate::status::write_atomically(&textfile, text.as_bytes()) {
+                log::warn!("writing the metrics textfile {}: {e}", textfile.display());
+            }
+        }
+    }
+
+    pub(super) fn set_state(&self, state: DaemonState) {
+        self.inputs.lock().state = state;
+        self.bell.ring();
+    }
+
+    /// A session ended with `summary`: counted, kept as the last, `idle`.
+    pub(super) fn session_ended(&self, summary: &SessionSummary) {
+        {
+            let mut inputs = self.inputs.lock();
+            inputs.sessions += 1;
+            inputs.last = Some((summary.clone(), SystemTime::now()));
+            inputs.state = DaemonState::Idle;
+        }
+        self.bell.ring();
+    }
+
+    /// A reload closed the writer of `old` and built `new`: the inputs are
+    /// `new`'s, the sessions and the last summary stay, and the closed
+    /// writer's counts are kept (so the reported counters never go back).
+    pub(super) fn reloaded(&self, old_writer: &WriterMetrics, new: &Parts) {
+        {
+            let mut inputs = self.inputs.lock();
+            let retired = inputs.retired.plus(old_writer);
+            let (sessions, last) = (inputs.sessions, inputs.last.take());
+            *inputs = Inputs {
+                sessions,
+                last,
+                retired,
+                state: DaemonState::Idle,
+                ..inputs_of(new)
+            };
+        }
+        self.bell.ring();
+    }
+}
+
+pub(super) fn inputs_of(parts: &Parts) -> Inputs {
+    let config = &parts.config;
+    Inputs {
+        state: DaemonState::Starting,
+        sessions: 0,
+        last: None,
+        writer: Some(Arc::clone(&parts.writer)),
+        retired: WriterCounts::default(),
+        breaker: config.policy.breaker.clone(),
+        threads: config.session.threads,
+        status_file: config.state_dir.join("status.json"),
+        textfile: config.metrics.textfile.clone(),
+        every: config.metrics.every,
+        log_every: config.metrics.log_every,
+        bounds: Bounds::of(config),
+    }
+}
+
+/// The counters of closed writers (see [`Inputs::retired`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct WriterCounts {
+    pub(super) enqueued: u64,
+    pub(super) persisted: u64,
+    pub(super) failed: u64,
+    pub(super) unsaved: u64,
+    pub(super) given_back: u64,
+    pub(super) retries: u64,
+    pub(super) batches: u64,
+    pub(super) failed_flushes: u64,
+    pub(super) ack_errors: u64,
+}
+
+impl WriterCounts {
+    /// These counts plus those of `writer`, closed.
+    pub(super) fn plus(self, writer: &WriterMetrics) -> WriterCounts {
+        WriterCounts {
+            enqueued: self.enqueued + writer.enqueued.get(),
+            persisted: self.persisted + writer.persisted.get(),
+            failed: self.failed + writer.failed.get(),
+            unsaved: self.unsaved + writer.unsaved.get(),
+            given_back: self.given_back + writer.given_back.get(),
+            retries: self.retries + writer.retries.get(),
+            batches: self.batches + writer.batches.get(),
+            failed_flushes: self.failed_flushes + writer.failed_flushes.get(),
+            ack_errors: self.ack_errors + writer.ack_errors.get(),
+        }
+    }
+
+    pub(super) fn add_to(&self, status: &mut crate::status::WriterStatus) {
+        status.enqueued += self.enqueued;
+        status.persisted += self.persisted;
+        status.failed += self.failed;
+        status.unsaved += self.unsaved;
+        status.given_back += self.given_back;
+        status.retries += self.retries;
+        status.batches += self.batches;
+        status.failed_flushes += self.failed_flushes;
+        status.ack_errors += self.ack_errors;
+    }
+}
+
+/// A counter the session loop rings when what the status and notify threads
+/// report changes, and they wait on with a deadline: they wake for a change
+/// or for their own period, never to poll.
+pub(super) struct Bell {
+    rung: Mutex<u64>,
+    condvar: Condvar,
+}
+
+impl Bell {
+    pub(super) fn new() -> Bell {
+        Bell {
+            rung: Mutex::new(0),
+            condvar: Condvar::new(),
+        }
+    }
+
+    pub(super) fn ring(&self) {
+        *self.rung.lock() += 1;
+        self.condvar.notify_all();
+    }
+
+    /// How many times it was rung so far.
+    pub(super) fn rung(&self) -> u64 {
+        *self.rung.lock()
+    }
+
+    /// Waits until it was rung more than `seen` times, or `deadline`;
+    /// returns how many times it was rung by then.
+    pub(super) fn wait(&self, seen: u64, deadline: Instant) -> u64 {
+        let mut rung = self.rung.lock();
+        while *rung == seen {
+            let (guard, timed_out) = self.condvar.wait_until(rung, deadline);
+            rung = guard;
+            if timed_out {
+                break;
+            }
+        }
+        *rung
+    }
+}
