@@ -6,11 +6,11 @@
 //! has already pushed the `Stop`s and closed the queue, which also wakes it
 //! from a blocked push).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::{Job, SessionCounts, StopHandle};
 use crate::commit::Committer;
-use crate::item::{Item, Outcome, Status};
+use crate::item::{Item, Outcome};
 use crate::metrics::Metrics;
 use crate::queue::{PushError, WorkQueue};
 use crate::source::{Pull, ReturnReason, Source};
@@ -135,22 +135,9 @@ impl Producer<'_> {
         if done.is_empty() {
             return Ok(items);
         }
-        let now = SystemTime::now();
         let (skipped, rest): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| done.contains(&i.id));
         let n = skipped.len();
-        let outcomes = skipped
-            .into_iter()
-            .map(|item| Outcome {
-                item,
-                status: Status::Skipped,
-                attempts: 0,
-                output: None,
-                error: None,
-                started_at: now,
-                finished_at: now,
-                duration: Duration::ZERO,
-            })
-            .collect();
+        let outcomes = skipped.into_iter().map(Outcome::skipped).collect();
         self.counts.skipped.add(n as u64);
         self.metrics.items_skipped(n);
         if let Err(error) = self.committer.commit(outcomes) {

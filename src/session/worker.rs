@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Job, SessionCounts, StopHandle};
 use crate::commit::Committer;
 use crate::handler::Handler;
-use crate::item::{Outcome, Status};
+use crate::item::Outcome;
 use crate::metrics::Metrics;
 use crate::policy::{CallPolicy, Verdict};
 use crate::queue::{Message, WorkQueue};
@@ -144,32 +144,23 @@ impl Worker<'_> {
                 }),
         };
         let end_to_end = job.pulled_at.elapsed();
-        let (status, attempts, output, error) = match verdict {
+        let outcome = match verdict {
             Verdict::Done { output, attempts } => {
                 self.metrics.item_done(end_to_end);
                 self.counts.done.inc();
-                (Status::Done, attempts, Some(output), None)
+                Outcome::done(job.item, attempts, output, started_at, started.elapsed())
             }
             Verdict::Failed { error, attempts } => {
                 self.metrics.item_failed(&job.item.id, attempts, &error, end_to_end);
                 self.counts.failed.inc();
-                (Status::Failed, attempts, None, Some(error))
+                Outcome::failed(job.item, attempts, error, started_at, started.elapsed())
             }
             Verdict::Returned { reason, .. } => {
                 self.give_back(job, reason);
                 return None;
             }
         };
-        Some(Outcome {
-            item: job.item,
-            status,
-            attempts,
-            output,
-            error,
-            started_at,
-            finished_at: SystemTime::now(),
-            duration: started.elapsed(),
-        })
+        Some(outcome)
     }
 
     fn give_back(&self, job: Job, reason: ReturnReason) {
