@@ -67,7 +67,7 @@ use crate::source::spool::SpoolSource;
 use crate::source::{Source, SqliteSource};
 use crate::status::{DaemonState, Status, StatusSources};
 use crate::sync::Mutex;
-use crate::writer::{DrainReport, GiveBack, Writer, WriterConfig, WriterMetrics};
+use crate::writer::{DrainReport, GiveBack, Writer, WriterConfig, WriterCounters};
 
 /// How `lote run` was asked to run.
 #[derive(Clone, Debug)]
@@ -119,7 +119,7 @@ impl RunEnd {
             EndReason::Stopped => RunEnd::Stopped,
             EndReason::SourceFailed(_) => RunEnd::SourceFailed,
             EndReason::Deadline if summary.items_left() => RunEnd::DeadlineWithItemsLeft,
-            _ if summary.failed > 0 => RunEnd::ItemsFailed,
+            _ if summary.counts.failed > 0 => RunEnd::ItemsFailed,
             _ => RunEnd::Complete,
         }
     }
@@ -364,7 +364,7 @@ struct Inputs {
     writer: Option<Arc<Writer>>,
     /// The counts of the writers earlier reloads closed, added to the
     /// running one's so that the reported counters never go back to 0.
-    retired: WriterCounts,
+    retired: WriterCounters,
     breaker: Option<Arc<crate::policy::Breaker>>,
     threads: usize,
     status_file: PathBuf,
@@ -403,7 +403,7 @@ impl Shared {
             inputs.last.as_ref().map(|(summary, at)| (summary, *at)),
         );
         if let Some(writer) = status.writer.as_mut() {
-            inputs.retired.add_to(writer);
+            writer.counters = writer.counters.plus(&inputs.retired);
         }
         status
     }
@@ -527,7 +527,7 @@ fn notify_thread(shared: &Shared, over: &StopHandle, notifier: &Notifier) {
             let queue = m
                 .queue
                 .stats()
-                .map_or_else(|| "-".into(), |q| format!("{}/{}", q.len, q.capacity));
+                .map_or_else(|| "-".into(), |q| format!("{}/{}", q.stats.len, q.stats.capacity));
             let mut line = format!(
                 "{state} | queue {queue} | busy {}/{threads} | {rate:.1} items/s | done {} failed {}",
                 progress.busy_workers,
@@ -698,7 +698,7 @@ fn inputs_of(parts: &Parts) -> Inputs {
         sessions: 0,
         last: None,
         writer: Some(Arc::clone(&parts.writer)),
-        retired: WriterCounts::default(),
+        retired: WriterCounters::default(),
         breaker: config.policy.breaker.clone(),
         threads: config.session.threads,
         status_file: config.state_dir.join("status.json"),
@@ -706,49 +706,6 @@ fn inputs_of(parts: &Parts) -> Inputs {
         every: config.metrics.every,
         log_every: config.metrics.log_every,
         bounds: Bounds::of(config),
-    }
-}
-
-/// The counters of closed writers (see [`Inputs::retired`]).
-#[derive(Clone, Copy, Debug, Default)]
-struct WriterCounts {
-    enqueued: u64,
-    persisted: u64,
-    failed: u64,
-    unsaved: u64,
-    given_back: u64,
-    retries: u64,
-    batches: u64,
-    failed_flushes: u64,
-    ack_errors: u64,
-}
-
-impl WriterCounts {
-    /// These counts plus those of `writer`, closed.
-    fn plus(self, writer: &WriterMetrics) -> WriterCounts {
-        WriterCounts {
-            enqueued: self.enqueued + writer.enqueued.get(),
-            persisted: self.persisted + writer.persisted.get(),
-            failed: self.failed + writer.failed.get(),
-            unsaved: self.unsaved + writer.unsaved.get(),
-            given_back: self.given_back + writer.given_back.get(),
-            retries: self.retries + writer.retries.get(),
-            batches: self.batches + writer.batches.get(),
-            failed_flushes: self.failed_flushes + writer.failed_flushes.get(),
-            ack_errors: self.ack_errors + writer.ack_errors.get(),
-        }
-    }
-
-    fn add_to(&self, status: &mut crate::status::WriterStatus) {
-        status.enqueued += self.enqueued;
-        status.persisted += self.persisted;
-        status.failed += self.failed;
-        status.unsaved += self.unsaved;
-        status.given_back += self.given_back;
-        status.retries += self.retries;
-        status.batches += self.batches;
-        status.failed_flushes += self.failed_flushes;
-        status.ack_errors += self.ack_errors;
     }
 }
 
@@ -874,7 +831,7 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Res
     let stream_of = |config: &Config| !options.once && config.every.is_none();
     // The old writer drains before the new parts open the same files.
     let unsaved = parts.close().unwritten;
-    let retired = shared.inputs.lock().retired.plus(parts.writer.metrics());
+    let retired = shared.inputs.lock().retired.plus(&parts.writer.metrics().snapshot());
     let stream = stream_of(&config);
     let keep = Opened::of(&config, stream) == parts.opened;
     if !keep {
