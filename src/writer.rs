@@ -57,7 +57,7 @@
 //! let writer = Arc::new(Writer::start(WriterConfig::default(), Box::new(sink), Some(Box::new(dead)), source.clone())?);
 //! let summary = Session::new(SessionConfig::default(), source, Arc::new(Noop), writer.clone()).run()?;
 //! let drained = writer.close(); // drain, then stop the thread
-//! assert_eq!((summary.done, writer.metrics().persisted.get(), drained.unwritten), (100, 100, 0));
+//! assert_eq!((summary.counts.done, writer.metrics().persisted.get(), drained.unwritten), (100, 100, 0));
 //! # Ok(())
 //! # }
 //! ```

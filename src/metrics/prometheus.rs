@@ -179,12 +179,12 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         );
     }
 
-    if let Some(w) = &status.writer {
-        let (depth, w) = (w.depth, &w.counters);
+    if let Some(writer) = &status.writer {
+        let w = &writer.counters;
         out.gauge(
             "lote_writer_depth",
             "Outcomes handed to the writer and not yet durable.",
-            depth,
+            writer.depth,
         );
         out.counter(
             "lote_writer_enqueued_total",
@@ -222,18 +222,12 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         out.gauge_f64(
             "lote_writer_last_flush_seconds",
             "How long the last successful flush took.",
-            seconds(status.writer.as_ref().map_or(0.0, |w| w.last_flush_ms)),
+            seconds(writer.last_flush_ms),
         );
         out.gauge_f64(
             "lote_writer_oldest_unflushed_seconds",
             "How long the oldest outcome not yet durable has waited; 0 when all are durable.",
-            seconds(
-                status
-                    .writer
-                    .as_ref()
-                    .and_then(|w| w.oldest_unflushed_ms)
-                    .unwrap_or(0.0),
-            ),
+            seconds(writer.oldest_unflushed_ms.unwrap_or(0.0)),
         );
     }
 
