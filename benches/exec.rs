@@ -46,7 +46,7 @@ fn lote_exec(jobs: usize) -> Duration {
         .run()
         .unwrap();
     let elapsed = started.elapsed();
-    assert_eq!(summary.done as usize, jobs, "{summary}");
+    assert_eq!(summary.counts.done as usize, jobs, "{summary}");
     elapsed
 }
 

@@ -91,7 +91,7 @@ fn lote_end_to_end(items: usize, sink: Box<dyn Sink>) -> Duration {
         .unwrap();
     let report = writer.close();
     let elapsed = started.elapsed();
-    assert_eq!(summary.done as usize, items);
+    assert_eq!(summary.counts.done as usize, items);
     assert_eq!(report.unwritten, 0);
     assert_eq!(
         source.acked.load(Ordering::Relaxed) as usize,

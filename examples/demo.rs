@@ -149,13 +149,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         dead_letters.display(),
         letters.len()
     );
-    let m = metrics.snapshot();
+    let (handler, end_to_end) = (metrics.handler_time.snapshot(), metrics.end_to_end.snapshot());
     println!(
         "retries={} handler p50={}µs p99={}µs end-to-end p99={}µs",
-        m.counters.retries,
-        m.handler_time.p50.as_micros(),
-        m.handler_time.p99.as_micros(),
-        m.end_to_end.p99.as_micros()
+        metrics.retries.get(),
+        handler.p50.as_micros(),
+        handler.p99.as_micros(),
+        end_to_end.p99.as_micros()
     );
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::item::{Outcome, Status};
+use crate::sink::{DoneLookup, SinkError};
 use crate::source::{Source, SourceError};
 use crate::sync::Mutex;
 
@@ -24,8 +25,6 @@ pub enum CommitError {
     Ack(SourceError),
     /// The committer is shut down or broken; the message says which and why.
     Unavailable(String),
-    /// The committer cannot do this (e.g. look up done items).
-    Unsupported(&'static str),
 }
 
 impl fmt::Display for CommitError {
@@ -33,7 +32,6 @@ impl fmt::Display for CommitError {
         match self {
             CommitError::Ack(e) => write!(f, "acknowledging to the source: {e}"),
             CommitError::Unavailable(why) => write!(f, "committer unavailable: {why}"),
-            CommitError::Unsupported(what) => write!(f, "not supported: {what}"),
         }
     }
 }
@@ -53,12 +51,11 @@ pub trait Committer: Send + Sync {
         Ok(())
     }
 
-    /// The ids among `ids` that already have a durable `done` outcome: the
-    /// exactly-once check and `--resume`. One call per pulled batch, not per
-    /// item.
-    fn done_ids(&self, ids: &[&str]) -> Result<HashSet<String>, CommitError> {
-        let _ = ids;
-        Err(CommitError::Unsupported("this committer cannot look up done items"))
+    /// Where the ids that already have a durable `done` outcome are looked
+    /// up (the exactly-once check and `--resume`): the sink's own lookup.
+    /// `None` if this committer cannot tell.
+    fn done_lookup(&self) -> Option<&dyn DoneLookup> {
+        None
     }
 }
 
@@ -140,7 +137,13 @@ impl Committer for MemoryCommitter {
         Ok(())
     }
 
-    fn done_ids(&self, ids: &[&str]) -> Result<HashSet<String>, CommitError> {
+    fn done_lookup(&self) -> Option<&dyn DoneLookup> {
+        Some(self)
+    }
+}
+
+impl DoneLookup for MemoryCommitter {
+    fn done_ids(&self, ids: &[&str]) -> Result<HashSet<String>, SinkError> {
         let kept = self.kept.lock();
         Ok(ids
             .iter()

@@ -119,6 +119,44 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// `item` is done: the handler returned `output` after `attempts` runs,
+    /// the first started at `started_at`, `duration` ago.
+    pub fn done(item: Item, attempts: u32, output: String, started_at: SystemTime, duration: Duration) -> Self {
+        Outcome {
+            output: Some(output),
+            ..Outcome::ended(item, Status::Done, attempts, started_at, duration)
+        }
+    }
+
+    /// `item` failed for good with `error` after `attempts` runs (0 for a
+    /// defective item, never run): it goes to the dead-letter sink.
+    pub fn failed(item: Item, attempts: u32, error: String, started_at: SystemTime, duration: Duration) -> Self {
+        Outcome {
+            error: Some(error),
+            ..Outcome::ended(item, Status::Failed, attempts, started_at, duration)
+        }
+    }
+
+    /// `item` was already done in an earlier run (exactly-once, resume): it
+    /// is recorded now without running.
+    pub fn skipped(item: Item) -> Self {
+        Outcome::ended(item, Status::Skipped, 0, SystemTime::now(), Duration::ZERO)
+    }
+
+    /// An outcome that ends now, with neither output nor error.
+    fn ended(item: Item, status: Status, attempts: u32, started_at: SystemTime, duration: Duration) -> Self {
+        Outcome {
+            item,
+            status,
+            attempts,
+            output: None,
+            error: None,
+            started_at,
+            finished_at: SystemTime::now(),
+            duration,
+        }
+    }
+
     /// The item's id.
     pub fn id(&self) -> &str {
         &self.item.id

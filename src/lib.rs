@@ -85,7 +85,7 @@
 //!     .stop_handle(stop)
 //!     .run()?;
 //! println!("{summary}");
-//! assert_eq!(summary.done, 500);
+//! assert_eq!(summary.counts.done, 500);
 //! # Ok(())
 //! # }
 //! ```

@@ -57,7 +57,7 @@
 //! let writer = Arc::new(Writer::start(WriterConfig::default(), Box::new(sink), Some(Box::new(dead)), source.clone())?);
 //! let summary = Session::new(SessionConfig::default(), source, Arc::new(Noop), writer.clone()).run()?;
 //! let drained = writer.close(); // drain, then stop the thread
-//! assert_eq!((summary.done, writer.metrics().persisted.get(), drained.unwritten), (100, 100, 0));
+//! assert_eq!((summary.counts.done, writer.metrics().persisted.get(), drained.unwritten), (100, 100, 0));
 //! # Ok(())
 //! # }
 //! ```
@@ -69,7 +69,6 @@
 //! dropped (the channel disconnects; what is pending is flushed). It owns the
 //! sinks.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -78,7 +77,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::commit::{CommitError, Committer};
 use crate::item::{Item, Outcome, Status};
-use crate::metrics::{Counter, Gauge};
+use crate::metrics::{counter_set, Gauge};
 use crate::policy;
 use crate::sink::{DoneLookup, Sink, SinkError, SinkErrorKind};
 use crate::source::{ReturnReason, Source};
@@ -149,38 +148,45 @@ impl Default for WriterConfig {
 /// The longest pause between two tries of one flush.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What the write-behind thread has done (seed 001's metrics and more).
-#[derive(Debug, Default)]
-pub struct WriterMetrics {
-    /// Outcomes handed over by `commit`.
-    pub enqueued: Counter,
-    /// Outcomes made durable.
-    pub persisted: Counter,
-    /// Outcomes whose flush failed for good (never acknowledged).
-    pub failed: Counter,
-    /// Outcomes given up on: those of `failed`, and those a drain had no
-    /// time to write. Their items go back to the source and run again; a
-    /// `run --once` with any exits 1.
-    pub unsaved: Counter,
-    /// Items given back to the source because their outcomes are unsaved.
-    pub given_back: Counter,
-    /// Flush retries.
-    pub retries: Counter,
-    /// Batches made durable.
-    pub batches: Counter,
-    /// Batches whose flush failed for good.
-    pub failed_flushes: Counter,
-    /// Durable batches whose acknowledgement to the source failed.
-    pub ack_errors: Counter,
-    /// Outcomes handed over and not yet flushed (channel + open batch).
-    pub depth: Gauge,
-    /// The last successful flush, in microseconds. Relaxed: a statistic.
-    pub last_flush_micros: AtomicU64,
-    /// When the oldest unflushed outcome arrived, in milliseconds since the
-    /// writer started, plus one (0 = nothing unflushed). Relaxed: a statistic.
-    oldest_unflushed_ms: AtomicU64,
-    /// When the writer started: the epoch of `oldest_unflushed_ms`.
-    started: Option<Instant>,
+counter_set! {
+    /// What the write-behind thread has done (seed 001's metrics and more).
+    pub struct WriterMetrics;
+    /// The write-behind thread's counters at one moment: the counters of
+    /// status.json's `writer` object (SPEC §3.4).
+    pub struct WriterCounters;
+    counters {
+        /// Outcomes handed over by `commit`.
+        enqueued,
+        /// Outcomes made durable.
+        persisted,
+        /// Outcomes whose flush failed for good (their items given back).
+        failed,
+        /// Outcomes given up on: those of `failed`, and those a drain had no
+        /// time to write. Their items go back to the source and run again; a
+        /// `run --once` with any exits 1.
+        unsaved,
+        /// Items given back to the source because their outcomes are unsaved.
+        given_back,
+        /// Flush retries.
+        retries,
+        /// Batches made durable.
+        batches,
+        /// Batches whose flush failed for good.
+        failed_flushes,
+        /// Durable batches whose acknowledgement to the source failed.
+        ack_errors,
+    }
+    others {
+        /// Outcomes handed over and not yet flushed (channel + open batch).
+        pub depth: Gauge,
+        /// The last successful flush, in microseconds. Relaxed: a statistic.
+        pub last_flush_micros: AtomicU64,
+        /// When the oldest unflushed outcome arrived, in milliseconds since the
+        /// writer started, plus one (0 = nothing unflushed). Relaxed: a statistic.
+        oldest_unflushed_ms: AtomicU64,
+        /// When the writer started: the epoch of `oldest_unflushed_ms`.
+        started: Option<Instant>,
+    }
 }
 
 impl WriterMetrics {
@@ -399,15 +405,8 @@ impl Committer for Writer {
         }
     }
 
-    fn done_ids(&self, ids: &[&str]) -> Result<HashSet<String>, CommitError> {
-        match &self.lookup {
-            Some(lookup) => lookup
-                .done_ids(ids)
-                .map_err(|e| CommitError::Unavailable(e.to_string())),
-            None => Err(CommitError::Unsupported(
-                "the writer was started without done lookups (WriterConfig::done_lookups)",
-            )),
-        }
+    fn done_lookup(&self) -> Option<&dyn DoneLookup> {
+        self.lookup.as_deref()
     }
 }
 

@@ -91,7 +91,7 @@ impl Daemon {
             ..SessionConfig::default()
         };
         let summary = self.session(40, config, handler).run().unwrap();
-        assert_eq!((summary.done, summary.failed), (36, 4), "{summary}");
+        assert_eq!((summary.counts.done, summary.counts.failed), (36, 4), "{summary}");
         summary
     }
 
@@ -156,7 +156,7 @@ impl Daemon {
             // stay queued until the handler is released.
             let give_up = Instant::now() + Duration::from_secs(20);
             let full = || {
-                let q = self.metrics.queue.stats()?;
+                let q = self.metrics.queue.stats()?.stats;
                 (self.metrics.busy_workers.get() == 1 && q.high_water == q.capacity && q.len + 1 >= q.capacity)
                     .then_some(q)
             };
@@ -171,7 +171,7 @@ impl Daemon {
             let seen = during();
             release.store(true, Ordering::Release);
             let summary = running.join().unwrap();
-            assert_eq!(summary.done, 30, "{summary}");
+            assert_eq!(summary.counts.done, 30, "{summary}");
             seen
         })
     }
@@ -396,10 +396,16 @@ fn status_file_round_trips_with_every_part_filled() {
     let breaker = status.breaker.as_ref().unwrap();
     assert_eq!((breaker.state.as_str(), breaker.opens), ("open", 1));
     let writer = status.writer.as_ref().unwrap();
-    assert_eq!(writer.persisted, 40, "the first session's outcomes are durable");
-    assert!(writer.batches >= 1 && writer.last_flush_ms > 0.0, "{writer:?}");
+    assert_eq!(
+        writer.counters.persisted, 40,
+        "the first session's outcomes are durable"
+    );
+    assert!(writer.counters.batches >= 1 && writer.last_flush_ms > 0.0, "{writer:?}");
     let last = status.last_session.as_ref().unwrap();
-    assert_eq!((last.end.as_str(), last.done, last.failed), ("drained", 36, 4));
+    assert_eq!(
+        (last.end.as_str(), last.counts.done, last.counts.failed),
+        ("drained", 36, 4)
+    );
     let c = &status.counters;
     assert_eq!((c.done, c.failed), (36, 4));
     assert!(c.retries >= 5, "items 7, 14, …, 35 retried: {c:?}");

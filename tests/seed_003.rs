@@ -154,7 +154,10 @@ fn seed_003_example_1_as_a_session_every_item_once_then_each_worker_ends() {
         .unwrap();
 
     assert_eq!(summary.end, EndReason::Drained);
-    assert_eq!((summary.pulled, summary.done, summary.returned), (5, 5, 0));
+    assert_eq!(
+        (summary.counts.pulled, summary.counts.done, summary.counts.returned),
+        (5, 5, 0)
+    );
     for id in ids {
         assert_eq!(source.acks(&id.to_string()), vec![Status::Done], "item {id}");
     }
@@ -200,8 +203,8 @@ fn seed_003_example_2_as_a_session_stop_returns_what_was_not_taken() {
     let summary = runner.join().unwrap();
 
     assert_eq!(summary.end, EndReason::Stopped);
-    assert_eq!(summary.done, 2, "the two items in hand finish");
-    assert_eq!(summary.returned, 3, "the other three overtaken by -1 go back");
+    assert_eq!(summary.counts.done, 2, "the two items in hand finish");
+    assert_eq!(summary.counts.returned, 3, "the other three overtaken by -1 go back");
     assert!(summary.balanced());
     let ran = ran.lock().unwrap().clone();
     let mut left: Vec<String> = source.pending().into_iter().map(|i| i.id).collect();

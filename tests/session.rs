@@ -98,7 +98,7 @@ fn a_drained_session_processes_every_item_once() {
         },
     );
     assert_eq!(run.summary.end, EndReason::Drained);
-    assert_eq!((run.summary.done, run.summary.returned), (1000, 0));
+    assert_eq!((run.summary.counts.done, run.summary.counts.returned), (1000, 0));
     assert_eq!(calls.distinct(), 1000);
     assert!((0..1000).all(|i| calls.of(&i.to_string()) == 1));
     assert_accounted(&run, 1000);
@@ -118,7 +118,7 @@ fn each_worker_commits_every_chunk_and_its_partial_chunk_at_the_end() {
         lote::handler::Noop,
     );
     assert_eq!(run.committer.chunk_sizes(), vec![3, 3, 3, 1]);
-    assert_eq!(run.summary.commits, 4);
+    assert_eq!(run.summary.counts.commits, 4);
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn max_items_bounds_what_one_session_takes() {
         lote::handler::Noop,
     );
     assert_eq!(run.summary.end, EndReason::MaxItems);
-    assert_eq!((run.summary.pulled, run.summary.done), (10, 10));
+    assert_eq!((run.summary.counts.pulled, run.summary.counts.done), (10, 10));
     assert_eq!(run.source.pending().len(), 90);
     assert_accounted(&run, 100);
 }
@@ -166,8 +166,12 @@ fn the_deadline_stops_a_slow_session_within_one_item_and_returns_the_rest() {
         "took {:?}",
         run.elapsed
     );
-    assert!(run.summary.done >= 2 && run.summary.done < 100, "{:?}", run.summary);
-    assert_eq!(run.summary.done + run.summary.returned, 100);
+    assert!(
+        run.summary.counts.done >= 2 && run.summary.counts.done < 100,
+        "{:?}",
+        run.summary
+    );
+    assert_eq!(run.summary.counts.done + run.summary.counts.returned, 100);
     assert!((0..100).all(|i| calls.of(&i.to_string()) <= 1), "no item ran twice");
     assert_accounted(&run, 100);
 }
@@ -192,8 +196,8 @@ fn a_stop_from_the_handle_ends_the_session_and_returns_queued_items() {
         },
     );
     assert_eq!(run.summary.end, EndReason::Stopped);
-    assert!(run.summary.returned > 0);
-    assert!(run.summary.done < 500);
+    assert!(run.summary.counts.returned > 0);
+    assert!(run.summary.counts.done < 500);
     assert_accounted(&run, 500);
 }
 
@@ -262,7 +266,7 @@ fn a_waiting_retry_wakes_at_once_on_stop_and_the_item_goes_back() {
         run.elapsed
     );
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
-    assert_eq!((run.summary.failed, run.summary.returned), (0, 1));
+    assert_eq!((run.summary.counts.failed, run.summary.counts.returned), (0, 1));
     assert_accounted(&run, 1);
 }
 
@@ -323,7 +327,7 @@ fn fatal_failures_are_not_retried_and_exhausted_retries_fail() {
     assert_eq!((by_id("0").status, by_id("0").attempts), (Status::Failed, 1));
     assert_eq!((by_id("1").status, by_id("1").attempts), (Status::Failed, 3));
     assert!(by_id("1").error.unwrap().contains("gave up after 3 attempts"));
-    assert_eq!(run.summary.failed, 2);
+    assert_eq!(run.summary.counts.failed, 2);
 }
 
 #[test]
@@ -340,7 +344,7 @@ fn a_panicking_handler_fails_that_item_only() {
             Ok(String::new())
         },
     );
-    assert_eq!((run.summary.done, run.summary.failed), (49, 1));
+    assert_eq!((run.summary.counts.done, run.summary.counts.failed), (49, 1));
     let failed = run
         .committer
         .outcomes()
@@ -374,8 +378,8 @@ fn an_open_breaker_with_skip_returns_items_and_never_fails_them() {
         StopHandle::new(),
         |_: &CallContext<'_>, _: &Item| Err(Failure::retryable("503")),
     );
-    assert_eq!(run.summary.failed, 3, "only the calls that opened it failed");
-    assert_eq!(run.summary.returned, 17, "the rest were not attempted");
+    assert_eq!(run.summary.counts.failed, 3, "only the calls that opened it failed");
+    assert_eq!(run.summary.counts.returned, 17, "the rest were not attempted");
     assert_eq!(run.source.pending().len(), 17);
     assert_accounted(&run, 20);
 }
@@ -402,9 +406,9 @@ fn an_open_breaker_with_wait_pauses_until_a_probe_succeeds() {
             }
         },
     );
-    assert_eq!(run.summary.returned, 0, "wait mode returns nothing");
-    assert_eq!(run.summary.done + run.summary.failed, 10);
-    assert!(run.summary.done >= 5, "{:?}", run.summary);
+    assert_eq!(run.summary.counts.returned, 0, "wait mode returns nothing");
+    assert_eq!(run.summary.counts.done + run.summary.counts.failed, 10);
+    assert!(run.summary.counts.done >= 5, "{:?}", run.summary);
 }
 
 #[test]
@@ -425,8 +429,8 @@ fn a_stop_ends_a_breaker_wait_and_returns_the_item() {
         Err(Failure::retryable("503"))
     });
     assert!(run.elapsed < Duration::from_secs(10));
-    assert_eq!(run.summary.failed, 1);
-    assert_eq!(run.summary.returned, 4);
+    assert_eq!(run.summary.counts.failed, 1);
+    assert_eq!(run.summary.counts.returned, 4);
     assert_accounted(&run, 5);
 }
 

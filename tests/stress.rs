@@ -151,7 +151,7 @@ fn stress_session_every_item_done_and_acked_exactly_once() {
                 ..SessionConfig::default()
             };
             let summary = Session::new(config, source.clone(), handler, committer).run().unwrap();
-            assert_eq!(summary.done, ITEMS as u64);
+            assert_eq!(summary.counts.done, ITEMS as u64);
             assert!((0..ITEMS).all(|i| runs[i].load(Ordering::Relaxed) == 1));
             assert_eq!(source.ack_count(), ITEMS);
             assert!((0..ITEMS)

@@ -238,7 +238,7 @@ fn a_session_commits_a_trickle_while_it_runs_not_at_its_end() {
             "3 outcomes of a quiet source were still uncommitted while the session ran (chunk 1000): {:?}",
             committer.chunk_sizes()
         );
-        assert_eq!(summary.done, 3);
+        assert_eq!(summary.counts.done, 3);
     });
 }
 
@@ -255,7 +255,7 @@ fn a_huge_chunk_and_queue_capacity_allocate_nothing_up_front() {
     config.queue.capacity = 1_000_000_000_000;
     let session = Session::new(config, source.clone(), Arc::new(lote::handler::Noop), committer.clone());
     let summary = session.run().expect("session runs");
-    assert_eq!(summary.done, 5);
+    assert_eq!(summary.counts.done, 5);
     assert_eq!(committer.outcomes().len(), 5);
     assert!(source.pending().is_empty());
 }
@@ -280,7 +280,7 @@ fn an_outcome_does_not_wait_out_the_next_slow_call() {
     let summary = Session::new(config, source, Arc::new(slow), committer.clone())
         .run()
         .expect("session runs");
-    assert_eq!(summary.done, 3);
+    assert_eq!(summary.counts.done, 3);
     assert_eq!(
         committer.chunk_sizes(),
         vec![1, 1, 1],

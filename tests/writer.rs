@@ -512,11 +512,17 @@ fn exactly_once_skips_items_already_done_in_an_earlier_run() {
     let dir = tempfile::tempdir().unwrap();
     let runs = Arc::new(AtomicU32::new(0));
     let (first, _) = session_over(&dir, 200, Qos::ExactlyOnce, StopHandle::new(), runs.clone());
-    assert_eq!((first.done, first.failed, first.skipped), (199, 1, 0));
+    assert_eq!(
+        (first.counts.done, first.counts.failed, first.counts.skipped),
+        (199, 1, 0)
+    );
     let after_first = runs.load(Ordering::SeqCst);
     // The same 200 items again (a source that forgot its acks).
     let (second, source) = session_over(&dir, 200, Qos::ExactlyOnce, StopHandle::new(), runs.clone());
-    assert_eq!((second.done, second.skipped, second.failed), (0, 199, 1));
+    assert_eq!(
+        (second.counts.done, second.counts.skipped, second.counts.failed),
+        (0, 199, 1)
+    );
     assert_eq!(
         runs.load(Ordering::SeqCst) - after_first,
         1,
@@ -565,7 +571,7 @@ fn at_most_once_never_retries() {
     .run()
     .unwrap();
     writer.close();
-    assert_eq!((summary.failed, runs.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!((summary.counts.failed, runs.load(Ordering::SeqCst)), (1, 1));
     assert_eq!(source.acks("0"), vec![Status::Failed], "recorded and acknowledged");
 }
 
@@ -605,7 +611,7 @@ fn a_stop_mid_stream_leaves_every_handed_over_outcome_durable() {
         trigger.trigger(StopReason::Signal("SIGTERM".into()));
     });
     let (summary, source) = session_over(&dir, 5000, Qos::AtLeastOnce, stop, runs);
-    assert!(summary.returned > 0, "{summary:?}");
+    assert!(summary.counts.returned > 0, "{summary:?}");
     let records = reopen_records(&dir);
     assert_eq!(
         records.len() as u64,
@@ -637,7 +643,7 @@ fn an_undecodable_item_is_dead_lettered_with_its_reason_and_never_handled() {
         .run()
         .unwrap();
     writer.close();
-    assert_eq!((summary.done, summary.failed), (1, 1));
+    assert_eq!((summary.counts.done, summary.counts.failed), (1, 1));
     assert_eq!(
         *handled.lock().unwrap(),
         vec!["good".to_string()],
@@ -702,9 +708,9 @@ fn a_source_that_needs_resuming_skips_what_the_sink_has_as_done() {
         summary
     };
     let first = run_once(50);
-    assert_eq!((first.done, first.skipped), (50, 0));
+    assert_eq!((first.counts.done, first.counts.skipped), (50, 0));
     let second = run_once(80);
-    assert_eq!((second.done, second.skipped), (30, 50));
+    assert_eq!((second.counts.done, second.counts.skipped), (30, 50));
     assert_eq!(runs.load(Ordering::SeqCst), 80, "the first 50 ran once only");
 }
 

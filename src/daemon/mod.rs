@@ -123,7 +123,7 @@ impl RunEnd {
             EndReason::Stopped => RunEnd::Stopped,
             EndReason::SourceFailed(_) => RunEnd::SourceFailed,
             EndReason::Deadline if summary.items_left() => RunEnd::DeadlineWithItemsLeft,
-            _ if summary.failed > 0 => RunEnd::ItemsFailed,
+            _ if summary.counts.failed > 0 => RunEnd::ItemsFailed,
             _ => RunEnd::Complete,
         }
     }
@@ -522,7 +522,7 @@ mod tests {
         fs::write(dir.path().join("state/in/a"), "one").unwrap();
         fs::write(dir.path().join("state/in/b"), "two").unwrap();
         let (summary, unsaved) = daemon.run_session().unwrap();
-        assert_eq!((summary.done, unsaved), (2, 0));
+        assert_eq!((summary.counts.done, unsaved), (2, 0));
         daemon.shared.session_ended(&summary);
 
         // The same config: the same source object, the counts carried over.
@@ -536,16 +536,16 @@ mod tests {
         assert!(!Arc::ptr_eq(&writer, &daemon.parts.writer), "the writer is new");
         let status = daemon.shared.capture();
         assert_eq!(status.sessions, 1);
-        assert_eq!(status.writer.as_ref().unwrap().persisted, 2, "{status:?}");
+        assert_eq!(status.writer.as_ref().unwrap().counters.persisted, 2, "{status:?}");
         assert_eq!(state(&daemon), DaemonState::Idle);
 
         // A second reload adds the second writer's counts, not the first's
         // again.
         fs::write(dir.path().join("state/in/c"), "three").unwrap();
         let (summary, _) = daemon.run_session().unwrap();
-        assert_eq!(summary.done, 1);
+        assert_eq!(summary.counts.done, 1);
         daemon.reload().unwrap();
-        assert_eq!(daemon.shared.capture().writer.unwrap().persisted, 3);
+        assert_eq!(daemon.shared.capture().writer.unwrap().counters.persisted, 3);
 
         // A changed source: opened anew.
         fs::create_dir_all(dir.path().join("state/other")).unwrap();

@@ -3,7 +3,7 @@
 //! and notify threads read), the state transitions the loop makes
 //! ([`Shared::set_state`], and `stopping` once a stop is asked for, see
 //! [`Shared::state`]), the counts of writers closed by reloads
-//! ([`WriterCounts`]), and the [`Bell`] the loop rings when something the
+//! ([`WriterCounters`], the writer's own snapshot type), and the [`Bell`] the loop rings when something the
 //! threads report changed, so that they need not tick to notice it.
 
 use std::path::PathBuf;
@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::metrics::Metrics;
-use crate::status::prometheus;
 use crate::notify::Bounds;
 use crate::session::{SessionSummary, StopHandle};
+use crate::status::prometheus;
 use crate::status::{DaemonState, Status, StatusSources};
 use crate::sync::{Condvar, Mutex};
-use crate::writer::{Writer, WriterMetrics};
+use crate::writer::{Writer, WriterCounters, WriterMetrics};
 
 use super::parts::Parts;
 
@@ -44,7 +44,7 @@ pub(super) struct Inputs {
     pub(super) writer: Option<Arc<Writer>>,
     /// The counts of the writers earlier reloads closed, added to the
     /// running one's so that the reported counters never go back to 0.
-    pub(super) retired: WriterCounts,
+    pub(super) retired: WriterCounters,
     pub(super) breaker: Option<Arc<crate::policy::Breaker>>,
     pub(super) threads: usize,
     pub(super) status_file: PathBuf,
@@ -83,7 +83,7 @@ impl Shared {
             inputs.last.as_ref().map(|(summary, at)| (summary, *at)),
         );
         if let Some(writer) = status.writer.as_mut() {
-            inputs.retired.add_to(writer);
+            writer.counters = writer.counters.plus(&inputs.retired);
         }
         status
     }
@@ -128,7 +128,7 @@ impl Shared {
     pub(super) fn reloaded(&self, old_writer: &WriterMetrics, new: &Parts) {
         {
             let mut inputs = self.inputs.lock();
-            let retired = inputs.retired.plus(old_writer);
+            let retired = inputs.retired.plus(&old_writer.snapshot());
             let (sessions, last) = (inputs.sessions, inputs.last.take());
             *inputs = Inputs {
                 sessions,
@@ -149,7 +149,7 @@ pub(super) fn inputs_of(parts: &Parts) -> Inputs {
         sessions: 0,
         last: None,
         writer: Some(Arc::clone(&parts.writer)),
-        retired: WriterCounts::default(),
+        retired: WriterCounters::default(),
         breaker: config.policy.breaker.clone(),
         threads: config.session.threads,
         status_file: config.state_dir.join("status.json"),
@@ -157,49 +157,6 @@ pub(super) fn inputs_of(parts: &Parts) -> Inputs {
         every: config.metrics.every,
         log_every: config.metrics.log_every,
         bounds: Bounds::of(config),
-    }
-}
-
-/// The counters of closed writers (see [`Inputs::retired`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct WriterCounts {
-    pub(super) enqueued: u64,
-    pub(super) persisted: u64,
-    pub(super) failed: u64,
-    pub(super) unsaved: u64,
-    pub(super) given_back: u64,
-    pub(super) retries: u64,
-    pub(super) batches: u64,
-    pub(super) failed_flushes: u64,
-    pub(super) ack_errors: u64,
-}
-
-impl WriterCounts {
-    /// These counts plus those of `writer`, closed.
-    pub(super) fn plus(self, writer: &WriterMetrics) -> WriterCounts {
-        WriterCounts {
-            enqueued: self.enqueued + writer.enqueued.get(),
-            persisted: self.persisted + writer.persisted.get(),
-            failed: self.failed + writer.failed.get(),
-            unsaved: self.unsaved + writer.unsaved.get(),
-            given_back: self.given_back + writer.given_back.get(),
-            retries: self.retries + writer.retries.get(),
-            batches: self.batches + writer.batches.get(),
-            failed_flushes: self.failed_flushes + writer.failed_flushes.get(),
-            ack_errors: self.ack_errors + writer.ack_errors.get(),
-        }
-    }
-
-    pub(super) fn add_to(&self, status: &mut crate::status::WriterStatus) {
-        status.enqueued += self.enqueued;
-        status.persisted += self.persisted;
-        status.failed += self.failed;
-        status.unsaved += self.unsaved;
-        status.given_back += self.given_back;
-        status.retries += self.retries;
-        status.batches += self.batches;
-        status.failed_flushes += self.failed_flushes;
-        status.ack_errors += self.ack_errors;
     }
 }
 

@@ -143,7 +143,7 @@ pub(super) fn notify_thread(shared: &Shared, over: &StopHandle, notifier: &Notif
             let queue = m
                 .queue
                 .stats()
-                .map_or_else(|| "-".into(), |q| format!("{}/{}", q.len, q.capacity));
+                .map_or_else(|| "-".into(), |q| format!("{}/{}", q.stats.len, q.stats.capacity));
             let mut line = format!(
                 "{state} | queue {queue} | busy {}/{threads} | {rate:.1} items/s | done {} failed {}",
                 progress.busy_workers,

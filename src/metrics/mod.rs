@@ -1,12 +1,22 @@
 //! Counters on atomics, latency histograms, and the events that move them.
 //!
-//! Every event that matters to an operator is one method on [`Metrics`]: it
-//! changes the counter and writes the log line together, so the two never
-//! drift apart (the Vector habit). All counters are statistics only: nothing
-//! else is synchronised through them, so every access is `Relaxed`.
+//! Every event that matters to an operator is one function: it changes the
+//! counters and writes the log line together, so the two never drift apart
+//! (the Vector habit). Events of the handler call and the source (retries,
+//! panics, timeouts, the breaker, source errors) are methods on [`Metrics`];
+//! events of an item in a session (pulled, done, failed, skipped, returned,
+//! committed, the queue nearly full) are methods on the session's `Events`,
+//! which bump the session's count and the daemon's metric together. A
+//! counter is declared once, in a [`counter_set!`] list that makes both the
+//! live atomics and the snapshot that status.json embeds. All counters are
+//! statistics only: nothing else is synchronised through them, so every
+//! access is `Relaxed`.
 
+mod counter;
 mod histogram;
 
+pub(crate) use counter::counter_set;
+pub use counter::{Counter, Gauge};
 pub use histogram::{Histogram, HistogramSnapshot};
 
 use std::sync::Arc;
@@ -15,107 +25,85 @@ use std::time::Duration;
 use crate::item::Failure;
 use crate::policy::Transition;
 use crate::queue::QueueStats;
-use crate::source::ReturnReason;
-use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::Mutex;
 
 /// A retry wait this long or longer is logged at info, not debug: the
 /// operator should see why a worker sits idle.
 pub const LONG_RETRY_WAIT: Duration = Duration::from_secs(5);
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(
-    /// Relaxed everywhere: a statistic, read only for reporting.
-    AtomicU64,
-);
-
-impl Counter {
-    pub fn new() -> Self {
-        Counter(AtomicU64::new(0))
+counter_set! {
+    /// The engine's counters, gauges and histograms. One per daemon (shared
+    /// by its sessions through an `Arc`), so counts are cumulative like
+    /// Prometheus counters; a session's own counts are its
+    /// `SessionCounts`, bumped by the same event functions.
+    pub struct Metrics;
+    /// The engine's counters at one moment, cumulative since the `Metrics`
+    /// was made. Also the `counters` object of `status.json` (its field names
+    /// are that file's contract: add fields, never rename).
+    pub struct Counters;
+    counters {
+        /// Items taken from the source.
+        pulled,
+        /// Items queued for the workers.
+        queued,
+        /// Items done.
+        done,
+        /// Items failed for good.
+        failed,
+        /// Items already done in an earlier run, not run again.
+        skipped,
+        /// Items handed back to the source untouched.
+        returned,
+        /// Retries scheduled (attempts after the first).
+        retries,
+        /// Retry-After hints longer than `retry.max_retry_after`, capped to it.
+        retry_after_capped,
+        /// Handler calls that panicked (each fails its item only).
+        panics,
+        /// Handler calls that ran past their timeout.
+        timeouts,
+        /// Times a breaker opened (or reopened after a failed probe).
+        breaker_opens,
+        /// Chunks the committer refused.
+        commit_errors,
+        /// Failed pulls, give-backs or acknowledgements.
+        source_errors,
     }
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    others {
+        /// Workers inside a handler call now.
+        pub busy_workers: Gauge,
+        /// Workers sleeping now in a retry back-off or a breaker pause.
+        pub waiting_workers: Gauge,
+        /// From queued to popped by a worker.
+        pub queue_wait: Histogram,
+        /// One handler call (one attempt).
+        pub handler_time: Histogram,
+        /// From pulled to outcome, retries included.
+        pub end_to_end: Histogram,
+        /// The running session's queue, sampled by status and metrics writers.
+        pub queue: QueueProbe,
     }
 }
 
-/// A value that goes up and down (workers busy, writer depth).
-#[derive(Debug, Default)]
-pub struct Gauge(
-    /// Relaxed everywhere: a statistic, read only for reporting.
-    AtomicU64,
-);
+/// A queue at or above this share of its capacity is worth a warning (SPEC
+/// §3.7): `lote status` shows one, and each crossing is logged and counted.
+pub const QUEUE_WARN_PERCENT: u64 = 80;
 
-impl Gauge {
-    pub fn new() -> Self {
-        Gauge(AtomicU64::new(0))
-    }
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn sub(&self, n: u64) {
-        self.0.fetch_sub(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// True if `len` items fill `capacity` to [`QUEUE_WARN_PERCENT`] or more.
+pub fn queue_nearly_full(len: u64, capacity: u64) -> bool {
+    capacity > 0 && len.saturating_mul(100) >= capacity.saturating_mul(QUEUE_WARN_PERCENT)
 }
 
-/// The engine's counters and histograms. One per daemon (shared by its
-/// sessions through an `Arc`), so counts are cumulative like Prometheus
-/// counters; a [`crate::SessionSummary`] carries the per-session counts.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Items taken from the source.
-    pub pulled: Counter,
-    /// Items queued for the workers.
-    pub queued: Counter,
-    /// Outcomes by status.
-    pub done: Counter,
-    pub failed: Counter,
-    pub skipped: Counter,
-    pub returned: Counter,
-    /// Retries scheduled (attempts after the first).
-    pub retries: Counter,
-    /// Retry-After hints longer than `retry.max_retry_after`, capped to it.
-    pub retry_after_capped: Counter,
-    /// Handler calls that panicked (each fails its item only).
-    pub panics: Counter,
-    /// Handler calls that ran past their timeout.
-    pub timeouts: Counter,
-    /// Times a breaker opened (or reopened after a failed probe).
-    pub breaker_opens: Counter,
-    /// Chunks the committer refused.
-    pub commit_errors: Counter,
-    /// Failed pulls, give-backs or acknowledgements.
-    pub source_errors: Counter,
-    /// Workers inside a handler call now.
-    pub busy_workers: Gauge,
-    /// Workers sleeping now in a retry back-off or a breaker pause.
-    pub waiting_workers: Gauge,
-    /// From queued to popped by a worker.
-    pub queue_wait: Histogram,
-    /// One handler call (one attempt).
-    pub handler_time: Histogram,
-    /// From pulled to outcome, retries included.
-    pub end_to_end: Histogram,
-    /// The running session's queue, sampled by status and metrics writers.
-    pub queue: QueueProbe,
+/// The running session's queue as a status reader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueReading {
+    pub stats: QueueStats,
+    /// Times this session's queue crossed [`QUEUE_WARN_PERCENT`] of its
+    /// capacity (counted once per crossing, not per look).
+    pub high_water_warnings: u64,
 }
 
-type Probe = Arc<dyn Fn() -> QueueStats + Send + Sync>;
+type Probe = Arc<dyn Fn() -> QueueReading + Send + Sync>;
 
 /// A way to read the running session's queue from another thread. Set by
 /// `Session::run` for its duration; empty between sessions.
@@ -128,7 +116,7 @@ pub struct QueueProbe(
 
 impl QueueProbe {
     /// The queue's stats now, if a session is running.
-    pub fn stats(&self) -> Option<QueueStats> {
+    pub fn stats(&self) -> Option<QueueReading> {
         let probe = self.0.lock().clone();
         probe.map(|read| read())
     }
@@ -220,111 +208,15 @@ impl Metrics {
         }
     }
 
-    /// An item is done.
-    pub fn item_done(&self, end_to_end: Duration) {
-        self.done.inc();
-        self.end_to_end.record(end_to_end);
-    }
-
-    /// An item failed for good.
-    pub fn item_failed(&self, id: &str, attempts: u32, error: &str, end_to_end: Duration) {
-        self.failed.inc();
-        self.end_to_end.record(end_to_end);
-        log::warn!("item {id}: failed after {attempts} attempt(s): {error}");
-    }
-
-    /// `n` items were already done (exactly-once / resume) and were skipped.
-    pub fn items_skipped(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        self.skipped.add(n as u64);
-        log::info!("{n} item(s) already done: skipped");
-    }
-
-    /// `n` items went back to their source untouched.
-    pub fn items_returned(&self, n: usize, reason: ReturnReason) {
-        if n == 0 {
-            return;
-        }
-        self.returned.add(n as u64);
-        log::info!("{n} item(s) returned to the source ({reason})");
-    }
-
-    /// The committer refused a chunk of `n` outcomes.
-    pub fn commit_failed(&self, n: usize, error: &dyn std::fmt::Display) {
-        self.commit_errors.inc();
-        log::error!("committing {n} outcome(s) failed: {error}; they stay unacknowledged and will run again");
-    }
-
     /// A source call failed.
     pub fn source_failed(&self, what: &str, error: &dyn std::fmt::Display) {
         self.source_errors.inc();
         log::error!("source: {what} failed: {error}");
     }
-
-    /// A copy of every counter and histogram now.
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        MetricsSnapshot {
-            counters: Counters {
-                pulled: self.pulled.get(),
-                queued: self.queued.get(),
-                done: self.done.get(),
-                failed: self.failed.get(),
-                skipped: self.skipped.get(),
-                returned: self.returned.get(),
-                retries: self.retries.get(),
-                retry_after_capped: self.retry_after_capped.get(),
-                panics: self.panics.get(),
-                timeouts: self.timeouts.get(),
-                breaker_opens: self.breaker_opens.get(),
-                commit_errors: self.commit_errors.get(),
-                source_errors: self.source_errors.get(),
-            },
-            busy_workers: self.busy_workers.get(),
-            waiting_workers: self.waiting_workers.get(),
-            queue_wait: self.queue_wait.snapshot(),
-            handler_time: self.handler_time.snapshot(),
-            end_to_end: self.end_to_end.snapshot(),
-        }
-    }
-}
-
-/// The engine's counters at one moment, cumulative since the `Metrics` was
-/// made. Also the `counters` object of `status.json` (its field names are
-/// that file's contract: add fields, never rename).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    pub pulled: u64,
-    pub queued: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub returned: u64,
-    pub retries: u64,
-    /// Retry-After hints capped to `retry.max_retry_after`.
-    #[serde(default)]
-    pub retry_after_capped: u64,
-    pub panics: u64,
-    pub timeouts: u64,
-    pub breaker_opens: u64,
-    pub commit_errors: u64,
-    pub source_errors: u64,
 }
 
 /// `d` for a log line, to the millisecond: `1day 3h 46m 39s`, `7s 235ms`.
 fn human(d: Duration) -> String {
     let ms = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     humantime::format_duration(ms).to_string()
-}
-
-/// Every counter and histogram at one moment.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MetricsSnapshot {
-    pub counters: Counters,
-    pub busy_workers: u64,
-    pub waiting_workers: u64,
-    pub queue_wait: HistogramSnapshot,
-    pub handler_time: HistogramSnapshot,
-    pub end_to_end: HistogramSnapshot,
 }

@@ -22,25 +22,28 @@
 //! to the source untouched.
 
 mod call;
+mod events;
 mod producer;
 mod summary;
 mod worker;
 
 pub use crate::stop::{StopHandle, StopLevel, StopReason, Subscription};
-pub use summary::{EndReason, SessionSummary};
+pub use summary::{EndReason, SessionCounts, SessionSummary};
 
 use std::fmt;
 use std::sync::{Arc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::commit::{CommitError, Committer};
+use crate::commit::Committer;
 use crate::handler::Handler;
 use crate::item::Item;
-use crate::metrics::{Counter, Metrics};
+use crate::metrics::{Metrics, QueueReading};
 use crate::policy::{CallPolicy, RetryPolicy};
 use crate::queue::{QueueConfig, WorkQueue};
+use crate::sink::DoneLookup;
 use crate::source::{ReturnReason, Source};
+use events::Events;
 use producer::{Producer, ProducerEnd};
 use worker::Worker;
 
@@ -162,32 +165,11 @@ impl std::error::Error for SessionError {}
 /// A work item on its way through the queue, with its timestamps.
 pub(crate) struct Job {
     pub item: Item,
-    /// When the producer took it from the source (end-to-end latency).
+    /// When the source yielded it, before any wait for queue room or the
+    /// exactly-once lookup (end-to-end latency).
     pub pulled_at: Instant,
-    /// When it entered the queue (queue-wait latency).
+    /// When the producer pushed it (queue-wait latency).
     pub queued_at: Instant,
-}
-
-impl Job {
-    fn new(item: Item, now: Instant) -> Self {
-        Job {
-            item,
-            pulled_at: now,
-            queued_at: now,
-        }
-    }
-}
-
-/// This session's own counts (the shared [`Metrics`] are cumulative).
-#[derive(Default)]
-pub(crate) struct SessionCounts {
-    pub pulled: Counter,
-    pub done: Counter,
-    pub failed: Counter,
-    pub skipped: Counter,
-    pub returned: Counter,
-    pub commits: Counter,
-    pub commit_errors: Counter,
 }
 
 /// One producer/consumer run over a source, ready to [`run`](Session::run).
@@ -240,126 +222,140 @@ impl Session {
         self
     }
 
-    /// Runs the session to its end and returns what happened.
+    /// Runs the session to its end and returns what happened: checks the
+    /// config, starts the threads around a fresh queue, waits for them,
+    /// gives back what is still queued and sums up.
     pub fn run(&self) -> Result<SessionSummary, SessionError> {
         self.config.validate()?;
+        let done = self.done_lookup()?;
+        let policy = self.call_policy();
+        let started = Instant::now();
+        let queue: Arc<WorkQueue<Job>> = Arc::new(WorkQueue::new(self.config.queue.clone()));
+        let events = Events::new(&self.metrics, self.source.as_ref());
+        self.show_queue(&queue, &events);
+        let stop = self.stop.child();
+        let stopper = stop_workers_on_stop(&stop, &queue, self.config.threads);
+
+        let threads = self.run_threads(&queue, &stop, &policy, done, &events, started);
+
+        drop(stopper);
+        self.metrics.queue.set(None);
+        self.wind_down(&queue, &events);
+        let producer_end = threads?;
+        let source_drained = producer_end == ProducerEnd::Drained;
+        let end = end_reason(stop.reason(), producer_end);
+        Ok(events.ended(end, source_drained, started.elapsed()))
+    }
+
+    /// The lookup of done items, if this session skips them (exactly-once,
+    /// or a source that needs resuming); an error if it must and the
+    /// committer has none.
+    fn done_lookup(&self) -> Result<Option<&dyn DoneLookup>, SessionError> {
         let skip_done = self.config.qos == Qos::ExactlyOnce || self.source.needs_resume();
-        if skip_done {
-            if let Err(CommitError::Unsupported(_)) = self.committer.done_ids(&[]) {
-                return Err(SessionError::Config(format!(
-                    "{} needs a committer that can look up done items \
-                     (a Writer started with WriterConfig::done_lookups)",
-                    if self.config.qos == Qos::ExactlyOnce {
-                        "qos exactly_once"
-                    } else {
-                        "resuming this source"
-                    }
-                )));
-            }
+        if !skip_done {
+            return Ok(None);
         }
-        let policy = match self.config.qos {
-            // At most once: never a second attempt.
+        match self.committer.done_lookup() {
+            Some(lookup) => Ok(Some(lookup)),
+            None => Err(SessionError::Config(format!(
+                "{} needs a committer that can look up done items \
+                 (a Writer started with WriterConfig::done_lookups)",
+                if self.config.qos == Qos::ExactlyOnce {
+                    "qos exactly_once"
+                } else {
+                    "resuming this source"
+                }
+            ))),
+        }
+    }
+
+    /// The call policy under this session's QoS: at most once never makes a
+    /// second attempt.
+    fn call_policy(&self) -> CallPolicy {
+        match self.config.qos {
             Qos::AtMostOnce => CallPolicy {
                 retry: RetryPolicy::none(),
                 ..self.policy.clone()
             },
             _ => self.policy.clone(),
-        };
-        let started = Instant::now();
-        let threads = self.config.threads;
-        let queue: Arc<WorkQueue<Job>> = Arc::new(WorkQueue::new(self.config.queue.clone()));
-        {
-            let queue = Arc::clone(&queue);
-            self.metrics.queue.set(Some(Arc::new(move || queue.stats())));
         }
-        let stop = self.stop.child();
+    }
+
+    /// Lets status readers see `queue` (and its warnings) while the session runs.
+    fn show_queue(&self, queue: &Arc<WorkQueue<Job>>, events: &Events<'_>) {
+        let queue = Arc::clone(queue);
+        let warnings = events.queue_warnings();
+        self.metrics.queue.set(Some(Arc::new(move || QueueReading {
+            stats: queue.stats(),
+            high_water_warnings: warnings.get(),
+        })));
+    }
+
+    /// Starts the deadline thread, the workers and the producer, and joins
+    /// them all: how the producer ended, or which thread panicked.
+    fn run_threads(
+        &self,
+        queue: &WorkQueue<Job>,
+        stop: &StopHandle,
+        policy: &CallPolicy,
+        done: Option<&dyn DoneLookup>,
+        events: &Events<'_>,
+        started: Instant,
+    ) -> Result<ProducerEnd, SessionError> {
         // The session's end also ends the deadline thread's sleep.
         let over = stop.child();
-        let counts = SessionCounts::default();
-
-        // On the first stop (a handle can jump straight to Hurry, so not
-        // only on Stopping): one Stop per worker, and no more work in.
-        let stopper = {
-            let queue = Arc::clone(&queue);
-            let once = Once::new();
-            stop.on_change(move |level| {
-                if level >= StopLevel::Stopping {
-                    once.call_once(|| {
-                        queue.push_stop(threads);
-                        queue.close();
-                    });
-                }
-            })
-        };
-
-        let outcome = thread::scope(|scope| -> Result<ProducerEnd, SessionError> {
+        thread::scope(|scope| -> Result<ProducerEnd, SessionError> {
+            // If a thread cannot start, stop what did; the scope joins it.
+            let give_up = |e| {
+                stop.stop(StopReason::Requested);
+                over.stop(StopReason::Requested);
+                e
+            };
             let deadline = match self.config.deadline {
                 Some(after) => {
-                    let (stop, over) = (&stop, &over);
+                    let over = &over;
                     Some(spawn(scope, "lote-deadline", move || {
                         deadline_thread(stop, over, started, after)
                     })?)
                 }
                 None => None,
             };
-            let mut workers = Vec::new();
-            for index in 0..threads {
+            let mut workers = Vec::with_capacity(self.config.threads);
+            for index in 0..self.config.threads {
                 let worker = Worker {
                     index,
-                    queue: &queue,
-                    source: self.source.as_ref(),
+                    queue,
                     handler: self.handler.as_ref(),
                     committer: self.committer.as_ref(),
-                    policy: &policy,
-                    stop: &stop,
-                    metrics: &self.metrics,
-                    counts: &counts,
+                    policy,
+                    stop,
+                    events,
                     chunk: self.config.chunk,
                     chunk_wait: self.config.chunk_wait,
                 };
-                match spawn(scope, &format!("lote-worker-{index}"), move || worker.run()) {
-                    Ok(handle) => workers.push(handle),
-                    Err(e) => {
-                        // Stop what started; the scope joins it.
-                        stop.stop(StopReason::Requested);
-                        over.stop(StopReason::Requested);
-                        return Err(e);
-                    }
-                }
+                workers.push(spawn(scope, &format!("lote-worker-{index}"), move || worker.run()).map_err(give_up)?);
             }
             let producer = Producer {
                 source: self.source.as_ref(),
                 committer: self.committer.as_ref(),
-                skip_done,
-                queue: &queue,
-                stop: &stop,
-                metrics: &self.metrics,
-                counts: &counts,
+                done,
+                queue,
+                stop,
+                events,
                 max_items: self.config.max_items,
-                workers: threads,
+                workers: self.config.threads,
                 batch: self.config.pull_batch,
                 poll_interval: self.config.poll_interval,
             };
-            let producer = spawn(scope, "lote-producer", move || producer.run());
-            let producer = match producer {
-                Ok(handle) => Some(handle),
-                Err(e) => {
-                    stop.stop(StopReason::Requested);
-                    over.stop(StopReason::Requested);
-                    return Err(e);
-                }
-            };
+            let producer = spawn(scope, "lote-producer", move || producer.run()).map_err(give_up)?;
 
             let mut panicked = None;
-            let end = match producer.map(|p| p.join()) {
-                Some(Ok(end)) => end,
-                _ => {
-                    // The producer died: stop the workers so nothing waits forever.
-                    stop.stop(StopReason::Requested);
-                    panicked = Some("producer");
-                    ProducerEnd::Stopped
-                }
-            };
+            let end = producer.join().unwrap_or_else(|_| {
+                // The producer died: stop the workers so nothing waits forever.
+                stop.stop(StopReason::Requested);
+                panicked = Some("producer");
+                ProducerEnd::Stopped
+            });
             for worker in workers {
                 if worker.join().is_err() {
                     stop.stop(StopReason::Requested);
@@ -367,57 +363,51 @@ impl Session {
                 }
             }
             over.stop(StopReason::Requested);
-            if let Some(deadline) = deadline {
-                if deadline.join().is_err() {
-                    panicked = Some("deadline");
-                }
+            if deadline.is_some_and(|d| d.join().is_err()) {
+                panicked = Some("deadline");
             }
             match panicked {
                 Some(which) => Err(SessionError::ThreadPanicked(which.to_string())),
                 None => Ok(end),
             }
-        });
-        drop(stopper);
-        self.metrics.queue.set(None);
+        })
+    }
 
-        // Work still queued after a stop goes back untouched.
+    /// After the threads: work still queued (after a stop) goes back
+    /// untouched, and the committer makes everything durable.
+    fn wind_down(&self, queue: &WorkQueue<Job>, events: &Events<'_>) {
         let left: Vec<Item> = queue.take_work().into_iter().map(|job| job.item).collect();
-        if !left.is_empty() {
-            counts.returned.add(left.len() as u64);
-            self.metrics.items_returned(left.len(), ReturnReason::Stopped);
-            if let Err(error) = self.source.give_back(left, ReturnReason::Stopped) {
-                self.metrics.source_failed("giving queued items back", &error);
-            }
-        }
+        events.give_back(left, ReturnReason::Stopped);
         if let Err(error) = self.committer.finish() {
-            counts.commit_errors.inc();
-            self.metrics.commit_failed(0, &error);
+            events.commit_failed(0, &error);
         }
-        let producer_end = outcome?;
+    }
+}
 
-        let source_drained = producer_end == ProducerEnd::Drained;
-        let end = match (stop.reason(), producer_end) {
-            (Some(StopReason::Deadline), _) => EndReason::Deadline,
-            (Some(_), _) => EndReason::Stopped,
-            (None, ProducerEnd::Drained) => EndReason::Drained,
-            (None, ProducerEnd::MaxItems) => EndReason::MaxItems,
-            (None, ProducerEnd::SourceFailed(why)) => EndReason::SourceFailed(why),
-            (None, ProducerEnd::Stopped) => EndReason::Stopped,
-        };
-        let summary = SessionSummary {
-            end,
-            pulled: counts.pulled.get(),
-            done: counts.done.get(),
-            failed: counts.failed.get(),
-            skipped: counts.skipped.get(),
-            returned: counts.returned.get(),
-            commits: counts.commits.get(),
-            commit_errors: counts.commit_errors.get(),
-            source_drained,
-            elapsed: started.elapsed(),
-        };
-        log::info!("{summary}");
-        Ok(summary)
+/// On the first stop (a handle can jump straight to Hurry, so not only on
+/// Stopping): one Stop per worker, and no more work in.
+fn stop_workers_on_stop(stop: &StopHandle, queue: &Arc<WorkQueue<Job>>, workers: usize) -> Subscription {
+    let queue = Arc::clone(queue);
+    let once = Once::new();
+    stop.on_change(move |level| {
+        if level >= StopLevel::Stopping {
+            once.call_once(|| {
+                queue.push_stop(workers);
+                queue.close();
+            });
+        }
+    })
+}
+
+/// Why the session ended: a stop's reason wins over how the producer ended.
+fn end_reason(stop: Option<StopReason>, producer: ProducerEnd) -> EndReason {
+    match (stop, producer) {
+        (Some(StopReason::Deadline), _) => EndReason::Deadline,
+        (Some(_), _) => EndReason::Stopped,
+        (None, ProducerEnd::Drained) => EndReason::Drained,
+        (None, ProducerEnd::MaxItems) => EndReason::MaxItems,
+        (None, ProducerEnd::SourceFailed(why)) => EndReason::SourceFailed(why),
+        (None, ProducerEnd::Stopped) => EndReason::Stopped,
     }
 }
 

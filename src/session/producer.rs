@@ -6,13 +6,15 @@
 //! has already pushed the `Stop`s and closed the queue, which also wakes it
 //! from a blocked push).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use super::{Job, SessionCounts, StopHandle};
+use super::events::Events;
+use super::{Job, StopHandle};
 use crate::commit::Committer;
-use crate::item::{Item, Outcome, Status};
-use crate::metrics::Metrics;
+use crate::item::{Item, Outcome};
+use crate::metrics::queue_nearly_full;
 use crate::queue::{PushError, WorkQueue};
+use crate::sink::DoneLookup;
 use crate::source::{Pull, ReturnReason, Source};
 
 /// Why the producer stopped reading.
@@ -28,13 +30,12 @@ pub(crate) struct Producer<'a> {
     pub source: &'a dyn Source,
     /// Receives the outcomes of skipped items.
     pub committer: &'a dyn Committer,
-    /// Ask the committer which pulled ids are already done, and skip them
+    /// If set, pulled ids already done are looked up here and skipped
     /// (exactly-once, or a source that needs resuming).
-    pub skip_done: bool,
+    pub done: Option<&'a dyn DoneLookup>,
     pub queue: &'a WorkQueue<Job>,
     pub stop: &'a StopHandle,
-    pub metrics: &'a Metrics,
-    pub counts: &'a SessionCounts,
+    pub events: &'a Events<'a>,
     /// 0 = no limit.
     pub max_items: usize,
     pub workers: usize,
@@ -62,6 +63,9 @@ impl Producer<'_> {
         // A source that hears arrivals rings its bell; a stop rings it too.
         let bell = self.source.doorbell();
         let _stop_rings = bell.clone().map(|bell| self.stop.on_change(move |_| bell.ring()));
+        // Only the producer fills the queue, so it sees every rise past the
+        // warning line; armed again once the queue is seen below it.
+        let mut below_warning = true;
         loop {
             if self.stop.is_stopping() {
                 return ProducerEnd::Stopped;
@@ -88,28 +92,48 @@ impl Producer<'_> {
                 }
                 Ok(Pull::Exhausted) => return ProducerEnd::Drained,
                 Err(error) => {
-                    self.metrics.source_failed("pulling items", &error);
+                    self.events.metrics.source_failed("pulling items", &error);
                     return ProducerEnd::SourceFailed(error.to_string());
                 }
             };
+            // End-to-end latency starts here, before the exactly-once
+            // lookup and any wait for queue room.
+            let pulled_at = Instant::now();
             taken += items.len();
-            self.counts.pulled.add(items.len() as u64);
-            self.metrics.pulled.add(items.len() as u64);
-            let items = if self.skip_done {
-                match self.skip_done_items(items) {
+            self.events.items_pulled(items.len());
+            let items = match self.done {
+                Some(done) => match self.skip_done_items(done, items) {
                     Ok(items) => items,
                     Err(why) => return ProducerEnd::SourceFailed(why),
-                }
-            } else {
-                items
+                },
+                None => items,
             };
-            let now = Instant::now();
-            batch.extend(items.into_iter().map(|item| (item.priority, Job::new(item, now))));
+            if !below_warning {
+                // The workers may have taken the queue below the line since.
+                let stats = self.queue.stats();
+                below_warning = !queue_nearly_full(stats.len as u64, stats.capacity as u64);
+            }
+            let queued_at = Instant::now();
+            batch.extend(items.into_iter().map(|item| {
+                let job = Job {
+                    item,
+                    pulled_at,
+                    queued_at,
+                };
+                (job.item.priority, job)
+            }));
             let result = self.queue.push_batch(&mut batch);
-            self.metrics.queued.add(result.queued as u64);
+            self.events.items_queued(result.queued);
+            let stats = self.queue.stats();
+            if queue_nearly_full(stats.len as u64, stats.capacity as u64) {
+                if below_warning {
+                    self.events.queue_nearly_full(stats.len, stats.capacity);
+                }
+                below_warning = false;
+            }
             if !result.evicted.is_empty() {
                 let evicted = result.evicted.into_iter().map(|job| job.item).collect();
-                self.give_back(evicted, ReturnReason::QueueFull);
+                self.events.give_back(evicted, ReturnReason::QueueFull);
             }
             let mut closed = Vec::new();
             let mut full = Vec::new();
@@ -119,9 +143,9 @@ impl Producer<'_> {
                     other => full.push(other.into_inner().item),
                 }
             }
-            self.give_back(full, ReturnReason::QueueFull);
+            self.events.give_back(full, ReturnReason::QueueFull);
             if !closed.is_empty() {
-                self.give_back(closed, ReturnReason::Stopped);
+                self.events.give_back(closed, ReturnReason::Stopped);
                 return ProducerEnd::Stopped;
             }
         }
@@ -131,53 +155,23 @@ impl Producer<'_> {
     /// done, and returns the others. One lookup per pulled batch. If the
     /// lookup fails, no item of the batch may run (it could be a re-run):
     /// they all go back and the session ends.
-    fn skip_done_items(&self, items: Vec<Item>) -> Result<Vec<Item>, String> {
+    fn skip_done_items(&self, done: &dyn DoneLookup, items: Vec<Item>) -> Result<Vec<Item>, String> {
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
-        let done = match self.committer.done_ids(&ids) {
+        let done = match done.done_ids(&ids) {
             Ok(done) => done,
             Err(error) => {
                 let why = format!("looking up done items failed: {error}");
-                self.metrics.source_failed("the exactly-once check", &why);
-                self.give_back(items, ReturnReason::Stopped);
+                self.events.metrics.source_failed("the exactly-once check", &why);
+                self.events.give_back(items, ReturnReason::Stopped);
                 return Err(why);
             }
         };
         if done.is_empty() {
             return Ok(items);
         }
-        let now = SystemTime::now();
         let (skipped, rest): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| done.contains(&i.id));
-        let n = skipped.len();
-        let outcomes = skipped
-            .into_iter()
-            .map(|item| Outcome {
-                item,
-                status: Status::Skipped,
-                attempts: 0,
-                output: None,
-                error: None,
-                started_at: now,
-                finished_at: now,
-                duration: Duration::ZERO,
-            })
-            .collect();
-        self.counts.skipped.add(n as u64);
-        self.metrics.items_skipped(n);
-        if let Err(error) = self.committer.commit(outcomes) {
-            self.metrics.commit_failed(n, &error);
-        }
+        self.events
+            .items_skipped(self.committer, skipped.into_iter().map(Outcome::skipped).collect());
         Ok(rest)
-    }
-
-    fn give_back(&self, items: Vec<Item>, reason: ReturnReason) {
-        if items.is_empty() {
-            return;
-        }
-        let n = items.len();
-        self.counts.returned.add(n as u64);
-        self.metrics.items_returned(n, reason);
-        if let Err(error) = self.source.give_back(items, reason) {
-            self.metrics.source_failed("giving items back", &error);
-        }
     }
 }

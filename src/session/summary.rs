@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub use super::events::SessionCounts;
+
 /// Why a session ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -40,21 +42,11 @@ impl fmt::Display for EndReason {
     }
 }
 
-/// The counts of one session.
+/// What one session did and why it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSummary {
     pub end: EndReason,
-    /// Items taken from the source.
-    pub pulled: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    /// Items handed back to the source untouched (stop, breaker, full queue).
-    pub returned: u64,
-    /// Chunks handed to the committer.
-    pub commits: u64,
-    /// Chunks the committer refused (their items stay unacknowledged).
-    pub commit_errors: u64,
+    pub counts: SessionCounts,
     /// True if the producer saw the source run dry: nothing was left to pull.
     pub source_drained: bool,
     pub elapsed: Duration,
@@ -63,37 +55,38 @@ pub struct SessionSummary {
 impl SessionSummary {
     /// Items that reached an outcome (done, failed or skipped).
     pub fn processed(&self) -> u64 {
-        self.done + self.failed + self.skipped
+        self.counts.done + self.counts.failed + self.counts.skipped
     }
 
     /// True if items may be left at the source: some went back, or the
     /// producer stopped before the source ran dry.
     pub fn items_left(&self) -> bool {
-        self.returned > 0 || !self.source_drained
+        self.counts.returned > 0 || !self.source_drained
     }
 
     /// True if every item taken is accounted for: processed or returned.
     pub fn balanced(&self) -> bool {
-        self.processed() + self.returned == self.pulled
+        self.processed() + self.counts.returned == self.counts.pulled
     }
 }
 
 impl fmt::Display for SessionSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
         write!(
             f,
             "session ended ({}) after {}ms: {} pulled, {} done, {} failed, {} skipped, {} returned, {} commits",
             self.end,
             self.elapsed.as_millis(),
-            self.pulled,
-            self.done,
-            self.failed,
-            self.skipped,
-            self.returned,
-            self.commits
+            c.pulled,
+            c.done,
+            c.failed,
+            c.skipped,
+            c.returned,
+            c.commits
         )?;
-        if self.commit_errors > 0 {
-            write!(f, " ({} refused)", self.commit_errors)?;
+        if c.commit_errors > 0 {
+            write!(f, " ({} refused)", c.commit_errors)?;
         }
         Ok(())
     }

@@ -23,25 +23,23 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::call::{self, Verdict};
-use super::{Job, SessionCounts, StopHandle};
+use super::events::Events;
+use super::{Job, StopHandle};
 use crate::commit::Committer;
 use crate::handler::Handler;
-use crate::item::{Outcome, Status};
-use crate::metrics::Metrics;
+use crate::item::Outcome;
 use crate::policy::CallPolicy;
 use crate::queue::{Message, WorkQueue};
-use crate::source::{ReturnReason, Source};
 
 pub(crate) struct Worker<'a> {
     pub index: usize,
     pub queue: &'a WorkQueue<Job>,
-    pub source: &'a dyn Source,
     pub handler: &'a dyn Handler,
     pub committer: &'a dyn Committer,
     pub policy: &'a CallPolicy,
     pub stop: &'a StopHandle,
-    pub metrics: &'a Metrics,
-    pub counts: &'a SessionCounts,
+    /// Where its items' events go (and the given-back items).
+    pub events: &'a Events<'a>,
     pub chunk: usize,
     /// A partial chunk is committed once its oldest outcome is this old.
     pub chunk_wait: Duration,
@@ -111,7 +109,7 @@ impl Worker<'_> {
                     break;
                 }
             };
-            self.metrics.queue_wait.record(job.queued_at.elapsed());
+            self.events.metrics.queue_wait.record(job.queued_at.elapsed());
             if chunk.due_within(last_call, self.chunk_wait) {
                 self.commit(&mut chunk);
             }
@@ -143,57 +141,29 @@ impl Worker<'_> {
                 self.handler,
                 &job.item,
                 self.stop,
-                self.metrics,
+                self.events.metrics,
                 &mut || self.commit(chunk),
             ),
         };
         let end_to_end = job.pulled_at.elapsed();
-        let (status, attempts, output, error) = match verdict {
+        let outcome = match verdict {
             Verdict::Done { output, attempts } => {
-                self.metrics.item_done(end_to_end);
-                self.counts.done.inc();
-                (Status::Done, attempts, Some(output), None)
+                self.events.item_done(end_to_end);
+                Outcome::done(job.item, attempts, output, started_at, started.elapsed())
             }
             Verdict::Failed { error, attempts } => {
-                self.metrics.item_failed(&job.item.id, attempts, &error, end_to_end);
-                self.counts.failed.inc();
-                (Status::Failed, attempts, None, Some(error))
+                self.events.item_failed(&job.item.id, attempts, &error, end_to_end);
+                Outcome::failed(job.item, attempts, error, started_at, started.elapsed())
             }
             Verdict::Returned { reason, .. } => {
-                self.give_back(job, reason);
+                self.events.give_back(vec![job.item], reason);
                 return None;
             }
         };
-        Some(Outcome {
-            item: job.item,
-            status,
-            attempts,
-            output,
-            error,
-            started_at,
-            finished_at: SystemTime::now(),
-            duration: started.elapsed(),
-        })
-    }
-
-    fn give_back(&self, job: Job, reason: ReturnReason) {
-        self.counts.returned.inc();
-        self.metrics.items_returned(1, reason);
-        if let Err(error) = self.source.give_back(vec![job.item], reason) {
-            self.metrics.source_failed("giving an item back", &error);
-        }
+        Some(outcome)
     }
 
     fn commit(&self, chunk: &mut Chunk) {
-        if chunk.is_empty() {
-            return;
-        }
-        let full = chunk.take();
-        let n = full.len();
-        self.counts.commits.inc();
-        if let Err(error) = self.committer.commit(full) {
-            self.counts.commit_errors.inc();
-            self.metrics.commit_failed(n, &error);
-        }
+        self.events.commit(self.committer, chunk.take());
     }
 }

@@ -29,16 +29,16 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use crate::fsutil::write_atomically;
-use crate::metrics::{HistogramSnapshot, Metrics};
-// Part of the status file; defined beside the counters it copies.
+use crate::metrics::{queue_nearly_full, HistogramSnapshot, Metrics, QueueReading};
+// Parts of the status file, embedded as they are; defined beside the
+// counters they are snapshots of.
 pub use crate::metrics::Counters;
 use crate::policy::{Breaker, BreakerState};
+pub use crate::session::SessionCounts;
 use crate::session::SessionSummary;
 use crate::sink::timestamp;
+pub use crate::writer::WriterCounters;
 use crate::writer::WriterMetrics;
-
-/// A queue at or above this share of its capacity is worth a warning.
-const WARN_PERCENT: u64 = 80;
 
 /// What `lote status` shows and what the status file holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,6 +154,10 @@ pub struct QueueStatus {
     /// Items refused because a blocking push timed out, in this session.
     #[serde(default)]
     pub timed_out: u64,
+    /// Times the queue rose to 80 % of its capacity or more in this session
+    /// (once per crossing).
+    #[serde(default)]
+    pub high_water_warnings: u64,
     /// True once the session has stopped taking work.
     #[serde(default)]
     pub closed: bool,
@@ -192,31 +196,45 @@ pub struct BreakerStatus {
     pub consecutive_failures: u32,
 }
 
-/// The write-behind thread's counters (SPEC §3.4).
+/// The write-behind thread (SPEC §3.4): its counters, documented on
+/// [`WriterCounters`], and its gauges.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WriterStatus {
     /// Outcomes handed over and not yet durable.
     pub depth: u64,
-    pub enqueued: u64,
-    pub persisted: u64,
-    /// Outcomes whose flush failed for good (their items given back).
-    pub failed: u64,
-    /// Outcomes given up on: `failed` plus what a drain had no time to
-    /// write. Their items run again; `run --once` with any exits 1.
-    #[serde(default)]
-    pub unsaved: u64,
-    /// Items handed back to their source because their outcome is unsaved.
-    #[serde(default)]
-    pub given_back: u64,
-    pub retries: u64,
-    pub batches: u64,
-    pub failed_flushes: u64,
-    pub ack_errors: u64,
+    #[serde(flatten)]
+    pub counters: WriterCounters,
     /// How long the last successful flush took.
     pub last_flush_ms: f64,
     /// How long the oldest outcome not yet durable has waited; `None` when
     /// everything handed over is durable.
     pub oldest_unflushed_ms: Option<f64>,
+}
+
+impl From<&WriterMetrics> for WriterStatus {
+    fn from(w: &WriterMetrics) -> Self {
+        WriterStatus {
+            depth: w.depth.get(),
+            counters: w.snapshot(),
+            last_flush_ms: millis(w.last_flush()),
+            oldest_unflushed_ms: w.oldest_unflushed_age().map(millis),
+        }
+    }
+}
+
+impl From<QueueReading> for QueueStatus {
+    fn from(q: QueueReading) -> Self {
+        QueueStatus {
+            len: q.stats.len as u64,
+            capacity: q.stats.capacity as u64,
+            high_water: q.stats.high_water as u64,
+            dropped: q.stats.dropped,
+            rejected: q.stats.rejected,
+            timed_out: q.stats.timed_out,
+            high_water_warnings: q.high_water_warnings,
+            closed: q.stats.closed,
+        }
+    }
 }
 
 /// The three latency histograms, summarised.
@@ -252,15 +270,8 @@ pub struct LastSession {
     pub end: String,
     /// Why it ended, in words (`source failed: …`).
     pub detail: String,
-    pub pulled: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub returned: u64,
-    #[serde(default)]
-    pub commits: u64,
-    #[serde(default)]
-    pub commit_errors: u64,
+    #[serde(flatten)]
+    pub counts: SessionCounts,
     pub elapsed_ms: u64,
 }
 
@@ -271,13 +282,7 @@ impl LastSession {
             ended_at: timestamp(ended_at),
             end: summary.end.as_str().to_string(),
             detail: summary.end.to_string(),
-            pulled: summary.pulled,
-            done: summary.done,
-            failed: summary.failed,
-            skipped: summary.skipped,
-            returned: summary.returned,
-            commits: summary.commits,
-            commit_errors: summary.commit_errors,
+            counts: summary.counts.clone(),
             elapsed_ms: u64::try_from(summary.elapsed.as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -308,7 +313,7 @@ impl Status {
         sessions: u64,
         last_session: Option<(&SessionSummary, SystemTime)>,
     ) -> Status {
-        let snapshot = sources.metrics.snapshot();
+        let metrics = sources.metrics;
         Status {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -317,44 +322,23 @@ impl Status {
             started_at: timestamp(started_at),
             updated_at: timestamp(SystemTime::now()),
             sessions,
-            queue: sources.metrics.queue.stats().map(|q| QueueStatus {
-                len: q.len as u64,
-                capacity: q.capacity as u64,
-                high_water: q.high_water as u64,
-                dropped: q.dropped,
-                rejected: q.rejected,
-                timed_out: q.timed_out,
-                closed: q.closed,
-            }),
+            queue: metrics.queue.stats().map(QueueStatus::from),
             workers: WorkersStatus {
                 threads: sources.threads as u64,
-                busy: snapshot.busy_workers,
-                waiting: snapshot.waiting_workers,
+                busy: metrics.busy_workers.get(),
+                waiting: metrics.waiting_workers.get(),
             },
             breaker: sources.breaker.map(|b| BreakerStatus {
                 state: b.state().as_str().to_string(),
                 opens: b.opens(),
                 consecutive_failures: b.consecutive_failures(),
             }),
-            writer: sources.writer.map(|w| WriterStatus {
-                depth: w.depth.get(),
-                enqueued: w.enqueued.get(),
-                persisted: w.persisted.get(),
-                failed: w.failed.get(),
-                unsaved: w.unsaved.get(),
-                given_back: w.given_back.get(),
-                retries: w.retries.get(),
-                batches: w.batches.get(),
-                failed_flushes: w.failed_flushes.get(),
-                ack_errors: w.ack_errors.get(),
-                last_flush_ms: millis(w.last_flush()),
-                oldest_unflushed_ms: w.oldest_unflushed_age().map(millis),
-            }),
-            counters: snapshot.counters.clone(),
+            writer: sources.writer.map(WriterStatus::from),
+            counters: metrics.snapshot(),
             latency: Latencies {
-                queue_wait: Latency::from(&snapshot.queue_wait),
-                handler: Latency::from(&snapshot.handler_time),
-                end_to_end: Latency::from(&snapshot.end_to_end),
+                queue_wait: Latency::from(&metrics.queue_wait.snapshot()),
+                handler: Latency::from(&metrics.handler_time.snapshot()),
+                end_to_end: Latency::from(&metrics.end_to_end.snapshot()),
             },
             last_session: last_session.map(|(summary, at)| LastSession::new(summary, at)),
         }
@@ -395,7 +379,7 @@ impl Status {
             parts.push(format!("breaker {}", b.state));
         }
         if let Some(w) = &self.writer {
-            parts.push(format!("writer depth {} persisted {}", w.depth, w.persisted));
+            parts.push(format!("writer depth {} persisted {}", w.depth, w.counters.persisted));
         }
         parts.push(format!("p99 handler {}", ms(self.latency.handler.p99_ms)));
         parts.join(" | ")
@@ -406,7 +390,7 @@ impl Status {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if let Some(q) = &self.queue {
-            if q.capacity > 0 && q.len * 100 >= q.capacity * WARN_PERCENT {
+            if queue_nearly_full(q.len, q.capacity) {
                 warnings.push(format!(
                     "queue at {}% ({}/{})",
                     percent(q.len, q.capacity),
@@ -475,12 +459,12 @@ impl fmt::Display for Status {
                 format_args!(
                     "depth {}, persisted {}, failed {} ({} failed flushes, {} unsaved, {} given back), retries {}, last flush {}{}",
                     w.depth,
-                    w.persisted,
-                    w.failed,
-                    w.failed_flushes,
-                    w.unsaved,
-                    w.given_back,
-                    w.retries,
+                    w.counters.persisted,
+                    w.counters.failed,
+                    w.counters.failed_flushes,
+                    w.counters.unsaved,
+                    w.counters.given_back,
+                    w.counters.retries,
                     ms(w.last_flush_ms),
                     oldest.unwrap_or_default()
                 ),
@@ -527,11 +511,11 @@ impl fmt::Display for Status {
                     s.ended_at,
                     s.detail,
                     ms(s.elapsed_ms as f64),
-                    s.pulled,
-                    s.done,
-                    s.failed,
-                    s.skipped,
-                    s.returned
+                    s.counts.pulled,
+                    s.counts.done,
+                    s.counts.failed,
+                    s.counts.skipped,
+                    s.counts.returned
                 ),
             )?,
             None => line(f, "sessions", format_args!("{}; none ended yet", self.sessions))?,
@@ -617,7 +601,10 @@ mod tests {
             }),
             writer: Some(WriterStatus {
                 depth: 40,
-                persisted: 1150,
+                counters: WriterCounters {
+                    persisted: 1150,
+                    ..WriterCounters::default()
+                },
                 last_flush_ms: 3.25,
                 ..WriterStatus::default()
             }),
@@ -703,13 +690,15 @@ mod tests {
         status.last_session = Some(LastSession::new(
             &SessionSummary {
                 end: EndReason::SourceFailed("disk gone".into()),
-                pulled: 500,
-                done: 497,
-                failed: 3,
-                skipped: 0,
-                returned: 0,
-                commits: 10,
-                commit_errors: 0,
+                counts: SessionCounts {
+                    pulled: 500,
+                    done: 497,
+                    failed: 3,
+                    skipped: 0,
+                    returned: 0,
+                    commits: 10,
+                    commit_errors: 0,
+                },
                 source_drained: false,
                 elapsed: Duration::from_millis(12_300),
             },
@@ -739,7 +728,8 @@ mod tests {
     fn status_capture_reads_every_source() {
         let metrics = Metrics::new();
         metrics.pulled.add(7);
-        metrics.item_done(Duration::from_millis(2));
+        metrics.done.inc();
+        metrics.end_to_end.record(Duration::from_millis(2));
         metrics.handler_time.record(Duration::from_micros(1500));
         metrics.busy_workers.inc();
         metrics.waiting_workers.inc();

@@ -172,13 +172,19 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
             "Items refused because a blocking push timed out, in this session.",
             q.timed_out,
         );
+        out.counter(
+            "lote_queue_high_water_warnings_total",
+            "Times the queue rose to 80% of its capacity or more in this session.",
+            q.high_water_warnings,
+        );
     }
 
-    if let Some(w) = &status.writer {
+    if let Some(writer) = &status.writer {
+        let w = &writer.counters;
         out.gauge(
             "lote_writer_depth",
             "Outcomes handed to the writer and not yet durable.",
-            w.depth,
+            writer.depth,
         );
         out.counter(
             "lote_writer_enqueued_total",
@@ -216,12 +222,12 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         out.gauge_f64(
             "lote_writer_last_flush_seconds",
             "How long the last successful flush took.",
-            seconds(w.last_flush_ms),
+            seconds(writer.last_flush_ms),
         );
         out.gauge_f64(
             "lote_writer_oldest_unflushed_seconds",
             "How long the oldest outcome not yet durable has waited; 0 when all are durable.",
-            seconds(w.oldest_unflushed_ms.unwrap_or(0.0)),
+            seconds(writer.oldest_unflushed_ms.unwrap_or(0.0)),
         );
     }
 
