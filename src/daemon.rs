@@ -59,7 +59,7 @@ use crate::handler::http::HttpHandler;
 use crate::handler::{Handler, Noop};
 use crate::metrics::{prometheus, Metrics};
 use crate::notify::{Bounds, DrainWatch, Notifier, Progress, Watchdog, MAX_TICK};
-use crate::policy::BreakerState;
+use crate::policy::{BreakerState, CallPolicy};
 use crate::session::{EndReason, Qos, Session, SessionSummary, StopHandle, StopLevel, StopReason};
 use crate::sink::{JsonlSink, Sink, SqliteSink, TableAck};
 use crate::source::lines::{LinesConfig, LinesSource};
@@ -166,6 +166,8 @@ struct Parts {
     /// The acknowledgement the sink makes for a source in its own file.
     table_ack: Option<TableAck>,
     handler: Arc<dyn Handler>,
+    /// `config.policy` built: its breaker is shared by every session.
+    policy: CallPolicy,
     /// The exec handler again, to kill its children on the way out.
     exec: Option<Arc<ExecHandler>>,
     writer: Arc<Writer>,
@@ -239,6 +241,7 @@ impl Parts {
         let writer = Writer::start(writer_config, sink, dead_letter, Arc::clone(&source))
             .map_err(|e| build("starting the writer", &e))?;
         Ok(Parts {
+            policy: config.policy.call_policy(),
             config,
             source,
             opened,
@@ -699,7 +702,7 @@ fn inputs_of(parts: &Parts) -> Inputs {
         last: None,
         writer: Some(Arc::clone(&parts.writer)),
         retired: WriterCounts::default(),
-        breaker: config.policy.breaker.clone(),
+        breaker: parts.policy.breaker.clone(),
         threads: config.session.threads,
         status_file: config.state_dir.join("status.json"),
         textfile: config.metrics.textfile.clone(),
@@ -790,7 +793,7 @@ fn session_loop(
             Arc::clone(&parts.handler),
             Arc::clone(&parts.writer) as Arc<dyn crate::commit::Committer>,
         )
-        .policy(parts.config.policy.clone())
+        .policy(parts.policy.clone())
         .stop_handle(session_stop)
         .metrics(Arc::clone(metrics));
         let unsaved_before = parts.writer.metrics().unsaved.get();
@@ -863,14 +866,13 @@ fn session_loop(
 /// with, and the daemon must stop (exit 1) rather than hand outcomes to a
 /// closed one.
 fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Result<u64, DaemonError> {
-    let mut config = match Config::load(&options.config_path) {
+    let config = match Config::load(&options.config_path) {
         Ok(config) => config,
         Err(e) => {
             log::error!("SIGHUP: the new config is invalid, keeping the old one: {e}");
             return Ok(0);
         }
     };
-    keep_breaker(&parts.config, &mut config);
     let stream_of = |config: &Config| !options.once && config.every.is_none();
     // The old writer drains before the new parts open the same files.
     let unsaved = parts.close().unwritten;
@@ -885,7 +887,8 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Res
     }
     let live = |keep: bool| keep.then(|| (Arc::clone(&parts.source), parts.table_ack.clone()));
     match Parts::build(config, stream, options.resume, live(keep)) {
-        Ok(new) => {
+        Ok(mut new) => {
+            keep_breaker((&parts.config, &parts.policy), (&new.config, &mut new.policy));
             *parts = new;
             if std::env::var_os("RUST_LOG").is_none() {
                 log::set_max_level(level_filter(&parts.config.log));
@@ -898,13 +901,16 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Res
             let stream = stream_of(&old);
             // The old source, as it was; one reopened resumes (the records
             // are tied to its file by now).
-            *parts = Parts::build(old, stream, true, live(keep)).map_err(|old_failed| {
-                DaemonError::Build(format!(
-                    "SIGHUP: the new config could not be applied ({new_failed}) and rebuilding the old \
+            let running = parts.policy.clone();
+            *parts = Parts::build(old, stream, true, live(keep))
+                .map(|old| Parts { policy: running, ..old })
+                .map_err(|old_failed| {
+                    DaemonError::Build(format!(
+                        "SIGHUP: the new config could not be applied ({new_failed}) and rebuilding the old \
                      parts failed too ({old_failed}); stopping, as there is no writer to run with: \
                      fix the cause and start lote again"
-                ))
-            })?;
+                    ))
+                })?;
         }
     }
     let mut inputs = shared.inputs.lock();
@@ -925,10 +931,10 @@ fn apply_reload(parts: &mut Parts, options: &RunOptions, shared: &Shared) -> Res
 /// downstream the breaker is holding off. Otherwise the new config's
 /// breaker starts closed, as a changed handler may well be the fix; that is
 /// logged when the old one was not closed, so the reset is never silent.
-fn keep_breaker(old: &Config, new: &mut Config) {
-    let same_handler = old.handler == new.handler;
-    match (&old.policy.breaker, &mut new.policy.breaker) {
-        (Some(running), Some(fresh)) if same_handler && running.config() == fresh.config() => {
+fn keep_breaker((old, running): (&Config, &CallPolicy), (new, fresh): (&Config, &mut CallPolicy)) {
+    let same = (&old.handler, &old.policy.breaker) == (&new.handler, &new.policy.breaker);
+    match (&running.breaker, &mut fresh.breaker) {
+        (Some(running), Some(fresh)) if same => {
             *fresh = Arc::clone(running);
         }
         (Some(running), fresh) if running.state() != BreakerState::Closed => log::warn!(
@@ -954,31 +960,27 @@ pub fn level_filter(level: &str) -> log::LevelFilter {
 mod tests {
     use super::*;
 
-    fn config(url: &str, failures: u32) -> Config {
+    fn config(url: &str, failures: u32) -> (Config, CallPolicy) {
         let yaml = format!(
             "state_dir: /tmp/lote-test\nsource: {{kind: spool, path: in}}\n\
              handler: {{kind: http, url: \"{url}\", breaker: {{failures: {failures}}}}}\n"
         );
-        Config::from_yaml(&yaml, Path::new("test.yaml")).unwrap()
+        let config = Config::from_yaml(&yaml, Path::new("test.yaml")).unwrap();
+        let policy = config.policy.call_policy();
+        (config, policy)
     }
 
-    fn same_breaker(a: &Config, b: &Config) -> bool {
-        Arc::ptr_eq(a.policy.breaker.as_ref().unwrap(), b.policy.breaker.as_ref().unwrap())
+    fn same_breaker(a: &CallPolicy, b: &CallPolicy) -> bool {
+        Arc::ptr_eq(a.breaker.as_ref().unwrap(), b.breaker.as_ref().unwrap())
     }
 
     #[test]
     fn a_reload_keeps_the_breaker_only_for_the_same_handler_and_breaker_settings() {
-        let running = config("http://127.0.0.1:9/a", 3);
-        let mut same = config("http://127.0.0.1:9/a", 3);
-        keep_breaker(&running, &mut same);
-        assert!(same_breaker(&running, &same));
-
-        let mut other_settings = config("http://127.0.0.1:9/a", 4);
-        keep_breaker(&running, &mut other_settings);
-        assert!(!same_breaker(&running, &other_settings));
-
-        let mut other_downstream = config("http://127.0.0.1:9/b", 3);
-        keep_breaker(&running, &mut other_downstream);
-        assert!(!same_breaker(&running, &other_downstream));
+        let (running, live) = config("http://127.0.0.1:9/a", 3);
+        for (url, failures, kept) in [("a", 3, true), ("a", 4, false), ("b", 3, false)] {
+            let (new, mut fresh) = config(&format!("http://127.0.0.1:9/{url}"), failures);
+            keep_breaker((&running, &live), (&new, &mut fresh));
+            assert_eq!(same_breaker(&live, &fresh), kept, "{url} {failures}");
+        }
     }
 }

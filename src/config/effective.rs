@@ -182,22 +182,19 @@ fn handler(c: &Config) -> Value {
     };
     let breaker = match &p.breaker {
         None => Value::Null,
-        Some(b) => {
-            let b = b.config();
-            map([
-                ("failures", b.failures.into()),
-                ("open_for", dur(b.open_for)),
-                ("half_open_probes", b.half_open_probes.into()),
-                (
-                    "when_open",
-                    match p.when_open {
-                        WhenOpen::Wait => "wait",
-                        WhenOpen::Skip => "skip",
-                    }
-                    .into(),
-                ),
-            ])
-        }
+        Some(b) => map([
+            ("failures", b.failures.into()),
+            ("open_for", dur(b.open_for)),
+            ("half_open_probes", b.half_open_probes.into()),
+            (
+                "when_open",
+                match p.when_open {
+                    WhenOpen::Wait => "wait",
+                    WhenOpen::Skip => "skip",
+                }
+                .into(),
+            ),
+        ]),
     };
     let common = [
         ("qos", Value::from(c.session.qos.as_str())),

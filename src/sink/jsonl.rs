@@ -56,7 +56,7 @@ use super::{encode_json_line, DoneLookup, Record, Role, Sink, SinkError};
 use crate::item::{Outcome, Status};
 
 /// Where a JSONL sink writes and how it rotates.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JsonlConfig {
     /// The active file. Rotated files are named after it: `path.1` (the
     /// newest) to `path.<keep_files>` (the oldest).

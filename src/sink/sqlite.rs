@@ -87,7 +87,7 @@ impl Synchronous {
 }
 
 /// What [`SqliteSink::open`] needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteConfig {
     /// The database file; its parent directory is created if missing.
     pub path: PathBuf,
