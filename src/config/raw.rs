@@ -20,6 +20,12 @@ use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;
 
 use super::value::{Argv, ByteSize, Dur};
+use crate::policy::WhenOpen;
+use crate::queue::WhenFull;
+use crate::session::Qos;
+use crate::sink::Synchronous;
+use crate::source::lines::LinesFormat;
+use crate::source::spool::{OnDone, SpoolPriority};
 
 mod kinds;
 pub use kinds::*;
@@ -118,19 +124,9 @@ pub struct RawQueue {
     /// Most work items queued at once (≥ 1). Default 1024.
     pub capacity: Option<usize>,
     /// `block` (default), `drop_oldest`, `drop_newest`, `drop_write`, `reject`.
-    pub when_full: Option<WhenFullRaw>,
+    pub when_full: Option<WhenFull>,
     /// With `block` only: how long a push waits for room. Default: forever.
     pub block_timeout: Option<Dur>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFullRaw {
-    Block,
-    DropOldest,
-    DropNewest,
-    DropWrite,
-    Reject,
 }
 
 // ---------------------------------------------------------------- source
@@ -152,31 +148,16 @@ pub struct RawSpool {
     /// The directory to take files from. Required.
     pub path: Option<PathBuf>,
     /// What happens to a done file: `move` (to `<path>/done/`, default) or `delete`.
-    pub on_done: Option<OnDoneRaw>,
+    pub on_done: Option<OnDone>,
     /// Where an item's priority comes from: `filename_prefix` (default;
     /// `1-x.json` → 1), `fixed` (all the same), or `{json_field: NAME}` (an
     /// integer field of the file's JSON object).
     #[serde(default, with = "serde_yaml::with::singleton_map")]
-    pub priority: Option<SpoolPriorityRaw>,
+    pub priority: Option<SpoolPriority>,
     /// A file must be unchanged this long before it is taken. Default 1s.
     pub stable_for: Option<Dur>,
     /// Larger files are dead-lettered unread. Default 16MiB.
     pub max_bytes: Option<ByteSize>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDoneRaw {
-    Move,
-    Delete,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SpoolPriorityRaw {
-    FilenamePrefix,
-    Fixed,
-    JsonField(String),
 }
 
 /// `source: {kind: lines}` — one item per line of a file or of stdin.
@@ -189,16 +170,9 @@ pub struct RawLines {
     pub path: Option<PathBuf>,
     /// `text` (default; the line is the payload, the id its number) or
     /// `ndjson` (`{"id", "priority", "payload"}` per line).
-    pub format: Option<LinesFormatRaw>,
+    pub format: Option<LinesFormat>,
     /// Longer lines are dead-lettered. Default 1MiB.
     pub max_bytes: Option<ByteSize>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinesFormatRaw {
-    Text,
-    Ndjson,
 }
 
 /// `source: {kind: sqlite}` — a work table in a SQLite file.
@@ -259,7 +233,7 @@ impl RawHandler {
 /// again and hands them over with `policy()`.
 #[derive(Debug, Default)]
 pub struct RawPolicy {
-    pub qos: Option<QosRaw>,
+    pub qos: Option<Qos>,
     pub timeout: Option<Dur>,
     pub retry: Option<RawRetry>,
     pub breaker: Option<RawBreaker>,
@@ -286,7 +260,7 @@ macro_rules! handler_kind {
                     kind: IgnoredAny,
                     $($(#[$fmeta])* $field: $ty,)*
                     /// `at_most_once`, `at_least_once` (default), `exactly_once`.
-                    qos: Option<QosRaw>,
+                    qos: Option<Qos>,
                     /// Per-call (per-attempt) deadline. Default none (http: 30s).
                     timeout: Option<Dur>,
                     /// Retries of retryable failures. Default 3 attempts, 1s
@@ -344,15 +318,6 @@ handler_kind! {
     RawNoop {}
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[allow(clippy::enum_variant_names)] // the config spellings, as lote::Qos
-pub enum QosRaw {
-    AtMostOnce,
-    AtLeastOnce,
-    ExactlyOnce,
-}
-
 /// `handler.retry:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -381,14 +346,7 @@ pub struct RawBreaker {
     /// Probe calls let through when half-open (≥ 1). Default 1.
     pub half_open_probes: Option<u32>,
     /// `wait` (default; pause workers) or `skip` (return items to the source).
-    pub when_open: Option<WhenOpenRaw>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenOpenRaw {
-    Wait,
-    Skip,
+    pub when_open: Option<WhenOpen>,
 }
 
 // ---------------------------------------------------------------- sinks
@@ -485,7 +443,7 @@ sink_kind! {
         /// The database file. Default `outcomes.db` (sink), `dead-letter.db` (dead_letter).
         path: Option<PathBuf>,
         /// `normal` (default; survives a crash of lote) or `full` (survives a power cut).
-        synchronous: Option<SynchronousRaw>,
+        synchronous: Option<Synchronous>,
         /// Wait this long for a lock another process holds. Default 5s.
         busy_timeout: Option<Dur>,
     }
@@ -501,13 +459,6 @@ sink_kind! {
         /// Rotated files kept (`path.1` … `path.N`). Default 5.
         keep_files: Option<usize>,
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SynchronousRaw {
-    Normal,
-    Full,
 }
 
 /// `dead_letter: {kind: none}`.

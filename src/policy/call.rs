@@ -29,7 +29,8 @@ use crate::session::StopHandle;
 use crate::source::ReturnReason;
 
 /// What a worker does with an item while the breaker is open.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WhenOpen {
     /// Pause until a probe is allowed (a stop ends the pause).
     #[default]

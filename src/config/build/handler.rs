@@ -40,11 +40,7 @@ impl Build<'_> {
     }
 
     fn policy(&mut self, p: &raw::RawPolicy) -> Result<(PolicySpec, Qos)> {
-        let qos = p.qos.map_or(Qos::default(), |q| match q {
-            raw::QosRaw::AtMostOnce => Qos::AtMostOnce,
-            raw::QosRaw::AtLeastOnce => Qos::AtLeastOnce,
-            raw::QosRaw::ExactlyOnce => Qos::ExactlyOnce,
-        });
+        let qos = p.qos.unwrap_or_default();
         let timeout = self.opt_at_most("handler.timeout", p.timeout.map(|t| t.0), MAX_DURATION)?;
         if timeout == Some(Duration::ZERO) {
             return self.err(
@@ -89,10 +85,7 @@ impl Build<'_> {
                     .validate()
                     .map_err(|why| self.engine_error("handler.breaker", &why))?;
                 self.at_most("handler.breaker.open_for", config.open_for, MAX_DURATION)?;
-                let when_open = b.when_open.map_or(WhenOpen::default(), |w| match w {
-                    raw::WhenOpenRaw::Wait => WhenOpen::Wait,
-                    raw::WhenOpenRaw::Skip => WhenOpen::Skip,
-                });
+                let when_open = b.when_open.unwrap_or_default();
                 (Some(config), when_open)
             }
         };

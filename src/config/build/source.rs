@@ -7,8 +7,8 @@ use super::{absolute, Build, Result, MAX_BUSY_TIMEOUT, MAX_BYTES, MAX_DURATION};
 use crate::config::raw::{self, RawSource};
 use crate::config::value::format_duration;
 use crate::config::SourceSpec;
-use crate::source::lines::{LinesConfig, LinesFormat};
-use crate::source::spool::{OnDone, SpoolConfig, SpoolPriority};
+use crate::source::lines::LinesConfig;
+use crate::source::spool::{SpoolConfig, SpoolPriority};
 use crate::source::SqliteSourceConfig;
 
 impl Build<'_> {
@@ -43,21 +43,16 @@ impl Build<'_> {
                 }
                 let priority = match s.priority {
                     None => d.priority,
-                    Some(raw::SpoolPriorityRaw::FilenamePrefix) => SpoolPriority::FilenamePrefix,
-                    Some(raw::SpoolPriorityRaw::Fixed) => SpoolPriority::Fixed,
-                    Some(raw::SpoolPriorityRaw::JsonField(name)) if name.trim().is_empty() => {
+                    Some(SpoolPriority::JsonField(name)) if name.trim().is_empty() => {
                         return self.err(
                             "source.priority.json_field",
                             "is empty; expected a JSON field name, e.g. {json_field: priority}",
                         )
                     }
-                    Some(raw::SpoolPriorityRaw::JsonField(name)) => SpoolPriority::JsonField(name),
+                    Some(priority) => priority,
                 };
                 SourceSpec::Spool(SpoolConfig {
-                    on_done: s.on_done.map_or(d.on_done, |o| match o {
-                        raw::OnDoneRaw::Move => OnDone::Move,
-                        raw::OnDoneRaw::Delete => OnDone::Delete,
-                    }),
+                    on_done: s.on_done.unwrap_or(d.on_done),
                     priority,
                     stable_for: self.at_most(
                         "source.stable_for",
@@ -106,10 +101,7 @@ impl Build<'_> {
                 }
                 SourceSpec::Lines(LinesConfig {
                     path,
-                    format: l.format.map_or(d.format, |f| match f {
-                        raw::LinesFormatRaw::Text => LinesFormat::Text,
-                        raw::LinesFormatRaw::Ndjson => LinesFormat::Ndjson,
-                    }),
+                    format: l.format.unwrap_or(d.format),
                     max_bytes,
                 })
             }
