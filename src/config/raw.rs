@@ -168,8 +168,9 @@ pub struct RawLines {
     _kind: IgnoredAny,
     /// The file, or `"-"` (quoted) for standard input. Required.
     pub path: Option<PathBuf>,
-    /// `text` (default; the line is the payload, the id its number) or
-    /// `ndjson` (`{"id", "priority", "payload"}` per line).
+    /// `text` (the line is the payload, the id its number) or `ndjson`
+    /// (`{"id", "priority", "payload"}` per line). Default `ndjson` for a
+    /// path ending `.ndjson` or `.jsonl`, `text` otherwise.
     pub format: Option<LinesFormat>,
     /// Longer lines are dead-lettered. Default 1MiB.
     pub max_bytes: Option<ByteSize>,
@@ -239,15 +240,44 @@ pub struct RawPolicy {
     pub breaker: Option<RawBreaker>,
 }
 
-/// Declares a handler kind's struct with the shared policy keys added, and
-/// moves them into a [`RawPolicy`] after deserializing.
-macro_rules! handler_kind {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+/// Declares a kind's struct (`handler` or `sink`) with its section's shared
+/// keys added, and moves those into the section's struct ([`RawPolicy`],
+/// [`RawWriter`]) after deserializing. Each section's shared keys are
+/// listed once, in its arm.
+macro_rules! kind_keys {
+    (handler $($kind:tt)*) => {
+        kind_keys! { @shared policy: RawPolicy {
+            /// `at_most_once`, `at_least_once` (default), `exactly_once`.
+            qos: Option<Qos>,
+            /// Per-call (per-attempt) deadline. Default none (http: 30s).
+            timeout: Option<Dur>,
+            /// Retries of retryable failures. Default 3 attempts, 1s
+            /// back-off doubling to at most 1m, ±20 % jitter.
+            retry: Option<RawRetry>,
+            /// Circuit breaker. Default none.
+            breaker: Option<RawBreaker>,
+        } $($kind)* }
+    };
+    (sink $($kind:tt)*) => {
+        kind_keys! { @shared writer: RawWriter {
+            /// A batch closes at this many outcomes (≥ 1). Default 500.
+            batch: Option<usize>,
+            /// … or this long after its oldest outcome arrived. Default 1s.
+            flush_every: Option<Dur>,
+            /// Retries of a failed flush; then its items go back to the
+            /// source and run again. Default 5.
+            max_retries: Option<u32>,
+            /// At shutdown, how long to write what is queued. Default 30s.
+            drain_timeout: Option<Dur>,
+        } $($kind)* }
+    };
+    (@shared $shared:ident: $Shared:ident { $($(#[$smeta:meta])* $sfield:ident: $sty:ty,)* }
+     $(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $name {
             $($(#[$fmeta])* pub $field: $ty,)*
-            pub policy: RawPolicy,
+            pub $shared: $Shared,
         }
 
         impl<'de> Deserialize<'de> for $name {
@@ -259,27 +289,20 @@ macro_rules! handler_kind {
                     #[allow(dead_code)]
                     kind: IgnoredAny,
                     $($(#[$fmeta])* $field: $ty,)*
-                    /// `at_most_once`, `at_least_once` (default), `exactly_once`.
-                    qos: Option<Qos>,
-                    /// Per-call (per-attempt) deadline. Default none (http: 30s).
-                    timeout: Option<Dur>,
-                    /// Retries of retryable failures. Default 3 attempts, 1s
-                    /// back-off doubling to at most 1m, ±20 % jitter.
-                    retry: Option<RawRetry>,
-                    /// Circuit breaker. Default none.
-                    breaker: Option<RawBreaker>,
+                    $($(#[$smeta])* $sfield: $sty,)*
                 }
                 let k = Keys::deserialize(deserializer)?;
                 Ok($name {
                     $($field: k.$field,)*
-                    policy: RawPolicy { qos: k.qos, timeout: k.timeout, retry: k.retry, breaker: k.breaker },
+                    $shared: $Shared { $($sfield: k.$sfield,)* },
                 })
             }
         }
     };
 }
 
-handler_kind! {
+kind_keys! {
+    handler
     /// `handler: {kind: exec}` — runs a command per item, payload on stdin.
     RawExec {
         /// The program and its arguments, as a list. Required.
@@ -297,7 +320,8 @@ handler_kind! {
     }
 }
 
-handler_kind! {
+kind_keys! {
+    handler
     /// `handler: {kind: http}` — sends each payload to a URL.
     RawHttp {
         /// `http://…` or `https://…`. Required.
@@ -313,7 +337,8 @@ handler_kind! {
     }
 }
 
-handler_kind! {
+kind_keys! {
+    handler
     /// `handler: {kind: noop}` — done at once; for dry runs.
     RawNoop {}
 }
@@ -393,51 +418,8 @@ impl RawWriter {
     }
 }
 
-/// Declares a sink kind's struct with the writer keys added.
-macro_rules! sink_kind {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Default)]
-        pub struct $name {
-            $($(#[$fmeta])* pub $field: $ty,)*
-            pub writer: RawWriter,
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Keys {
-                    #[serde(default)]
-                    #[allow(dead_code)]
-                    kind: IgnoredAny,
-                    $($(#[$fmeta])* $field: $ty,)*
-                    /// A batch closes at this many outcomes (≥ 1). Default 500.
-                    batch: Option<usize>,
-                    /// … or this long after its oldest outcome arrived. Default 1s.
-                    flush_every: Option<Dur>,
-                    /// Retries of a failed flush; then its items go back to
-                    /// the source and run again. Default 5.
-                    max_retries: Option<u32>,
-                    /// At shutdown, how long to write what is queued. Default 30s.
-                    drain_timeout: Option<Dur>,
-                }
-                let k = Keys::deserialize(deserializer)?;
-                Ok($name {
-                    $($field: k.$field,)*
-                    writer: RawWriter {
-                        batch: k.batch,
-                        flush_every: k.flush_every,
-                        max_retries: k.max_retries,
-                        drain_timeout: k.drain_timeout,
-                    },
-                })
-            }
-        }
-    };
-}
-
-sink_kind! {
+kind_keys! {
+    sink
     /// `sink: {kind: sqlite}` — table `outcomes` (or `dead_letters`), upsert by id, WAL.
     RawSqliteSink {
         /// The database file. Default `outcomes.db` (sink), `dead-letter.db` (dead_letter).
@@ -449,7 +431,8 @@ sink_kind! {
     }
 }
 
-sink_kind! {
+kind_keys! {
+    sink
     /// `sink: {kind: jsonl}` — one JSON object per line, fsynced per batch.
     RawJsonlSink {
         /// The file. Default `outcomes.jsonl` (sink), `dead-letter.jsonl` (dead_letter).
