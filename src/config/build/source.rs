@@ -7,7 +7,7 @@ use super::{absolute, Build, Result, MAX_BUSY_TIMEOUT, MAX_BYTES, MAX_DURATION};
 use crate::config::raw::{self, RawSource};
 use crate::config::value::format_duration;
 use crate::config::SourceSpec;
-use crate::source::lines::LinesConfig;
+use crate::source::lines::{LinesConfig, LinesFormat};
 use crate::source::spool::{SpoolConfig, SpoolPriority};
 use crate::source::SqliteSourceConfig;
 
@@ -99,9 +99,10 @@ impl Build<'_> {
                         "is 0, so no line could be processed; expected a size like 1MiB",
                     );
                 }
+                let format = l.format.unwrap_or_else(|| default_format(path.as_deref()));
                 SourceSpec::Lines(LinesConfig {
                     path,
-                    format: l.format.unwrap_or(d.format),
+                    format,
                     max_bytes,
                 })
             }
@@ -177,5 +178,15 @@ impl Build<'_> {
             }
         }
         Ok(SourceSpec::Sqlite(config))
+    }
+}
+
+/// SPEC §3.6: a lines source reads NDJSON when its path ends `.ndjson` or
+/// `.jsonl` and `format:` is not given; text otherwise (stdin included).
+fn default_format(path: Option<&Path>) -> LinesFormat {
+    use std::os::unix::ffi::OsStrExt;
+    match path.map(|p| p.as_os_str().as_bytes()) {
+        Some(p) if p.ends_with(b".ndjson") || p.ends_with(b".jsonl") => LinesFormat::Ndjson,
+        _ => LinesFormat::Text,
     }
 }
