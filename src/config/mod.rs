@@ -3,9 +3,11 @@
 //! 1. `raw`: serde types that mirror the YAML exactly, unknown keys refused,
 //!    every field optional.
 //! 2. [`Config`]: validated, defaults applied, paths resolved, and built from
-//!    the engine's own types ([`SessionConfig`], [`CallPolicy`],
-//!    [`WriterConfig`], each source's, handler's and sink's config) so the
-//!    daemon builds everything from it directly.
+//!    the engine's own types ([`SessionConfig`], [`RetryPolicy`] and
+//!    [`BreakerConfig`] in a [`PolicySpec`], [`WriterConfig`], each
+//!    source's, handler's and sink's config) so the daemon builds everything
+//!    from it directly. It is plain data (`PartialEq`): nothing live, not
+//!    even the breaker ([`PolicySpec::call_policy`] builds that).
 //!
 //! The same [`Config::load`] runs in `lote check`, in the unit's
 //! `ExecStartPre` and at start. Every error is a [`ConfigError`] naming the
