@@ -52,7 +52,8 @@ pub enum Message<T> {
 
 /// What a push does when the queue already holds `capacity` work items
 /// (SPEC §3.1, `queue.when_full`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// The producer waits for room, up to `block_timeout` if one is set.
     #[default]

@@ -472,3 +472,41 @@ fn an_empty_file_says_what_it_needs() {
         .to_string()
         .contains("expected a mapping with at least `source:` and `handler:`"));
 }
+
+/// SPEC §3.6: a lines file ending `.ndjson` or `.jsonl` is NDJSON unless
+/// `format:` says otherwise, and `lote check` prints the format it chose.
+#[test]
+fn a_lines_file_named_ndjson_or_jsonl_reads_ndjson_unless_format_says_otherwise() {
+    use lote::source::lines::LinesFormat;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("items.ndjson", "", LinesFormat::Ndjson),
+        ("items.jsonl", "", LinesFormat::Ndjson),
+        ("items.jsonl", "  format: text\n", LinesFormat::Text),
+        ("items.txt", "", LinesFormat::Text),
+        ("items.ndjson.txt", "", LinesFormat::Text),
+        ("items.txt", "  format: ndjson\n", LinesFormat::Ndjson),
+        ("\"-\"", "", LinesFormat::Text),
+    ];
+    for (path, format, expected) in cases {
+        let yaml = with_state(
+            dir.path(),
+            &format!("source:\n  kind: lines\n  path: {path}\n{format}handler:\n  kind: noop\n"),
+        );
+        let config = Config::from_yaml(&yaml, Path::new("lines.yaml")).unwrap();
+        let SourceSpec::Lines(lines) = &config.source else {
+            panic!("{path}: a lines source")
+        };
+        assert_eq!(lines.format, expected, "{path} {format}");
+        let spelled = if expected == LinesFormat::Ndjson {
+            "ndjson"
+        } else {
+            "text"
+        };
+        let effective = config.effective_yaml();
+        assert!(
+            effective.contains(&format!("format: {spelled}")),
+            "{path}:\n{effective}"
+        );
+    }
+}

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::queue::{QueueConfig, WhenFull};
 use crate::session::{Qos, SessionConfig};
-use crate::sink::{JsonlConfig, Role, SqliteConfig, Synchronous};
+use crate::sink::{JsonlConfig, Role, SqliteConfig};
 use crate::writer::WriterConfig;
 
 /// Stage two: defaults, checks, engine types.
@@ -286,13 +286,7 @@ impl Build<'_> {
             );
         }
         self.count("queue.capacity", capacity as u64, 1..=MAX_CAPACITY as u64)?;
-        let when_full = q.when_full.map_or(dq.when_full, |w| match w {
-            raw::WhenFullRaw::Block => WhenFull::Block,
-            raw::WhenFullRaw::DropOldest => WhenFull::DropOldest,
-            raw::WhenFullRaw::DropNewest => WhenFull::DropNewest,
-            raw::WhenFullRaw::DropWrite => WhenFull::DropWrite,
-            raw::WhenFullRaw::Reject => WhenFull::Reject,
-        });
+        let when_full = q.when_full.unwrap_or(dq.when_full);
         let block_timeout = self.opt_at_most("queue.block_timeout", q.block_timeout.map(|t| t.0), MAX_DURATION)?;
         if block_timeout.is_some() && when_full != WhenFull::Block {
             return self.err(
@@ -431,10 +425,7 @@ impl Build<'_> {
                 self.path(&format!("{section}.path"), &path)?;
                 let d = SqliteConfig::new(absolute(state_dir, &path), role);
                 let spec = SqliteConfig {
-                    synchronous: s.synchronous.map_or(d.synchronous, |x| match x {
-                        raw::SynchronousRaw::Normal => Synchronous::Normal,
-                        raw::SynchronousRaw::Full => Synchronous::Full,
-                    }),
+                    synchronous: s.synchronous.unwrap_or(d.synchronous),
                     busy_timeout: self.at_most(
                         &format!("{section}.busy_timeout"),
                         s.busy_timeout.map_or(d.busy_timeout, |t| t.0),

@@ -10,10 +10,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::value::{format_bytes, format_duration};
 use super::{Config, HandlerSpec, SinkSpec, SourceSpec};
-use crate::policy::WhenOpen;
 use crate::sink::JsonlConfig;
-use crate::source::lines::LinesFormat;
-use crate::source::spool::{OnDone, SpoolPriority};
 
 /// A mapping with its keys in the given order.
 fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
@@ -31,6 +28,14 @@ fn dur(d: Duration) -> Value {
 
 fn opt_dur(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, dur)
+}
+
+/// An engine enum as the config spells it (its serde derive).
+fn spelled<T: serde::Serialize>(value: &T) -> Value {
+    // Unit and string variants cannot fail to serialize.
+    // A newtype variant (`{json_field: NAME}`) as a one-key mapping, as
+    // `raw` reads it, not a YAML tag.
+    serde_yaml::with::singleton_map::serialize(value, serde_yaml::value::Serializer).unwrap_or(Value::Null)
 }
 
 fn path(p: &Path) -> Value {
@@ -103,36 +108,15 @@ fn source(spec: &SourceSpec) -> Value {
         SourceSpec::Spool(s) => map([
             ("kind", "spool".into()),
             ("path", path(&s.dir)),
-            (
-                "on_done",
-                match s.on_done {
-                    OnDone::Move => "move",
-                    OnDone::Delete => "delete",
-                }
-                .into(),
-            ),
-            (
-                "priority",
-                match &s.priority {
-                    SpoolPriority::FilenamePrefix => "filename_prefix".into(),
-                    SpoolPriority::Fixed => "fixed".into(),
-                    SpoolPriority::JsonField(name) => map([("json_field", name.as_str().into())]),
-                },
-            ),
+            ("on_done", spelled(&s.on_done)),
+            ("priority", spelled(&s.priority)),
             ("stable_for", dur(s.stable_for)),
             ("max_bytes", bytes(s.max_bytes)),
         ]),
         SourceSpec::Lines(l) => map([
             ("kind", "lines".into()),
             ("path", l.path.as_deref().map_or_else(|| "-".into(), path)),
-            (
-                "format",
-                match l.format {
-                    LinesFormat::Text => "text",
-                    LinesFormat::Ndjson => "ndjson",
-                }
-                .into(),
-            ),
+            ("format", spelled(&l.format)),
             ("max_bytes", bytes(l.max_bytes as u64)),
         ]),
         SourceSpec::Sqlite(s) => map([
@@ -182,22 +166,12 @@ fn handler(c: &Config) -> Value {
     };
     let breaker = match &p.breaker {
         None => Value::Null,
-        Some(b) => {
-            let b = b.config();
-            map([
-                ("failures", b.failures.into()),
-                ("open_for", dur(b.open_for)),
-                ("half_open_probes", b.half_open_probes.into()),
-                (
-                    "when_open",
-                    match p.when_open {
-                        WhenOpen::Wait => "wait",
-                        WhenOpen::Skip => "skip",
-                    }
-                    .into(),
-                ),
-            ])
-        }
+        Some(b) => map([
+            ("failures", b.failures.into()),
+            ("open_for", dur(b.open_for)),
+            ("half_open_probes", b.half_open_probes.into()),
+            ("when_open", spelled(&p.when_open)),
+        ]),
     };
     let common = [
         ("qos", Value::from(c.session.qos.as_str())),

@@ -3,9 +3,11 @@
 //! 1. `raw`: serde types that mirror the YAML exactly, unknown keys refused,
 //!    every field optional.
 //! 2. [`Config`]: validated, defaults applied, paths resolved, and built from
-//!    the engine's own types ([`SessionConfig`], [`CallPolicy`],
-//!    [`WriterConfig`], each source's, handler's and sink's config) so the
-//!    daemon builds everything from it directly.
+//!    the engine's own types ([`SessionConfig`], [`RetryPolicy`] and
+//!    [`BreakerConfig`] in a [`PolicySpec`], [`WriterConfig`], each
+//!    source's, handler's and sink's config) so the daemon builds everything
+//!    from it directly. It is plain data (`PartialEq`): nothing live, not
+//!    even the breaker ([`PolicySpec::call_policy`] builds that).
 //!
 //! The same [`Config::load`] runs in `lote check`, in the unit's
 //! `ExecStartPre` and at start. Every error is a [`ConfigError`] naming the
@@ -56,7 +58,7 @@ use serde::de::DeserializeSeed;
 
 use crate::handler::exec::ExecConfig;
 use crate::handler::http::HttpConfig;
-use crate::policy::{Breaker, CallPolicy};
+use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use crate::session::SessionConfig;
 use crate::sink::{JsonlConfig, SqliteConfig};
 use crate::source::lines::LinesConfig;
@@ -84,11 +86,10 @@ pub const DEFAULT_DEAD_LETTER_PATH: &str = "dead-letter.jsonl";
 /// `dead_letter.path` for `kind: sqlite` when no path is given.
 pub const DEFAULT_DEAD_LETTER_SQLITE_PATH: &str = "dead-letter.db";
 
-/// A validated config: what the daemon runs.
-///
-/// `Clone` shares the circuit breaker (`policy.breaker` is an `Arc`), as
-/// every session of one daemon should.
-#[derive(Clone, Debug)]
+/// A validated config: what the daemon runs. Plain data: the daemon builds
+/// the live parts (the circuit breaker among them, [`PolicySpec::call_policy`])
+/// from it, so two configs compare by their settings.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Absolute. lote's files live here; relative paths resolved against it.
     pub state_dir: PathBuf,
@@ -103,7 +104,7 @@ pub struct Config {
     pub source: SourceSpec,
     pub handler: HandlerSpec,
     /// `handler.retry`, `handler.breaker` (with `when_open`), `handler.timeout`.
-    pub policy: CallPolicy,
+    pub policy: PolicySpec,
     pub sink: SinkSpec,
     /// `None` with `dead_letter: {kind: none}`.
     pub dead_letter: Option<SinkSpec>,
@@ -136,7 +137,7 @@ pub enum HandlerSpec {
 
 /// A sink (`sink:`, role outcomes) or the dead-letter sink (`dead_letter:`,
 /// role dead letters).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkSpec {
     Sqlite(SqliteConfig),
     Jsonl(JsonlConfig),
@@ -160,30 +161,29 @@ impl SinkSpec {
     }
 }
 
-impl PartialEq for SinkSpec {
-    // The sink configs do not derive PartialEq; destructured in full so a new
-    // field is a compile error here rather than a silent inequality.
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (SinkSpec::Sqlite(a), SinkSpec::Sqlite(b)) => {
-                let SqliteConfig {
-                    path,
-                    role,
-                    synchronous,
-                    busy_timeout,
-                } = a;
-                (path, role, synchronous, busy_timeout) == (&b.path, &b.role, &b.synchronous, &b.busy_timeout)
-            }
-            (SinkSpec::Jsonl(a), SinkSpec::Jsonl(b)) => {
-                let JsonlConfig {
-                    path,
-                    role,
-                    rotate_bytes,
-                    keep_files,
-                } = a;
-                (path, role, rotate_bytes, keep_files) == (&b.path, &b.role, &b.rotate_bytes, &b.keep_files)
-            }
-            _ => false,
+/// The policies around each call (`handler.retry`, `handler.breaker`,
+/// `handler.timeout`): the settings of a [`CallPolicy`], its breaker not
+/// built yet.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicySpec {
+    pub retry: RetryPolicy,
+    /// `None`: no breaker.
+    pub breaker: Option<BreakerConfig>,
+    pub when_open: WhenOpen,
+    /// Per-call (per-attempt) deadline.
+    pub timeout: Option<Duration>,
+}
+
+impl PolicySpec {
+    /// The engine's policy, with a new (closed) breaker. The daemon builds
+    /// it once and shares it by every session; a reload keeps the running
+    /// breaker when nothing it guards changed.
+    pub fn call_policy(&self) -> CallPolicy {
+        CallPolicy {
+            retry: self.retry.clone(),
+            breaker: self.breaker.clone().map(|b| Arc::new(Breaker::new(b))),
+            when_open: self.when_open,
+            timeout: self.timeout,
         }
     }
 }
@@ -197,46 +197,6 @@ pub struct MetricsSpec {
     pub textfile: Option<PathBuf>,
     /// How often the summary log line is written. Default 30s.
     pub log_every: Duration,
-}
-
-impl PartialEq for Config {
-    /// Equal settings. The breakers are compared by their settings (each
-    /// load makes a new one); `warnings` are not compared.
-    fn eq(&self, other: &Self) -> bool {
-        let Config {
-            state_dir,
-            log,
-            session,
-            every,
-            source,
-            handler,
-            policy,
-            sink,
-            dead_letter,
-            writer,
-            metrics,
-            warnings: _,
-        } = self;
-        let CallPolicy {
-            retry,
-            breaker,
-            when_open,
-            timeout,
-        } = policy;
-        let breaker_config = |b: &Option<Arc<Breaker>>| b.as_ref().map(|b| b.config().clone());
-        (state_dir, log, session, every, source, handler)
-            == (
-                &other.state_dir,
-                &other.log,
-                &other.session,
-                &other.every,
-                &other.source,
-                &other.handler,
-            )
-            && (retry, when_open, timeout) == (&other.policy.retry, &other.policy.when_open, &other.policy.timeout)
-            && breaker_config(breaker) == breaker_config(&other.policy.breaker)
-            && (sink, dead_letter, writer, metrics) == (&other.sink, &other.dead_letter, &other.writer, &other.metrics)
-    }
 }
 
 impl Config {
@@ -436,7 +396,7 @@ mod tests {
         assert_eq!(h.headers, [("X-Token".to_string(), "abc".to_string())]);
         assert_eq!(spool.policy.timeout, Some(Duration::from_secs(10)));
         assert_eq!(spool.policy.when_open, WhenOpen::Skip);
-        assert_eq!(spool.policy.breaker.as_ref().unwrap().config().failures, 3);
+        assert_eq!(spool.policy.breaker.as_ref().unwrap().failures, 3);
         assert_eq!(spool.session.qos, Qos::ExactlyOnce);
         assert!(spool.writer.done_lookups, "exactly-once asks the sink");
         assert_eq!(spool.writer.batch, 10);

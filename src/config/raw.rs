@@ -20,6 +20,12 @@ use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;
 
 use super::value::{Argv, ByteSize, Dur};
+use crate::policy::WhenOpen;
+use crate::queue::WhenFull;
+use crate::session::Qos;
+use crate::sink::Synchronous;
+use crate::source::lines::LinesFormat;
+use crate::source::spool::{OnDone, SpoolPriority};
 
 mod kinds;
 pub use kinds::*;
@@ -118,19 +124,9 @@ pub struct RawQueue {
     /// Most work items queued at once (≥ 1). Default 1024.
     pub capacity: Option<usize>,
     /// `block` (default), `drop_oldest`, `drop_newest`, `drop_write`, `reject`.
-    pub when_full: Option<WhenFullRaw>,
+    pub when_full: Option<WhenFull>,
     /// With `block` only: how long a push waits for room. Default: forever.
     pub block_timeout: Option<Dur>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFullRaw {
-    Block,
-    DropOldest,
-    DropNewest,
-    DropWrite,
-    Reject,
 }
 
 // ---------------------------------------------------------------- source
@@ -152,31 +148,16 @@ pub struct RawSpool {
     /// The directory to take files from. Required.
     pub path: Option<PathBuf>,
     /// What happens to a done file: `move` (to `<path>/done/`, default) or `delete`.
-    pub on_done: Option<OnDoneRaw>,
+    pub on_done: Option<OnDone>,
     /// Where an item's priority comes from: `filename_prefix` (default;
     /// `1-x.json` → 1), `fixed` (all the same), or `{json_field: NAME}` (an
     /// integer field of the file's JSON object).
     #[serde(default, with = "serde_yaml::with::singleton_map")]
-    pub priority: Option<SpoolPriorityRaw>,
+    pub priority: Option<SpoolPriority>,
     /// A file must be unchanged this long before it is taken. Default 1s.
     pub stable_for: Option<Dur>,
     /// Larger files are dead-lettered unread. Default 16MiB.
     pub max_bytes: Option<ByteSize>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDoneRaw {
-    Move,
-    Delete,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SpoolPriorityRaw {
-    FilenamePrefix,
-    Fixed,
-    JsonField(String),
 }
 
 /// `source: {kind: lines}` — one item per line of a file or of stdin.
@@ -187,18 +168,12 @@ pub struct RawLines {
     _kind: IgnoredAny,
     /// The file, or `"-"` (quoted) for standard input. Required.
     pub path: Option<PathBuf>,
-    /// `text` (default; the line is the payload, the id its number) or
-    /// `ndjson` (`{"id", "priority", "payload"}` per line).
-    pub format: Option<LinesFormatRaw>,
+    /// `text` (the line is the payload, the id its number) or `ndjson`
+    /// (`{"id", "priority", "payload"}` per line). Default `ndjson` for a
+    /// path ending `.ndjson` or `.jsonl`, `text` otherwise.
+    pub format: Option<LinesFormat>,
     /// Longer lines are dead-lettered. Default 1MiB.
     pub max_bytes: Option<ByteSize>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinesFormatRaw {
-    Text,
-    Ndjson,
 }
 
 /// `source: {kind: sqlite}` — a work table in a SQLite file.
@@ -259,21 +234,50 @@ impl RawHandler {
 /// again and hands them over with `policy()`.
 #[derive(Debug, Default)]
 pub struct RawPolicy {
-    pub qos: Option<QosRaw>,
+    pub qos: Option<Qos>,
     pub timeout: Option<Dur>,
     pub retry: Option<RawRetry>,
     pub breaker: Option<RawBreaker>,
 }
 
-/// Declares a handler kind's struct with the shared policy keys added, and
-/// moves them into a [`RawPolicy`] after deserializing.
-macro_rules! handler_kind {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+/// Declares a kind's struct (`handler` or `sink`) with its section's shared
+/// keys added, and moves those into the section's struct ([`RawPolicy`],
+/// [`RawWriter`]) after deserializing. Each section's shared keys are
+/// listed once, in its arm.
+macro_rules! kind_keys {
+    (handler $($kind:tt)*) => {
+        kind_keys! { @shared policy: RawPolicy {
+            /// `at_most_once`, `at_least_once` (default), `exactly_once`.
+            qos: Option<Qos>,
+            /// Per-call (per-attempt) deadline. Default none (http: 30s).
+            timeout: Option<Dur>,
+            /// Retries of retryable failures. Default 3 attempts, 1s
+            /// back-off doubling to at most 1m, ±20 % jitter.
+            retry: Option<RawRetry>,
+            /// Circuit breaker. Default none.
+            breaker: Option<RawBreaker>,
+        } $($kind)* }
+    };
+    (sink $($kind:tt)*) => {
+        kind_keys! { @shared writer: RawWriter {
+            /// A batch closes at this many outcomes (≥ 1). Default 500.
+            batch: Option<usize>,
+            /// … or this long after its oldest outcome arrived. Default 1s.
+            flush_every: Option<Dur>,
+            /// Retries of a failed flush; then its items go back to the
+            /// source and run again. Default 5.
+            max_retries: Option<u32>,
+            /// At shutdown, how long to write what is queued. Default 30s.
+            drain_timeout: Option<Dur>,
+        } $($kind)* }
+    };
+    (@shared $shared:ident: $Shared:ident { $($(#[$smeta:meta])* $sfield:ident: $sty:ty,)* }
+     $(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $name {
             $($(#[$fmeta])* pub $field: $ty,)*
-            pub policy: RawPolicy,
+            pub $shared: $Shared,
         }
 
         impl<'de> Deserialize<'de> for $name {
@@ -285,27 +289,20 @@ macro_rules! handler_kind {
                     #[allow(dead_code)]
                     kind: IgnoredAny,
                     $($(#[$fmeta])* $field: $ty,)*
-                    /// `at_most_once`, `at_least_once` (default), `exactly_once`.
-                    qos: Option<QosRaw>,
-                    /// Per-call (per-attempt) deadline. Default none (http: 30s).
-                    timeout: Option<Dur>,
-                    /// Retries of retryable failures. Default 3 attempts, 1s
-                    /// back-off doubling to at most 1m, ±20 % jitter.
-                    retry: Option<RawRetry>,
-                    /// Circuit breaker. Default none.
-                    breaker: Option<RawBreaker>,
+                    $($(#[$smeta])* $sfield: $sty,)*
                 }
                 let k = Keys::deserialize(deserializer)?;
                 Ok($name {
                     $($field: k.$field,)*
-                    policy: RawPolicy { qos: k.qos, timeout: k.timeout, retry: k.retry, breaker: k.breaker },
+                    $shared: $Shared { $($sfield: k.$sfield,)* },
                 })
             }
         }
     };
 }
 
-handler_kind! {
+kind_keys! {
+    handler
     /// `handler: {kind: exec}` — runs a command per item, payload on stdin.
     RawExec {
         /// The program and its arguments, as a list. Required.
@@ -323,7 +320,8 @@ handler_kind! {
     }
 }
 
-handler_kind! {
+kind_keys! {
+    handler
     /// `handler: {kind: http}` — sends each payload to a URL.
     RawHttp {
         /// `http://…` or `https://…`. Required.
@@ -339,18 +337,10 @@ handler_kind! {
     }
 }
 
-handler_kind! {
+kind_keys! {
+    handler
     /// `handler: {kind: noop}` — done at once; for dry runs.
     RawNoop {}
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[allow(clippy::enum_variant_names)] // the config spellings, as lote::Qos
-pub enum QosRaw {
-    AtMostOnce,
-    AtLeastOnce,
-    ExactlyOnce,
 }
 
 /// `handler.retry:`.
@@ -381,14 +371,7 @@ pub struct RawBreaker {
     /// Probe calls let through when half-open (≥ 1). Default 1.
     pub half_open_probes: Option<u32>,
     /// `wait` (default; pause workers) or `skip` (return items to the source).
-    pub when_open: Option<WhenOpenRaw>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenOpenRaw {
-    Wait,
-    Skip,
+    pub when_open: Option<WhenOpen>,
 }
 
 // ---------------------------------------------------------------- sinks
@@ -435,63 +418,21 @@ impl RawWriter {
     }
 }
 
-/// Declares a sink kind's struct with the writer keys added.
-macro_rules! sink_kind {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Default)]
-        pub struct $name {
-            $($(#[$fmeta])* pub $field: $ty,)*
-            pub writer: RawWriter,
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Keys {
-                    #[serde(default)]
-                    #[allow(dead_code)]
-                    kind: IgnoredAny,
-                    $($(#[$fmeta])* $field: $ty,)*
-                    /// A batch closes at this many outcomes (≥ 1). Default 500.
-                    batch: Option<usize>,
-                    /// … or this long after its oldest outcome arrived. Default 1s.
-                    flush_every: Option<Dur>,
-                    /// Retries of a failed flush; then its items go back to
-                    /// the source and run again. Default 5.
-                    max_retries: Option<u32>,
-                    /// At shutdown, how long to write what is queued. Default 30s.
-                    drain_timeout: Option<Dur>,
-                }
-                let k = Keys::deserialize(deserializer)?;
-                Ok($name {
-                    $($field: k.$field,)*
-                    writer: RawWriter {
-                        batch: k.batch,
-                        flush_every: k.flush_every,
-                        max_retries: k.max_retries,
-                        drain_timeout: k.drain_timeout,
-                    },
-                })
-            }
-        }
-    };
-}
-
-sink_kind! {
+kind_keys! {
+    sink
     /// `sink: {kind: sqlite}` — table `outcomes` (or `dead_letters`), upsert by id, WAL.
     RawSqliteSink {
         /// The database file. Default `outcomes.db` (sink), `dead-letter.db` (dead_letter).
         path: Option<PathBuf>,
         /// `normal` (default; survives a crash of lote) or `full` (survives a power cut).
-        synchronous: Option<SynchronousRaw>,
+        synchronous: Option<Synchronous>,
         /// Wait this long for a lock another process holds. Default 5s.
         busy_timeout: Option<Dur>,
     }
 }
 
-sink_kind! {
+kind_keys! {
+    sink
     /// `sink: {kind: jsonl}` — one JSON object per line, fsynced per batch.
     RawJsonlSink {
         /// The file. Default `outcomes.jsonl` (sink), `dead-letter.jsonl` (dead_letter).
@@ -501,13 +442,6 @@ sink_kind! {
         /// Rotated files kept (`path.1` … `path.N`). Default 5.
         keep_files: Option<usize>,
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SynchronousRaw {
-    Normal,
-    Full,
 }
 
 /// `dead_letter: {kind: none}`.

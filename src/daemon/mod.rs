@@ -296,7 +296,7 @@ impl Daemon {
             Arc::clone(&parts.handler),
             Arc::clone(&parts.writer) as Arc<dyn crate::commit::Committer>,
         )
-        .policy(parts.config.policy.clone())
+        .policy(parts.policy.clone())
         .stop_handle(self.start_session())
         .metrics(Arc::clone(&self.shared.metrics));
         let unsaved_before = parts.writer.metrics().unsaved.get();
@@ -394,8 +394,7 @@ impl Daemon {
 /// cannot be built, the old ones are built again; an error only if that
 /// fails too: there is then no writer to run with, and the daemon must stop
 /// (exit 1) rather than hand outcomes to a closed one.
-fn reload(parts: &mut Parts, mut config: Config, options: &RunOptions) -> Result<u64, DaemonError> {
-    keep_breaker(&parts.config, &mut config);
+fn reload(parts: &mut Parts, config: Config, options: &RunOptions) -> Result<u64, DaemonError> {
     let stream_of = |config: &Config| !options.once && config.every.is_none();
     let unsaved = parts.close().unwritten;
     let stream = stream_of(&config);
@@ -408,7 +407,8 @@ fn reload(parts: &mut Parts, mut config: Config, options: &RunOptions) -> Result
     }
     let live = |keep: bool| keep.then(|| (Arc::clone(&parts.source), parts.table_ack.clone()));
     match Parts::build(config, stream, options.resume, live(keep)) {
-        Ok(new) => {
+        Ok(mut new) => {
+            keep_breaker((&parts.config, &parts.policy), (&new.config, &mut new.policy));
             *parts = new;
             if std::env::var_os("RUST_LOG").is_none() {
                 log::set_max_level(crate::config::level_filter(&parts.config.log));
@@ -421,13 +421,17 @@ fn reload(parts: &mut Parts, mut config: Config, options: &RunOptions) -> Result
             let stream = stream_of(&old);
             // The old source, as it was; one reopened resumes (the records
             // are tied to its file by now).
-            *parts = Parts::build(old, stream, true, live(keep)).map_err(|old_failed| {
-                DaemonError::Build(format!(
-                    "SIGHUP: the new config could not be applied ({new_failed}) and rebuilding the old \
-                     parts failed too ({old_failed}); stopping, as there is no writer to run with: \
-                     fix the cause and start lote again"
-                ))
-            })?;
+            // It keeps the running breaker (the handler did not change).
+            let running = parts.policy.clone();
+            *parts = Parts::build(old, stream, true, live(keep))
+                .map(|old| Parts { policy: running, ..old })
+                .map_err(|old_failed| {
+                    DaemonError::Build(format!(
+                        "SIGHUP: the new config could not be applied ({new_failed}) and rebuilding the old \
+                         parts failed too ({old_failed}); stopping, as there is no writer to run with: \
+                         fix the cause and start lote again"
+                    ))
+                })?;
         }
     }
     Ok(unsaved)

@@ -13,7 +13,7 @@ use crate::dead_letter::Requeued;
 use crate::handler::exec::ExecHandler;
 use crate::handler::http::HttpHandler;
 use crate::handler::{Handler, Noop};
-use crate::policy::BreakerState;
+use crate::policy::{BreakerState, CallPolicy};
 use crate::session::Qos;
 use crate::sink::{JsonlSink, Record, Sink, SqliteSink, TableAck};
 use crate::source::lines::{LinesConfig, LinesSource};
@@ -33,6 +33,8 @@ pub(super) struct Parts {
     /// The acknowledgement the sink makes for a source in its own file.
     pub(super) table_ack: Option<TableAck>,
     pub(super) handler: Arc<dyn Handler>,
+    /// `config.policy` built: its breaker is shared by every session.
+    pub(super) policy: CallPolicy,
     /// The exec handler again, to kill its children on the way out.
     pub(super) exec: Option<Arc<ExecHandler>>,
     pub(super) writer: Arc<Writer>,
@@ -100,6 +102,7 @@ impl Parts {
         let writer = Writer::start(writer_config, sink, dead_letter, Arc::clone(&source))
             .map_err(|e| build("starting the writer", &e))?;
         Ok(Parts {
+            policy: config.policy.call_policy(),
             config,
             source,
             opened,
@@ -229,10 +232,10 @@ pub(super) fn same_file(a: &Path, b: &Path) -> bool {
 /// downstream the breaker is holding off. Otherwise the new config's
 /// breaker starts closed, as a changed handler may well be the fix; that is
 /// logged when the old one was not closed, so the reset is never silent.
-pub(super) fn keep_breaker(old: &Config, new: &mut Config) {
-    let same_handler = old.handler == new.handler;
-    match (&old.policy.breaker, &mut new.policy.breaker) {
-        (Some(running), Some(fresh)) if same_handler && running.config() == fresh.config() => {
+pub(super) fn keep_breaker((old, running): (&Config, &CallPolicy), (new, fresh): (&Config, &mut CallPolicy)) {
+    let same = (&old.handler, &old.policy.breaker) == (&new.handler, &new.policy.breaker);
+    match (&running.breaker, &mut fresh.breaker) {
+        (Some(running), Some(fresh)) if same => {
             *fresh = Arc::clone(running);
         }
         (Some(running), fresh) if running.state() != BreakerState::Closed => log::warn!(
@@ -281,32 +284,28 @@ pub fn dead_letters(config: &Config) -> Result<Vec<Record>, DaemonError> {
 mod tests {
     use super::*;
 
-    fn config(url: &str, failures: u32) -> Config {
+    fn config(url: &str, failures: u32) -> (Config, CallPolicy) {
         let yaml = format!(
             "state_dir: /tmp/lote-test\nsource: {{kind: spool, path: in}}\n\
              handler: {{kind: http, url: \"{url}\", breaker: {{failures: {failures}}}}}\n"
         );
-        Config::from_yaml(&yaml, Path::new("test.yaml")).unwrap()
+        let config = Config::from_yaml(&yaml, Path::new("test.yaml")).unwrap();
+        let policy = config.policy.call_policy();
+        (config, policy)
     }
 
-    fn same_breaker(a: &Config, b: &Config) -> bool {
-        Arc::ptr_eq(a.policy.breaker.as_ref().unwrap(), b.policy.breaker.as_ref().unwrap())
+    fn same_breaker(a: &CallPolicy, b: &CallPolicy) -> bool {
+        Arc::ptr_eq(a.breaker.as_ref().unwrap(), b.breaker.as_ref().unwrap())
     }
 
     #[test]
     fn a_reload_keeps_the_breaker_only_for_the_same_handler_and_breaker_settings() {
-        let running = config("http://127.0.0.1:9/a", 3);
-        let mut same = config("http://127.0.0.1:9/a", 3);
-        keep_breaker(&running, &mut same);
-        assert!(same_breaker(&running, &same));
-
-        let mut other_settings = config("http://127.0.0.1:9/a", 4);
-        keep_breaker(&running, &mut other_settings);
-        assert!(!same_breaker(&running, &other_settings));
-
-        let mut other_downstream = config("http://127.0.0.1:9/b", 3);
-        keep_breaker(&running, &mut other_downstream);
-        assert!(!same_breaker(&running, &other_downstream));
+        let (running, live) = config("http://127.0.0.1:9/a", 3);
+        for (url, failures, kept) in [("a", 3, true), ("a", 4, false), ("b", 3, false)] {
+            let (new, mut fresh) = config(&format!("http://127.0.0.1:9/{url}"), failures);
+            keep_breaker((&running, &live), (&new, &mut fresh));
+            assert_eq!(same_breaker(&live, &fresh), kept, "{url} {failures}");
+        }
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub(super) fn inputs_of(parts: &Parts) -> Inputs {
         last: None,
         writer: Some(Arc::clone(&parts.writer)),
         retired: WriterCounters::default(),
-        breaker: config.policy.breaker.clone(),
+        breaker: parts.policy.breaker.clone(),
         threads: config.session.threads,
         status_file: config.state_dir.join("status.json"),
         textfile: config.metrics.textfile.clone(),

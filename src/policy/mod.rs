@@ -12,7 +12,8 @@ pub use breaker::{Breaker, BreakerConfig, BreakerState, Permit, Rejected, Transi
 pub use retry::{doubled, RetryPolicy};
 
 /// What a worker does with an item while the breaker is open.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WhenOpen {
     /// Pause until a probe is allowed (a stop ends the pause).
     #[default]

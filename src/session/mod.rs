@@ -48,7 +48,8 @@ use producer::{Producer, ProducerEnd};
 use worker::Worker;
 
 /// Delivery guarantee (SPEC §3.3, `handler.qos`; seed 002's QoS 0/1/2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Qos {
     /// No retries; a failure is recorded and acknowledged, never retried.
     /// The worker still waits for the handler to finish.

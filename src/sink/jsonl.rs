@@ -57,7 +57,7 @@ use crate::fsutil::{open_lock_file, parent_dir, sync_dir_at};
 use crate::item::{Outcome, Status};
 
 /// Where a JSONL sink writes and how it rotates.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JsonlConfig {
     /// The active file. Rotated files are named after it: `path.1` (the
     /// newest) to `path.<keep_files>` (the oldest).

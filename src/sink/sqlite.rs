@@ -64,7 +64,8 @@ const LOOKUP_CHUNK: usize = 500;
 const DAMAGED_ADVICE: &str = "move it aside and lote will create a new one, or restore it from a backup";
 
 /// How often the WAL is fsynced (SQLite's `PRAGMA synchronous`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Synchronous {
     /// At checkpoints only: commits survive a crash of lote, and a power cut
     /// can lose the last ones but never corrupts the file.
@@ -86,7 +87,7 @@ impl Synchronous {
 }
 
 /// What [`SqliteSink::open`] needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteConfig {
     /// The database file; its parent directory is created if missing.
     pub path: PathBuf,

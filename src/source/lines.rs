@@ -63,7 +63,8 @@ use crate::item::{Item, Outcome, Priority, DEFAULT_PRIORITY};
 use crate::sync::Mutex;
 
 /// How lines are read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LinesFormat {
     /// Each line is the payload; the id is the line number.
     #[default]

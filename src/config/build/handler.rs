@@ -2,15 +2,14 @@
 //! policy around it (`qos`, `timeout`, `retry`, `breaker`).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{absolute, Build, Result, MAX_DURATION, MAX_TRIES};
 use crate::config::raw::{self, RawHandler};
-use crate::config::{value, ConfigError, HandlerSpec};
+use crate::config::{value, ConfigError, HandlerSpec, PolicySpec};
 use crate::handler::exec::{ExecConfig, ExecHandler};
 use crate::handler::http::{HttpConfig, HttpHandler};
-use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
+use crate::policy::{BreakerConfig, RetryPolicy, WhenOpen};
 use crate::session::Qos;
 
 impl Build<'_> {
@@ -18,7 +17,7 @@ impl Build<'_> {
         &mut self,
         raw: Option<RawHandler>,
         state_dir: &Path,
-    ) -> Result<(HandlerSpec, CallPolicy, Qos)> {
+    ) -> Result<(HandlerSpec, PolicySpec, Qos)> {
         let Some(raw) = raw else {
             return Err(self.doc.whole("`handler:` is missing").with_key("handler"));
         };
@@ -40,12 +39,8 @@ impl Build<'_> {
         Ok((spec, policy, qos))
     }
 
-    fn policy(&mut self, p: &raw::RawPolicy) -> Result<(CallPolicy, Qos)> {
-        let qos = p.qos.map_or(Qos::default(), |q| match q {
-            raw::QosRaw::AtMostOnce => Qos::AtMostOnce,
-            raw::QosRaw::AtLeastOnce => Qos::AtLeastOnce,
-            raw::QosRaw::ExactlyOnce => Qos::ExactlyOnce,
-        });
+    fn policy(&mut self, p: &raw::RawPolicy) -> Result<(PolicySpec, Qos)> {
+        let qos = p.qos.unwrap_or_default();
         let timeout = self.opt_at_most("handler.timeout", p.timeout.map(|t| t.0), MAX_DURATION)?;
         if timeout == Some(Duration::ZERO) {
             return self.err(
@@ -90,15 +85,12 @@ impl Build<'_> {
                     .validate()
                     .map_err(|why| self.engine_error("handler.breaker", &why))?;
                 self.at_most("handler.breaker.open_for", config.open_for, MAX_DURATION)?;
-                let when_open = b.when_open.map_or(WhenOpen::default(), |w| match w {
-                    raw::WhenOpenRaw::Wait => WhenOpen::Wait,
-                    raw::WhenOpenRaw::Skip => WhenOpen::Skip,
-                });
-                (Some(Arc::new(Breaker::new(config))), when_open)
+                let when_open = b.when_open.unwrap_or_default();
+                (Some(config), when_open)
             }
         };
         Ok((
-            CallPolicy {
+            PolicySpec {
                 retry,
                 breaker,
                 when_open,

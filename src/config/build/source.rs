@@ -8,7 +8,7 @@ use crate::config::raw::{self, RawSource};
 use crate::config::value::format_duration;
 use crate::config::SourceSpec;
 use crate::source::lines::{LinesConfig, LinesFormat};
-use crate::source::spool::{OnDone, SpoolConfig, SpoolPriority};
+use crate::source::spool::{SpoolConfig, SpoolPriority};
 use crate::source::SqliteSourceConfig;
 
 impl Build<'_> {
@@ -43,21 +43,16 @@ impl Build<'_> {
                 }
                 let priority = match s.priority {
                     None => d.priority,
-                    Some(raw::SpoolPriorityRaw::FilenamePrefix) => SpoolPriority::FilenamePrefix,
-                    Some(raw::SpoolPriorityRaw::Fixed) => SpoolPriority::Fixed,
-                    Some(raw::SpoolPriorityRaw::JsonField(name)) if name.trim().is_empty() => {
+                    Some(SpoolPriority::JsonField(name)) if name.trim().is_empty() => {
                         return self.err(
                             "source.priority.json_field",
                             "is empty; expected a JSON field name, e.g. {json_field: priority}",
                         )
                     }
-                    Some(raw::SpoolPriorityRaw::JsonField(name)) => SpoolPriority::JsonField(name),
+                    Some(priority) => priority,
                 };
                 SourceSpec::Spool(SpoolConfig {
-                    on_done: s.on_done.map_or(d.on_done, |o| match o {
-                        raw::OnDoneRaw::Move => OnDone::Move,
-                        raw::OnDoneRaw::Delete => OnDone::Delete,
-                    }),
+                    on_done: s.on_done.unwrap_or(d.on_done),
                     priority,
                     stable_for: self.at_most(
                         "source.stable_for",
@@ -104,12 +99,10 @@ impl Build<'_> {
                         "is 0, so no line could be processed; expected a size like 1MiB",
                     );
                 }
+                let format = l.format.unwrap_or_else(|| default_format(path.as_deref()));
                 SourceSpec::Lines(LinesConfig {
                     path,
-                    format: l.format.map_or(d.format, |f| match f {
-                        raw::LinesFormatRaw::Text => LinesFormat::Text,
-                        raw::LinesFormatRaw::Ndjson => LinesFormat::Ndjson,
-                    }),
+                    format,
                     max_bytes,
                 })
             }
@@ -185,5 +178,15 @@ impl Build<'_> {
             }
         }
         Ok(SourceSpec::Sqlite(config))
+    }
+}
+
+/// SPEC §3.6: a lines source reads NDJSON when its path ends `.ndjson` or
+/// `.jsonl` and `format:` is not given; text otherwise (stdin included).
+fn default_format(path: Option<&Path>) -> LinesFormat {
+    use std::os::unix::ffi::OsStrExt;
+    match path.map(|p| p.as_os_str().as_bytes()) {
+        Some(p) if p.ends_with(b".ndjson") || p.ends_with(b".jsonl") => LinesFormat::Ndjson,
+        _ => LinesFormat::Text,
     }
 }

@@ -109,7 +109,8 @@ use crate::item::{Item, Outcome, Status};
 use crate::sync::Mutex;
 
 /// What happens to a file once its outcome is durable and `done`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnDone {
     /// Move it to `<dir>/done/` (default).
     #[default]
@@ -119,7 +120,8 @@ pub enum OnDone {
 }
 
 /// Where an item's priority comes from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SpoolPriority {
     /// A leading number in the file name followed by `-` or `_`
     /// (`1-reading.json` → 1); files without one get the default priority.
