@@ -97,3 +97,42 @@ fn a_file_written_in_place_is_taken_once_stable_for_has_passed() {
          not between 300ms and {TAKEN_WITHIN:?}"
     );
 }
+
+/// A breaker that skips hands its items back to the spool, and the moves
+/// back are heard as arrivals: they must not offer the items again at once,
+/// or a quiet spool spins (claim, skip, put back) for all of `open_for`. As
+/// when the spool was polled, a given-back item comes round about once a
+/// second.
+#[test]
+fn items_a_skipping_breaker_gives_back_do_not_spin_on_a_quiet_spool() {
+    let setup = Setup::new();
+    let spool = setup.path("spool");
+    fs::create_dir_all(&spool).unwrap();
+    // The first item fails (exit 1, retryable, one attempt) and opens the
+    // breaker; the second is then skipped, again and again.
+    for name in ["1-opens.txt", "2-skipped.txt"] {
+        fs::write(spool.join(name), "payload").unwrap();
+    }
+    let config = setup.config(&format!(
+        "session:\n  threads: 1\n  poll_every: 1h\nsource:\n  kind: spool\n  path: {}\n  stable_for: 0s\n\
+         handler:\n  kind: exec\n  command: [/bin/false]\n  retry: {{attempts: 1}}\n\
+         \x20 breaker: {{failures: 1, open_for: 1h, when_open: skip}}\n\
+         sink:\n  kind: jsonl\n  path: outcomes.jsonl\nmetrics:\n  every: 1s\n",
+        spool.display()
+    ));
+    let child = setup
+        .lote(&["run", "-c", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(child);
+    thread::sleep(Duration::from_secs(4));
+    let status: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(setup.path("state/status.json")).unwrap()).unwrap();
+    let returned = status["counters"]["returned"].as_u64().expect("counters.returned");
+    assert!(
+        (1..=8).contains(&returned),
+        "the skipped item was given back {returned} time(s) in 4 s (about once a second expected): {status}"
+    );
+}

@@ -43,7 +43,10 @@ pub(super) fn status_thread(shared: &Shared, over: &StopHandle) {
         shared.write_files();
         let status = shared.capture();
         let warnings = status.warnings();
-        for warning in warnings.iter().filter(|w| !warned.contains(w)) {
+        // The queue's rise past 80 % is logged (once) by its event in the
+        // producer (`Events::queue_nearly_full`); the others are logged here.
+        let logged_here = |w: &&String| !w.starts_with("queue at ");
+        for warning in warnings.iter().filter(logged_here).filter(|w| !warned.contains(w)) {
             log::warn!("{warning}");
         }
         warned = warnings;
@@ -159,7 +162,13 @@ pub(super) fn notify_thread(shared: &Shared, over: &StopHandle, notifier: &Notif
         }
         let moved = last_look != Some((state, progress)) || progress.busy_workers > 0;
         last_look = Some((state, progress));
-        pause = status_pause(pause, moved, every);
+        // A drain is looked at every second: the stop timeout extensions
+        // (`DRAIN_EXTENSION`) are sized on it.
+        pause = if state == DaemonState::Draining {
+            MAX_TICK
+        } else {
+            status_pause(pause, moved, every)
+        };
         // With a watchdog, its period; the STATUS line comes along.
         let tick = watchdog_tick.map_or(pause, |tick| tick.min(pause));
         seen = shared.bell.wait(seen, now + tick);

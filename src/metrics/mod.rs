@@ -94,6 +94,16 @@ pub fn queue_nearly_full(len: u64, capacity: u64) -> bool {
     capacity > 0 && len.saturating_mul(100) >= capacity.saturating_mul(QUEUE_WARN_PERCENT)
 }
 
+/// Below this share of its capacity a queue that was nearly full counts as
+/// drained again, so that its next rise past [`QUEUE_WARN_PERCENT`] is a new
+/// event: a queue hovering at 80 % is logged once, not at every pull.
+pub const QUEUE_REARM_PERCENT: u64 = 60;
+
+/// True if `len` items are below [`QUEUE_REARM_PERCENT`] of `capacity`.
+pub fn queue_drained(len: u64, capacity: u64) -> bool {
+    len.saturating_mul(100) < capacity.saturating_mul(QUEUE_REARM_PERCENT)
+}
+
 /// The running session's queue as a status reader sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueReading {

@@ -12,7 +12,7 @@ use super::events::Events;
 use super::{Job, StopHandle};
 use crate::commit::Committer;
 use crate::item::{Item, Outcome};
-use crate::metrics::queue_nearly_full;
+use crate::metrics::{queue_drained, queue_nearly_full};
 use crate::queue::{PushError, WorkQueue};
 use crate::sink::DoneLookup;
 use crate::source::{Pull, ReturnReason, Source};
@@ -62,9 +62,9 @@ impl Producer<'_> {
         let mut batch: Vec<(i32, Job)> = Vec::new();
         // A source that hears arrivals rings its bell; a stop rings it too.
         let bell = self.source.doorbell();
-        let _stop_rings = bell.clone().map(|bell| self.stop.on_change(move |_| bell.ring()));
+        let _stop_rings = bell.clone().map(|bell| self.stop.on_change(move |_| bell.ring_now()));
         // Only the producer fills the queue, so it sees every rise past the
-        // warning line; armed again once the queue is seen below it.
+        // warning line; armed again once the queue is seen below 60 %.
         let mut below_warning = true;
         loop {
             if self.stop.is_stopping() {
@@ -111,7 +111,7 @@ impl Producer<'_> {
             if !below_warning {
                 // The workers may have taken the queue below the line since.
                 let stats = self.queue.stats();
-                below_warning = !queue_nearly_full(stats.len as u64, stats.capacity as u64);
+                below_warning = queue_drained(stats.len as u64, stats.capacity as u64);
             }
             let queued_at = Instant::now();
             batch.extend(items.into_iter().map(|item| {

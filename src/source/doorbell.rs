@@ -33,6 +33,9 @@ struct Bell {
     /// The source no longer hears arrivals (its watch failed): waits are
     /// `poll_every` again.
     deaf: bool,
+    /// Rings before this moment only make it due then (see
+    /// [`Doorbell::hold`]).
+    held_until: Option<Instant>,
 }
 
 impl Default for Doorbell {
@@ -49,8 +52,35 @@ impl Doorbell {
         }
     }
 
-    /// Something may have arrived: the waiting producer pulls again now.
+    /// Something may have arrived: the waiting producer pulls again now
+    /// (or, while the bell is held, when the hold ends).
     pub fn ring(&self) {
+        let mut bell = self.state.lock();
+        match bell.held_until {
+            Some(until) if Instant::now() < until => {
+                if bell.due.is_none_or(|due| until < due) {
+                    bell.due = Some(until);
+                }
+            }
+            _ => bell.rung = true,
+        }
+        drop(bell);
+        self.changed.notify_all();
+    }
+
+    /// Holds the bell until `until`: a ring before then wakes the producer
+    /// only at `until`. A source holds it before it puts items back itself,
+    /// so that its own moves (heard as arrivals) do not offer the items
+    /// again at once: a breaker that skips must not spin on a quiet spool.
+    pub fn hold(&self, until: Instant) {
+        let mut bell = self.state.lock();
+        if bell.held_until.is_none_or(|held| held < until) {
+            bell.held_until = Some(until);
+        }
+    }
+
+    /// Rings now, held or not: a stop must never wait.
+    pub fn ring_now(&self) {
         self.state.lock().rung = true;
         self.changed.notify_all();
     }
@@ -69,7 +99,7 @@ impl Doorbell {
     /// polls every `poll_every`, as for a source without a bell.
     pub fn go_deaf(&self) {
         self.state.lock().deaf = true;
-        self.ring();
+        self.ring_now();
     }
 
     /// Whether the source still hears arrivals.
@@ -131,6 +161,27 @@ mod tests {
         bell.ring_at(Instant::now() + Duration::from_millis(50));
         bell.wait(Duration::from_secs(3600));
         assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_held_bell_defers_a_ring_to_the_end_of_the_hold_but_not_a_stop() {
+        let bell = Doorbell::new();
+        let started = Instant::now();
+        bell.hold(started + Duration::from_millis(300));
+        bell.ring();
+        bell.wait(Duration::from_secs(3600));
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let started = Instant::now();
+        bell.hold(started + Duration::from_secs(3600));
+        bell.ring_now();
+        bell.wait(Duration::from_secs(3600));
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 

@@ -98,7 +98,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use files::{DirHandle, SubDir};
 use scan::{Fingerprint, ScanState};
@@ -127,10 +127,10 @@ pub enum SpoolPriority {
     /// (`1-reading.json` → 1); files without one get the default priority.
     #[default]
     FilenamePrefix,
-    /// An integer field of the file's JSON object (`{"priority": 2, …}`).
-    JsonField(String),
     /// Every item gets the default priority.
     Fixed,
+    /// An integer field of the file's JSON object (`{"priority": 2, …}`).
+    JsonField(String),
 }
 
 /// A spool source's settings (config section `source:` with `kind: spool`).
@@ -182,6 +182,10 @@ const NOT_UTF8: &str = "its name is not UTF-8: refused unread (the id shows each
 /// long before it scans again, so a newly arrived urgent file waits at most
 /// this long, and a backlog of 100 000 files is not listed once per pull.
 const RESCAN_AFTER: Duration = Duration::from_secs(1);
+
+/// How long items given back wait before they are offered again (their
+/// moves back into `<dir>/` are heard as arrivals; see `give_back`).
+const GIVEN_BACK_PAUSE: Duration = Duration::from_secs(1);
 
 /// How many of a scan's most urgent candidates are kept for the next pulls.
 const READY_MAX: usize = 1024;
@@ -275,18 +279,23 @@ impl SpoolSource {
             Err(fs::TryLockError::Error(e)) => return Err(fail(&lock_path, "locking", &e)),
         }
         let bell = Arc::new(Doorbell::new());
-        let watch = match watch::Watch::start(&dir, Arc::clone(&bell)) {
-            Ok(watch) => Some(watch),
-            Err(e) => {
-                if config.stream {
+        // Only a stream (a continuous session) waits for arrivals; a batch
+        // run or a requeue opens no watch.
+        let watch = if config.stream {
+            match watch::Watch::start(&dir, Arc::clone(&bell)) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
                     log::warn!(
                         "spool {}: cannot watch the directory with inotify ({e}); polling every poll_every",
                         dir.display()
                     );
+                    bell.go_deaf();
+                    None
                 }
-                bell.go_deaf();
-                None
             }
+        } else {
+            bell.go_deaf();
+            None
         };
         Ok(SpoolSource {
             bell,
@@ -502,6 +511,10 @@ impl Source for SpoolSource {
     }
 
     fn give_back(&self, items: Vec<Item>, reason: ReturnReason) -> Result<(), SourceError> {
+        // The moves back into `<dir>/` are heard as arrivals: they offer the
+        // items again after a second (as when the spool was polled), not at
+        // once, or a breaker that skips would spin on a quiet spool.
+        self.bell.hold(Instant::now() + GIVEN_BACK_PAUSE);
         let mut first_error = None;
         let mut still_claimed = Vec::new();
         for item in &items {
