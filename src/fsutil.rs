@@ -74,6 +74,19 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// The temporary name does not end in `.prom`, so node_exporter's textfile
 /// collector never reads a half-written metrics file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file(path, bytes, true)
+}
+
+/// [`write_atomically`] without the fsyncs: readers still see the old file or
+/// the new, never a mix, but a power cut may leave the old one (or, on a file
+/// system that does not order a rename after its data, an empty one). For
+/// files rewritten every few seconds for readers only (`status.json`, the
+/// metrics textfile): their fsyncs were most of an idle daemon's wake-ups.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file(path, bytes, false)
+}
+
+fn write_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())))?;
@@ -89,7 +102,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let written = (|| {
         let mut file = File::create(&temp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&temp, path)
     })();
     if let Err(e) = written {
@@ -97,9 +112,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         return Err(e);
     }
     // The data is in place; a directory fsync that fails only weakens
-    // durability, not atomicity, and these files (status, metrics, a
-    // lines source's resume point) are rewritten soon anyway.
-    let _ = sync_dir_at(&dir);
+    // durability, not atomicity (a lines source's resume point is written
+    // again at its next record).
+    if durable {
+        let _ = sync_dir_at(&dir);
+    }
     Ok(())
 }
 

@@ -100,7 +100,7 @@ impl Shared {
         }
         if let Some(textfile) = textfile {
             let text = prometheus::render(&status, &self.metrics);
-            if let Err(e) = crate::status::write_atomically(&textfile, text.as_bytes()) {
+            if let Err(e) = crate::fsutil::replace_file(&textfile, text.as_bytes()) {
                 log::warn!("writing the metrics textfile {}: {e}", textfile.display());
             }
         }

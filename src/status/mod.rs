@@ -12,9 +12,11 @@
 //!   and dashboards read them: fields may be added (with `#[serde(default)]`
 //!   so older files still read), never renamed. Unknown fields are ignored,
 //!   so an older `lote status` reads a newer daemon's file.
-//! - **Readers never see half a file.** [`write_atomically`] writes a
-//!   temporary file beside the target, fsyncs it and renames it over the
-//!   target; a reader opens either the old file or the new one.
+//! - **Readers never see half a file.** [`replace_file`] writes a
+//!   temporary file beside the target and renames it over the target; a
+//!   reader opens either the old file or the new one. It does not fsync:
+//!   the file is rewritten every `metrics.every`, for readers only, and its
+//!   fsyncs were most of an idle daemon's wake-ups.
 //! - **Durations are milliseconds as `f64`** (microsecond resolution), so a
 //!   sub-millisecond queue wait does not read as 0.
 
@@ -28,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::fsutil::write_atomically;
+pub use crate::fsutil::{replace_file, write_atomically};
 use crate::metrics::{queue_nearly_full, HistogramSnapshot, Metrics, QueueReading};
 // Parts of the status file, embedded as they are; defined beside the
 // counters they are snapshots of.
@@ -344,11 +346,11 @@ impl Status {
         }
     }
 
-    /// Writes the status as pretty JSON, atomically (see [`write_atomically`]).
+    /// Writes the status as pretty JSON, atomically (see [`replace_file`]).
     pub fn write(&self, path: &Path) -> io::Result<()> {
         let mut json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         json.push(b'\n');
-        write_atomically(path, &json)
+        replace_file(path, &json)
     }
 
     /// Reads a status file. The error names the file and says what was wrong.
