@@ -5,11 +5,14 @@
 //! `cargo deb` finds them without another step.
 //!
 //! They are written to `target/<profile>/man/` (the profile's directory, found
-//! from `OUT_DIR`), where the package metadata in Cargo.toml takes them from
-//! (`target/release/man/*.8`; cargo-deb gzips pages under usr/share/man).
-//! Read one with `man -l target/release/man/lote.8`.
+//! from `OUT_DIR`) twice: `lote.8` to read (`man -l target/release/man/lote.8`)
+//! and `lote.8.gz`, which the package metadata in Cargo.toml ships
+//! (`target/release/man/*.8.gz`). cargo-deb gzips man pages only when they
+//! come from outside the target directory, and Debian policy wants them
+//! compressed (lintian: uncompressed-manual-page), so the build does it: best
+//! compression, no name and no timestamp in the header (reproducible).
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
@@ -55,12 +58,24 @@ fn write_subcommand_pages(command: &clap::Command, dir: &Path) -> io::Result<()>
 }
 
 /// Section 8: lote is a daemon an administrator runs under systemd. Written
-/// only when the text changed, so an unchanged page keeps its mtime.
+/// plain and gzipped, each only when its bytes changed, so an unchanged page
+/// keeps its mtime.
 fn write_page(command: &clap::Command, path: &Path) -> io::Result<()> {
     let mut page = Vec::new();
     clap_mangen::Man::new(command.clone()).section("8").render(&mut page)?;
-    if std::fs::read(path).ok().as_deref() != Some(page.as_slice()) {
-        std::fs::write(path, page)?;
+    // GzBuilder writes mtime 0 and no file name unless told otherwise.
+    let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::best());
+    gz.write_all(&page)?;
+    let gzipped = gz.finish()?;
+    let mut gz_path = path.as_os_str().to_owned();
+    gz_path.push(".gz");
+    write_if_changed(path, &page)?;
+    write_if_changed(Path::new(&gz_path), &gzipped)
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if std::fs::read(path).ok().as_deref() != Some(bytes) {
+        std::fs::write(path, bytes)?;
     }
     Ok(())
 }
