@@ -3,57 +3,11 @@
 //! marks a key that is off (no deadline, no breaker, no textfile). Loading it
 //! again gives an equal [`Config`].
 
-use std::path::Path;
-use std::time::Duration;
+use serde_yaml::Value;
 
-use serde_yaml::{Mapping, Value};
-
-use super::value::{format_bytes, format_duration};
 use super::{Config, HandlerSpec, SinkSpec, SourceSpec};
 use crate::sink::JsonlConfig;
-
-/// A mapping with its keys in the given order.
-fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Mapping(
-        entries
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect::<Mapping>(),
-    )
-}
-
-fn dur(d: Duration) -> Value {
-    Value::from(format_duration(d))
-}
-
-fn opt_dur(d: Option<Duration>) -> Value {
-    d.map_or(Value::Null, dur)
-}
-
-/// An engine enum as the config spells it (its serde derive).
-fn spelled<T: serde::Serialize>(value: &T) -> Value {
-    // Unit and string variants cannot fail to serialize.
-    // A newtype variant (`{json_field: NAME}`) as a one-key mapping, as
-    // `raw` reads it, not a YAML tag.
-    serde_yaml::with::singleton_map::serialize(value, serde_yaml::value::Serializer).unwrap_or(Value::Null)
-}
-
-fn path(p: &Path) -> Value {
-    Value::from(p.to_string_lossy().into_owned())
-}
-
-fn bytes(n: u64) -> Value {
-    Value::from(format_bytes(n))
-}
-
-fn pairs(entries: &[(String, String)]) -> Value {
-    Value::Mapping(
-        entries
-            .iter()
-            .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
-            .collect(),
-    )
-}
+use crate::spec::effective::{bytes, dur, map, opt_dur, pairs, path, spelled};
 
 pub(super) fn to_yaml(c: &Config) -> String {
     let s = &c.session;

@@ -40,15 +40,13 @@
 mod arg;
 mod build;
 mod effective;
-mod error;
 mod raw;
 mod text;
-mod value;
 
+pub use crate::spec::ConfigError;
+pub use crate::spec::{format_bytes, format_duration, parse_bytes, parse_duration};
 pub use arg::level_filter;
-pub use error::ConfigError;
 pub use text::MAX_FILE_BYTES;
-pub use value::{format_bytes, format_duration, parse_bytes, parse_duration};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,9 +62,8 @@ use crate::sink::{JsonlConfig, SqliteConfig};
 use crate::source::lines::LinesConfig;
 use crate::source::spool::SpoolConfig;
 use crate::source::SqliteSourceConfig;
+use crate::spec::{Check, Doc};
 use crate::writer::WriterConfig;
-use build::Build;
-use error::Doc;
 use raw::{Kinds, Section};
 
 /// `state_dir` when none is given.
@@ -223,7 +220,7 @@ impl Config {
                 format!("cannot read the current directory to resolve it: {e}"),
             )
         })?;
-        Build {
+        Check {
             doc: &doc,
             warnings: Vec::new(),
         }
@@ -324,7 +321,7 @@ fn section_kind<K>(
                 &kind_key,
                 format!(
                     "unknown kind `{name}`; expected one of {names}{}",
-                    error::did_you_mean(name, &format!("expected {names}"))
+                    crate::spec::did_you_mean(name, &format!("expected {names}"))
                 ),
             )),
         },
@@ -345,7 +342,7 @@ impl ConfigError {
 
 #[cfg(test)]
 mod tests {
-    use super::build::absolute;
+    use crate::spec::absolute;
     use super::*;
     use crate::policy::WhenOpen;
     use crate::queue::WhenFull;

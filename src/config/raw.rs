@@ -19,13 +19,13 @@ use std::path::PathBuf;
 use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;
 
-use super::value::{Argv, ByteSize, Dur};
 use crate::policy::WhenOpen;
 use crate::queue::WhenFull;
 use crate::session::Qos;
 use crate::sink::Synchronous;
 use crate::source::lines::LinesFormat;
 use crate::source::spool::{OnDone, SpoolPriority};
+use crate::spec::{Argv, ByteSize, Dur};
 
 mod kinds;
 pub use kinds::*;

@@ -4,15 +4,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{absolute, Build, Result, MAX_DURATION, MAX_TRIES};
 use crate::config::raw::{self, RawHandler};
-use crate::config::{value, ConfigError, HandlerSpec, PolicySpec};
+use crate::config::{ConfigError, HandlerSpec, PolicySpec};
 use crate::handler::exec::{ExecConfig, ExecHandler};
 use crate::handler::http::{HttpConfig, HttpHandler};
 use crate::policy::{BreakerConfig, RetryPolicy, WhenOpen};
 use crate::session::Qos;
+use crate::spec::{absolute, Check, Result, MAX_DURATION, MAX_TRIES};
 
-impl Build<'_> {
+impl Check<'_> {
     pub(super) fn handler(
         &mut self,
         raw: Option<RawHandler>,
@@ -139,7 +139,7 @@ impl Build<'_> {
                 "handler.command",
                 format!(
                     "is missing; expected the program and its arguments: {}",
-                    value::ARGV_EXPECTED
+                    crate::spec::ARGV_EXPECTED
                 ),
             );
         };

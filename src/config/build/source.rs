@@ -3,15 +3,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{absolute, Build, Result, MAX_BUSY_TIMEOUT, MAX_BYTES, MAX_DURATION};
 use crate::config::raw::{self, RawSource};
-use crate::config::value::format_duration;
 use crate::config::SourceSpec;
 use crate::source::lines::{LinesConfig, LinesFormat};
 use crate::source::spool::{SpoolConfig, SpoolPriority};
 use crate::source::SqliteSourceConfig;
+use crate::spec::format_duration;
+use crate::spec::{absolute, Check, Result, MAX_BUSY_TIMEOUT, MAX_BYTES, MAX_DURATION};
 
-impl Build<'_> {
+impl Check<'_> {
     pub(super) fn source(
         &self,
         raw: Option<RawSource>,
