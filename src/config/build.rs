@@ -9,18 +9,15 @@ mod source;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{self, RawConfig, RawDeadLetter, RawSink};
+use super::raw::{self, RawConfig, RawDeadLetter};
 use super::{
-    Config, MetricsSpec, SinkSpec, SourceSpec, DEFAULT_DEAD_LETTER_PATH, DEFAULT_DEAD_LETTER_SQLITE_PATH, DEFAULT_LOG,
-    DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_SINK_JSONL_PATH, DEFAULT_SINK_PATH, DEFAULT_STATE_DIR,
+    Config, MetricsSpec, SourceSpec, DEFAULT_LOG, DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_STATE_DIR,
 };
 use crate::queue::{QueueConfig, WhenFull};
 use crate::session::{Qos, SessionConfig};
-use crate::sink::{JsonlConfig, Role, SqliteConfig};
-use crate::spec::{absolute, format_bytes, format_duration, Check, Result};
-use crate::spec::{
-    MAX_BUSY_TIMEOUT, MAX_CAPACITY, MAX_DURATION, MAX_ITEMS, MAX_OUTCOMES, MAX_ROTATE_BYTES, MAX_THREADS, MAX_TRIES,
-};
+use crate::sink::{self, Place, Role, SinkKeys, SinkSpec};
+use crate::spec::{absolute, format_duration, Check, Result};
+use crate::spec::{MAX_CAPACITY, MAX_DURATION, MAX_ITEMS, MAX_OUTCOMES, MAX_THREADS, MAX_TRIES};
 use crate::writer::WriterConfig;
 
 impl Check<'_> {
@@ -62,7 +59,12 @@ impl Check<'_> {
             ..writer
         };
         if writer.done_lookups {
-            self.done_records_survive_rotation(&sink, qos)?;
+            let why = if qos == Qos::ExactlyOnce {
+                "handler.qos: exactly_once"
+            } else {
+                "a lines source (it resumes from the sink's records)"
+            };
+            sink.done_records_survive(&self, why)?;
         }
         let metrics = self.metrics(raw.metrics.unwrap_or_default(), &state_dir)?;
 
@@ -231,17 +233,15 @@ impl Check<'_> {
         Ok((session, every))
     }
 
-    fn sink(&self, raw: Option<RawSink>, state_dir: &Path) -> Result<(SinkSpec, WriterConfig)> {
-        let (spec, w) = match raw {
-            Some(raw) => self.sink_spec(raw, Role::Outcomes, state_dir)?,
-            None => (
-                SinkSpec::Sqlite(SqliteConfig::new(
-                    absolute(state_dir, Path::new(DEFAULT_SINK_PATH)),
-                    Role::Outcomes,
-                )),
-                raw::RawWriter::default(),
-            ),
+    fn sink(&self, raw: Option<SinkKeys>, state_dir: &Path) -> Result<(SinkSpec, WriterConfig)> {
+        let at = Place {
+            role: Role::Outcomes,
+            state_dir,
         };
+        let keys = raw
+            .or_else(|| SinkKeys::empty(sink::DEFAULT_KIND))
+            .expect("the default sink kind is registered");
+        let (spec, w) = SinkSpec::build(keys, &at, self)?;
         let d = WriterConfig::default();
         let writer = WriterConfig {
             batch: w.batch.unwrap_or(d.batch),
@@ -272,47 +272,20 @@ impl Check<'_> {
         Ok((spec, writer))
     }
 
-    /// Done lookups (exactly-once, a lines source's resume) read the sink's
-    /// `done` records. A rotating JSONL sink deletes its oldest file, and the
-    /// records in it, so those items would silently run again: refused. (An
-    /// index of done ids that survives rotation would grow without bound, in
-    /// memory and on disk, which is what rotation was asked to prevent; the
-    /// SQLite sink keeps them on disk behind its primary key.)
-    fn done_records_survive_rotation(&self, sink: &SinkSpec, qos: Qos) -> Result<()> {
-        let SinkSpec::Jsonl(jsonl) = sink else {
-            return Ok(());
-        };
-        let Some(bytes) = jsonl.rotate_bytes else {
-            return Ok(());
-        };
-        let why = if qos == Qos::ExactlyOnce {
-            "handler.qos: exactly_once"
-        } else {
-            "a lines source (it resumes from the sink's records)"
-        };
-        Err(self.doc.error_at(
-            "sink.rotate_bytes",
-            &["sink.rotate_bytes", "sink.keep_files", "sink.kind"],
-            format!(
-                "is {} (64MiB when not set), so the JSONL sink rotates and deletes its oldest file (beyond \
-                 keep_files: {}) with the done records in it, and with {why} the items recorded there would \
-                 silently run again; expected `sink.rotate_bytes: 0` (never rotate: the file, and the done \
-                 index held in memory, grow with every item) or `sink.kind: sqlite` (done ids stay on disk)",
-                format_bytes(bytes),
-                jsonl.keep_files
-            ),
-        ))
-    }
-
     fn dead_letter(&self, raw: Option<RawDeadLetter>, state_dir: &Path) -> Result<Option<SinkSpec>> {
+        let at = Place {
+            role: Role::DeadLetter,
+            state_dir,
+        };
         match raw {
-            None => Ok(Some(SinkSpec::Jsonl(JsonlConfig::new(
-                absolute(state_dir, Path::new(DEFAULT_DEAD_LETTER_PATH)),
-                Role::DeadLetter,
-            )))),
+            None => {
+                let keys = SinkKeys::empty(sink::DEFAULT_DEAD_LETTER_KIND)
+                    .expect("the default dead-letter kind is registered");
+                Ok(Some(SinkSpec::build(keys, &at, self)?.0))
+            }
             Some(RawDeadLetter::None) => Ok(None),
             Some(RawDeadLetter::Sink(raw)) => {
-                let (spec, writer) = self.sink_spec(raw, Role::DeadLetter, state_dir)?;
+                let (spec, writer) = SinkSpec::build(raw, &at, self)?;
                 if let Some(key) = writer.given().first() {
                     return self.err(
                         &format!("dead_letter.{key}"),
@@ -324,54 +297,6 @@ impl Check<'_> {
                 Ok(Some(spec))
             }
         }
-    }
-
-    fn sink_spec(&self, raw: RawSink, role: Role, state_dir: &Path) -> Result<(SinkSpec, raw::RawWriter)> {
-        let dead = role == Role::DeadLetter;
-        let section = if dead { "dead_letter" } else { "sink" };
-        Ok(match raw {
-            RawSink::Sqlite(s) => {
-                let default = if dead {
-                    DEFAULT_DEAD_LETTER_SQLITE_PATH
-                } else {
-                    DEFAULT_SINK_PATH
-                };
-                let path = s.path.unwrap_or_else(|| default.into());
-                self.path(&format!("{section}.path"), &path)?;
-                let d = SqliteConfig::new(absolute(state_dir, &path), role);
-                let spec = SqliteConfig {
-                    synchronous: s.synchronous.unwrap_or(d.synchronous),
-                    busy_timeout: self.at_most(
-                        &format!("{section}.busy_timeout"),
-                        s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
-                        MAX_BUSY_TIMEOUT,
-                    )?,
-                    ..d
-                };
-                (SinkSpec::Sqlite(spec), s.writer)
-            }
-            RawSink::Jsonl(j) => {
-                let default = if dead {
-                    DEFAULT_DEAD_LETTER_PATH
-                } else {
-                    DEFAULT_SINK_JSONL_PATH
-                };
-                let path = j.path.unwrap_or_else(|| default.into());
-                self.path(&format!("{section}.path"), &path)?;
-                let d = JsonlConfig::new(absolute(state_dir, &path), role);
-                if let Some(rotate) = j.rotate_bytes {
-                    self.bytes_at_most(&format!("{section}.rotate_bytes"), rotate.0, MAX_ROTATE_BYTES)?;
-                }
-                let keep_files = j.keep_files.unwrap_or(d.keep_files);
-                self.count(&format!("{section}.keep_files"), keep_files as u64, 0..=MAX_TRIES)?;
-                let spec = JsonlConfig {
-                    rotate_bytes: j.rotate_bytes.map_or(d.rotate_bytes, |b| (b.0 > 0).then_some(b.0)),
-                    keep_files,
-                    ..d
-                };
-                (SinkSpec::Jsonl(spec), j.writer)
-            }
-        })
     }
 
     fn metrics(&self, m: raw::RawMetrics, state_dir: &Path) -> Result<MetricsSpec> {

@@ -6,7 +6,6 @@
 use serde_yaml::Value;
 
 use super::{Config, HandlerSpec, SinkSpec, SourceSpec};
-use crate::sink::JsonlConfig;
 use crate::spec::effective::{bytes, dur, map, opt_dur, pairs, path, spelled};
 
 pub(super) fn to_yaml(c: &Config) -> String {
@@ -152,25 +151,7 @@ fn handler(c: &Config) -> Value {
 
 /// A sink's keys; with the config, the writer's keys too (`sink:` only).
 fn sink(spec: &SinkSpec, writer_of: Option<&Config>) -> Value {
-    let mut out = match spec {
-        SinkSpec::Sqlite(s) => map([
-            ("kind", "sqlite".into()),
-            ("path", path(&s.path)),
-            ("synchronous", s.synchronous.as_str().into()),
-            ("busy_timeout", dur(s.busy_timeout)),
-        ]),
-        SinkSpec::Jsonl(JsonlConfig {
-            path: p,
-            rotate_bytes,
-            keep_files,
-            ..
-        }) => map([
-            ("kind", "jsonl".into()),
-            ("path", path(p)),
-            ("rotate_bytes", bytes(rotate_bytes.unwrap_or(0))),
-            ("keep_files", (*keep_files).into()),
-        ]),
-    };
+    let mut out = spec.effective();
     if let (Some(c), Value::Mapping(m)) = (writer_of, &mut out) {
         let w = &c.writer;
         for (k, v) in [

@@ -58,7 +58,7 @@ use crate::handler::exec::ExecConfig;
 use crate::handler::http::HttpConfig;
 use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use crate::session::SessionConfig;
-use crate::sink::{JsonlConfig, SqliteConfig};
+pub use crate::sink::SinkSpec;
 use crate::source::lines::LinesConfig;
 use crate::source::spool::SpoolConfig;
 use crate::source::SqliteSourceConfig;
@@ -74,14 +74,6 @@ pub const DEFAULT_LOG: &str = "info";
 pub const DEFAULT_METRICS_EVERY: Duration = Duration::from_secs(15);
 /// `metrics.log_every`: how often the summary log line is written.
 pub const DEFAULT_METRICS_LOG_EVERY: Duration = Duration::from_secs(30);
-/// The sink when `sink:` is left out: SQLite, under `state_dir`.
-pub const DEFAULT_SINK_PATH: &str = "outcomes.db";
-/// `sink.path` for `kind: jsonl` when no path is given.
-pub const DEFAULT_SINK_JSONL_PATH: &str = "outcomes.jsonl";
-/// The dead-letter sink when `dead_letter:` is left out: JSONL, under `state_dir`.
-pub const DEFAULT_DEAD_LETTER_PATH: &str = "dead-letter.jsonl";
-/// `dead_letter.path` for `kind: sqlite` when no path is given.
-pub const DEFAULT_DEAD_LETTER_SQLITE_PATH: &str = "dead-letter.db";
 
 /// A validated config: what the daemon runs. Plain data: the daemon builds
 /// the live parts (the circuit breaker among them, [`PolicySpec::call_policy`])
@@ -134,33 +126,6 @@ pub enum HandlerSpec {
 
 /// A sink (`sink:`, role outcomes) or the dead-letter sink (`dead_letter:`,
 /// role dead letters).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SinkSpec {
-    Sqlite(SqliteConfig),
-    Jsonl(JsonlConfig),
-}
-
-impl SinkSpec {
-    /// The file it writes.
-    pub fn path(&self) -> &Path {
-        match self {
-            SinkSpec::Sqlite(c) => &c.path,
-            SinkSpec::Jsonl(c) => &c.path,
-        }
-    }
-
-    /// `sqlite` or `jsonl`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkSpec::Sqlite(_) => "sqlite",
-            SinkSpec::Jsonl(_) => "jsonl",
-        }
-    }
-}
-
-/// The policies around each call (`handler.retry`, `handler.breaker`,
-/// `handler.timeout`): the settings of a [`CallPolicy`], its breaker not
-/// built yet.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicySpec {
     pub retry: RetryPolicy,
@@ -274,10 +239,10 @@ fn first_pass(doc: &Doc) -> Result<Kinds, ConfigError> {
         }
     };
     Ok(Kinds {
-        source: section_kind(doc, top, &raw::SOURCE, true, raw::source_kind)?,
-        handler: section_kind(doc, top, &raw::HANDLER, true, raw::handler_kind)?,
-        sink: section_kind(doc, top, &raw::SINK, false, raw::sink_kind)?,
-        dead_letter: section_kind(doc, top, &raw::DEAD_LETTER, false, raw::dead_letter_kind)?,
+        source: section_kind(doc, top, &raw::source_section(), true, raw::source_kind)?,
+        handler: section_kind(doc, top, &raw::handler_section(), true, raw::handler_kind)?,
+        sink: section_kind(doc, top, &raw::sink_section(), false, raw::sink_kind)?,
+        dead_letter: section_kind(doc, top, &raw::dead_letter_section(), false, raw::dead_letter_kind)?,
     })
 }
 
@@ -289,7 +254,7 @@ fn section_kind<K>(
     parse: fn(&str) -> Option<K>,
 ) -> Result<Option<K>, ConfigError> {
     use serde_yaml::Value;
-    let names = backquoted(section.kinds);
+    let names = backquoted(&section.kinds);
     let key = section.key;
     let expected = format!("expected a mapping with a `kind:` (one of {names}) and that kind's keys");
     let body = match top.get(key) {
@@ -342,7 +307,6 @@ impl ConfigError {
 
 #[cfg(test)]
 mod tests {
-    use crate::spec::absolute;
     use super::*;
     use crate::policy::WhenOpen;
     use crate::queue::WhenFull;
@@ -350,6 +314,7 @@ mod tests {
     use crate::sink::{Role, Synchronous};
     use crate::source::lines::LinesFormat;
     use crate::source::spool::{OnDone, SpoolPriority};
+    use crate::spec::absolute;
 
     fn load(dir: &Path, sections: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(

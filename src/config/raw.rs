@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::policy::WhenOpen;
 use crate::queue::WhenFull;
 use crate::session::Qos;
-use crate::sink::Synchronous;
+use crate::sink::SinkKeys;
 use crate::source::lines::LinesFormat;
 use crate::source::spool::{OnDone, SpoolPriority};
 use crate::spec::{Argv, ByteSize, Dur};
@@ -47,7 +47,7 @@ pub struct RawConfig {
     /// Required.
     pub handler: Option<RawHandler>,
     /// Default `{kind: sqlite, path: outcomes.db}`.
-    pub sink: Option<RawSink>,
+    pub sink: Option<SinkKeys>,
     /// Default `{kind: jsonl, path: dead-letter.jsonl}`; `{kind: none}` for none.
     pub dead_letter: Option<RawDeadLetter>,
     pub metrics: Option<RawMetrics>,
@@ -240,9 +240,8 @@ pub struct RawPolicy {
     pub breaker: Option<RawBreaker>,
 }
 
-/// Declares a kind's struct (`handler` or `sink`) with its section's shared
-/// keys added, and moves those into the section's struct ([`RawPolicy`],
-/// [`RawWriter`]) after deserializing. Each section's shared keys are
+/// Declares a handler kind's struct with the section's shared keys added,
+/// and moves those into [`RawPolicy`] after deserializing. Each section's shared keys are
 /// listed once, in its arm.
 macro_rules! kind_keys {
     (handler $($kind:tt)*) => {
@@ -256,19 +255,6 @@ macro_rules! kind_keys {
             retry: Option<RawRetry>,
             /// Circuit breaker. Default none.
             breaker: Option<RawBreaker>,
-        } $($kind)* }
-    };
-    (sink $($kind:tt)*) => {
-        kind_keys! { @shared writer: RawWriter {
-            /// A batch closes at this many outcomes (≥ 1). Default 500.
-            batch: Option<usize>,
-            /// … or this long after its oldest outcome arrived. Default 1s.
-            flush_every: Option<Dur>,
-            /// Retries of a failed flush; then its items go back to the
-            /// source and run again. Default 5.
-            max_retries: Option<u32>,
-            /// At shutdown, how long to write what is queued. Default 30s.
-            drain_timeout: Option<Dur>,
         } $($kind)* }
     };
     (@shared $shared:ident: $Shared:ident { $($(#[$smeta:meta])* $sfield:ident: $sty:ty,)* }
@@ -377,74 +363,11 @@ pub struct RawBreaker {
 // ---------------------------------------------------------------- sinks
 
 #[derive(Debug)]
-pub enum RawSink {
-    Sqlite(RawSqliteSink),
-    Jsonl(RawJsonlSink),
-}
-
-#[derive(Debug)]
 pub enum RawDeadLetter {
-    Sink(RawSink),
+    Sink(SinkKeys),
     None,
 }
 
-/// The write-behind thread's keys, allowed under `sink:` only (stage two
-/// refuses them under `dead_letter:`, which the same thread writes).
-#[derive(Debug, Default)]
-pub struct RawWriter {
-    pub batch: Option<usize>,
-    pub flush_every: Option<Dur>,
-    pub max_retries: Option<u32>,
-    pub drain_timeout: Option<Dur>,
-}
-
-impl RawWriter {
-    /// The keys given, for the error under `dead_letter:`.
-    pub fn given(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        if self.batch.is_some() {
-            keys.push("batch");
-        }
-        if self.flush_every.is_some() {
-            keys.push("flush_every");
-        }
-        if self.max_retries.is_some() {
-            keys.push("max_retries");
-        }
-        if self.drain_timeout.is_some() {
-            keys.push("drain_timeout");
-        }
-        keys
-    }
-}
-
-kind_keys! {
-    sink
-    /// `sink: {kind: sqlite}` — table `outcomes` (or `dead_letters`), upsert by id, WAL.
-    RawSqliteSink {
-        /// The database file. Default `outcomes.db` (sink), `dead-letter.db` (dead_letter).
-        path: Option<PathBuf>,
-        /// `normal` (default; survives a crash of lote) or `full` (survives a power cut).
-        synchronous: Option<Synchronous>,
-        /// Wait this long for a lock another process holds. Default 5s.
-        busy_timeout: Option<Dur>,
-    }
-}
-
-kind_keys! {
-    sink
-    /// `sink: {kind: jsonl}` — one JSON object per line, fsynced per batch.
-    RawJsonlSink {
-        /// The file. Default `outcomes.jsonl` (sink), `dead-letter.jsonl` (dead_letter).
-        path: Option<PathBuf>,
-        /// Rotate the file at this size; 0 = never. Default 64MiB.
-        rotate_bytes: Option<ByteSize>,
-        /// Rotated files kept (`path.1` … `path.N`). Default 5.
-        keep_files: Option<usize>,
-    }
-}
-
-/// `dead_letter: {kind: none}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNone {

@@ -15,7 +15,7 @@ use crate::handler::http::HttpHandler;
 use crate::handler::{Handler, Noop};
 use crate::policy::{BreakerState, CallPolicy};
 use crate::session::Qos;
-use crate::sink::{JsonlSink, Record, Sink, SqliteSink, TableAck};
+use crate::sink::{Record, Sink, TableAck};
 use crate::source::lines::{LinesConfig, LinesSource};
 use crate::source::spool::SpoolSource;
 use crate::source::{Source, SqliteSource};
@@ -210,15 +210,8 @@ fn open_lines(lines: &LinesConfig, config: &Config, resume: bool) -> Result<Arc<
 /// Opens the sink `spec` names; a SQLite sink with `table_ack` also marks
 /// the source's rows in each outcome transaction.
 fn open_sink(spec: &SinkSpec, table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, DaemonError> {
-    let failed = |e: &dyn std::fmt::Display| DaemonError::Build(format!("opening a sink: {e}"));
-    Ok(match (spec, table_ack) {
-        (SinkSpec::Sqlite(config), None) => Box::new(SqliteSink::open(config.clone()).map_err(|e| failed(&e))?),
-        (SinkSpec::Sqlite(config), Some(ack)) => {
-            let sink = SqliteSink::open(config.clone()).map_err(|e| failed(&e))?;
-            Box::new(sink.with_table_ack(ack).map_err(|e| failed(&e))?)
-        }
-        (SinkSpec::Jsonl(config), _) => Box::new(JsonlSink::open(config.clone()).map_err(|e| failed(&e))?),
-    })
+    spec.open(table_ack)
+        .map_err(|e| DaemonError::Build(format!("opening a sink: {e}")))
 }
 
 pub(super) fn same_file(a: &Path, b: &Path) -> bool {
@@ -269,14 +262,7 @@ pub fn dead_letters(config: &Config) -> Result<Vec<Record>, DaemonError> {
     let Some(spec) = &config.dead_letter else {
         return Err(DaemonError::Build("this config has no dead_letter sink".into()));
     };
-    let failed = |e: &dyn std::fmt::Display| DaemonError::Build(e.to_string());
-    let records = match spec {
-        SinkSpec::Jsonl(config) => JsonlSink::read_records(config).map_err(|e| failed(&e))?,
-        SinkSpec::Sqlite(config) => {
-            let mut sink = SqliteSink::open(config.clone()).map_err(|e| failed(&e))?;
-            sink.records().map_err(|e| failed(&e))?
-        }
-    };
+    let records = spec.records().map_err(DaemonError::Build)?;
     Ok(crate::dead_letter::latest_per_id(records))
 }
 

@@ -9,9 +9,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::{
-    RawConfig, RawDeadLetter, RawExec, RawHandler, RawHttp, RawJsonlSink, RawLines, RawNone, RawNoop, RawSink,
-    RawSource, RawSpool, RawSqliteSink, RawSqliteSource, TOP_KEYS,
+    RawConfig, RawDeadLetter, RawExec, RawHandler, RawHttp, RawLines, RawNone, RawNoop, RawSource, RawSpool,
+    RawSqliteSource, TOP_KEYS,
 };
+use crate::sink::SinkKeys;
 
 /// The source kinds this build has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,11 +29,8 @@ pub enum HandlerKind {
     Noop,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SinkKind {
-    Sqlite,
-    Jsonl,
-}
+/// A sink kind: its name in the sink registry ([`crate::sink::KINDS`]).
+pub type SinkKind = &'static str;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeadLetterKind {
@@ -53,30 +51,38 @@ pub struct Kinds {
 /// names that are not built yet (so the error can say so).
 pub struct Section {
     pub key: &'static str,
-    pub kinds: &'static [&'static str],
+    pub kinds: Vec<&'static str>,
     pub later: &'static [&'static str],
 }
 
-pub const SOURCE: Section = Section {
-    key: "source",
-    kinds: &["spool", "lines", "sqlite"],
-    later: &["inbox"],
-};
-pub const HANDLER: Section = Section {
-    key: "handler",
-    kinds: &["exec", "http", "noop"],
-    later: &["parallel", "sequence", "fan_out"],
-};
-pub const SINK: Section = Section {
-    key: "sink",
-    kinds: &["sqlite", "jsonl"],
-    later: &[],
-};
-pub const DEAD_LETTER: Section = Section {
-    key: "dead_letter",
-    kinds: &["sqlite", "jsonl", "none"],
-    later: &[],
-};
+pub fn source_section() -> Section {
+    Section {
+        key: "source",
+        kinds: vec!["spool", "lines", "sqlite"],
+        later: &["inbox"],
+    }
+}
+pub fn handler_section() -> Section {
+    Section {
+        key: "handler",
+        kinds: vec!["exec", "http", "noop"],
+        later: &["parallel", "sequence", "fan_out"],
+    }
+}
+pub fn sink_section() -> Section {
+    Section {
+        key: "sink",
+        kinds: crate::sink::KINDS.to_vec(),
+        later: &[],
+    }
+}
+pub fn dead_letter_section() -> Section {
+    Section {
+        key: "dead_letter",
+        kinds: crate::sink::KINDS.iter().copied().chain(["none"]).collect(),
+        later: &[],
+    }
+}
 
 pub fn source_kind(name: &str) -> Option<SourceKind> {
     Some(match name {
@@ -97,11 +103,7 @@ pub fn handler_kind(name: &str) -> Option<HandlerKind> {
 }
 
 pub fn sink_kind(name: &str) -> Option<SinkKind> {
-    Some(match name {
-        "sqlite" => SinkKind::Sqlite,
-        "jsonl" => SinkKind::Jsonl,
-        _ => return None,
-    })
+    crate::sink::KINDS.iter().copied().find(|&kind| kind == name)
 }
 
 pub fn dead_letter_kind(name: &str) -> Option<DeadLetterKind> {
@@ -235,14 +237,13 @@ impl<'de> DeserializeSeed<'de> for HandlerSeed {
 struct SinkSeed(Option<SinkKind>);
 
 impl<'de> DeserializeSeed<'de> for SinkSeed {
-    type Value = RawSink;
+    type Value = SinkKeys;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawSink, D::Error> {
-        Ok(match self.0 {
-            Some(SinkKind::Sqlite) => RawSink::Sqlite(RawSqliteSink::deserialize(d)?),
-            Some(SinkKind::Jsonl) => RawSink::Jsonl(RawJsonlSink::deserialize(d)?),
-            None => return Err(no_kind("sink")),
-        })
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SinkKeys, D::Error> {
+        match self.0 {
+            Some(kind) => SinkKeys::deserialize_kind(kind, d),
+            None => Err(no_kind("sink")),
+        }
     }
 }
 
