@@ -10,9 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{self, RawConfig, RawDeadLetter};
-use super::{
-    Config, MetricsSpec, SourceSpec, DEFAULT_LOG, DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_STATE_DIR,
-};
+use super::{Config, MetricsSpec, DEFAULT_LOG, DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_STATE_DIR};
 use crate::queue::{QueueConfig, WhenFull};
 use crate::session::{Qos, SessionConfig};
 use crate::sink::{self, Place, Role, SinkKeys, SinkSpec};
@@ -55,7 +53,7 @@ impl Check<'_> {
             }
         }
         let writer = WriterConfig {
-            done_lookups: qos == Qos::ExactlyOnce || matches!(source, SourceSpec::Lines(_)),
+            done_lookups: qos == Qos::ExactlyOnce || source.resumes_from_sink(),
             ..writer
         };
         if writer.done_lookups {
@@ -84,7 +82,7 @@ impl Check<'_> {
         if let Some(textfile) = &metrics.textfile {
             self.writable_file("metrics.textfile", textfile)?;
         }
-        self.source_on_disk(&source)?;
+        source.on_disk(&mut self)?;
 
         Ok(Config {
             state_dir,
@@ -330,53 +328,5 @@ impl Check<'_> {
             textfile: m.textfile.map(|t| absolute(state_dir, &t)),
             log_every,
         })
-    }
-
-    /// What opening the source would refuse, found without opening it (a
-    /// spool or table would be changed, a FIFO would block).
-    fn source_on_disk(&mut self, source: &SourceSpec) -> Result<()> {
-        let missing = |path: &Path, what: &str| {
-            format!(
-                "source.path: {} does not exist (yet); `lote run` refuses to start until it does; {what}",
-                path.display()
-            )
-        };
-        match source {
-            SourceSpec::Spool(spool) => {
-                self.creatable_dir("source.path", &["source.path", "source"], &spool.dir, None)?;
-            }
-            SourceSpec::Lines(lines) => {
-                let Some(path) = &lines.path else { return Ok(()) };
-                if path.is_dir() {
-                    return self.err(
-                        "source.path",
-                        format!(
-                            "{} is a directory; expected a file of lines (a spool source takes a directory)",
-                            path.display()
-                        ),
-                    );
-                }
-                if !path.exists() {
-                    self.warnings
-                        .push(missing(path, "expected a file of items, one per line"));
-                }
-            }
-            SourceSpec::Sqlite(table) => {
-                if table.path.is_dir() {
-                    return self.err(
-                        "source.path",
-                        format!(
-                            "{} is a directory; expected the SQLite file holding the work table",
-                            table.path.display()
-                        ),
-                    );
-                }
-                if !table.path.exists() {
-                    self.warnings
-                        .push(missing(&table.path, "expected the SQLite file holding the work table"));
-                }
-            }
-        }
-        Ok(())
     }
 }

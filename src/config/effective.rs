@@ -5,7 +5,7 @@
 
 use serde_yaml::Value;
 
-use super::{Config, HandlerSpec, SinkSpec, SourceSpec};
+use super::{Config, HandlerSpec, SinkSpec};
 use crate::spec::effective::{bytes, dur, map, opt_dur, pairs, path, spelled};
 
 pub(super) fn to_yaml(c: &Config) -> String {
@@ -34,7 +34,7 @@ pub(super) fn to_yaml(c: &Config) -> String {
                 ("block_timeout", opt_dur(q.block_timeout)),
             ]),
         ),
-        ("source", source(&c.source)),
+        ("source", c.source.effective()),
         ("handler", handler(c)),
         ("sink", sink(&c.sink, Some(c))),
         (
@@ -54,42 +54,6 @@ pub(super) fn to_yaml(c: &Config) -> String {
     ]);
     // Serializing a Value of strings, numbers and mappings cannot fail.
     serde_yaml::to_string(&top).unwrap_or_default()
-}
-
-fn source(spec: &SourceSpec) -> Value {
-    match spec {
-        SourceSpec::Spool(s) => map([
-            ("kind", "spool".into()),
-            ("path", path(&s.dir)),
-            ("on_done", spelled(&s.on_done)),
-            ("priority", spelled(&s.priority)),
-            ("stable_for", dur(s.stable_for)),
-            ("max_bytes", bytes(s.max_bytes)),
-        ]),
-        SourceSpec::Lines(l) => map([
-            ("kind", "lines".into()),
-            ("path", l.path.as_deref().map_or_else(|| "-".into(), path)),
-            ("format", spelled(&l.format)),
-            ("max_bytes", bytes(l.max_bytes as u64)),
-        ]),
-        SourceSpec::Sqlite(s) => map([
-            ("kind", "sqlite".into()),
-            ("path", path(&s.path)),
-            ("table", s.table.as_str().into()),
-            ("id_column", s.id_column.as_str().into()),
-            ("payload_column", s.payload_column.as_str().into()),
-            (
-                "priority_column",
-                s.priority_column.as_deref().map_or(Value::Null, Value::from),
-            ),
-            ("status_column", s.status_column.as_str().into()),
-            ("pending", s.pending.as_str().into()),
-            ("running", s.running.as_str().into()),
-            ("done", s.done.as_str().into()),
-            ("failed", s.failed.as_str().into()),
-            ("busy_timeout", dur(s.busy_timeout)),
-        ]),
-    }
 }
 
 fn handler(c: &Config) -> Value {

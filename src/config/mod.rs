@@ -59,9 +59,7 @@ use crate::handler::http::HttpConfig;
 use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use crate::session::SessionConfig;
 pub use crate::sink::SinkSpec;
-use crate::source::lines::LinesConfig;
-use crate::source::spool::SpoolConfig;
-use crate::source::SqliteSourceConfig;
+pub use crate::source::SourceSpec;
 use crate::spec::{Check, Doc};
 use crate::writer::WriterConfig;
 use raw::{Kinds, Section};
@@ -109,14 +107,6 @@ pub struct Config {
 
 /// Where items come from (`source:`). The daemon sets `stream` on spool and
 /// sqlite sources that it polls; loading leaves it `false`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SourceSpec {
-    Spool(SpoolConfig),
-    Lines(LinesConfig),
-    Sqlite(SqliteSourceConfig),
-}
-
-/// What runs per item (`handler:`); its policies are [`Config::policy`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HandlerSpec {
     Exec(ExecConfig),

@@ -23,8 +23,7 @@ use crate::policy::WhenOpen;
 use crate::queue::WhenFull;
 use crate::session::Qos;
 use crate::sink::SinkKeys;
-use crate::source::lines::LinesFormat;
-use crate::source::spool::{OnDone, SpoolPriority};
+use crate::source::SourceKeys;
 use crate::spec::{Argv, ByteSize, Dur};
 
 mod kinds;
@@ -43,7 +42,7 @@ pub struct RawConfig {
     pub session: Option<RawSession>,
     pub queue: Option<RawQueue>,
     /// Required.
-    pub source: Option<RawSource>,
+    pub source: Option<SourceKeys>,
     /// Required.
     pub handler: Option<RawHandler>,
     /// Default `{kind: sqlite, path: outcomes.db}`.
@@ -127,86 +126,6 @@ pub struct RawQueue {
     pub when_full: Option<WhenFull>,
     /// With `block` only: how long a push waits for room. Default: forever.
     pub block_timeout: Option<Dur>,
-}
-
-// ---------------------------------------------------------------- source
-
-#[derive(Debug)]
-pub enum RawSource {
-    Spool(RawSpool),
-    Lines(RawLines),
-    Sqlite(RawSqliteSource),
-}
-
-/// `source: {kind: spool}` — a directory; one file = one item.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSpool {
-    /// `spool`; read by the first pass, which picked this struct.
-    #[serde(rename = "kind", default)]
-    _kind: IgnoredAny,
-    /// The directory to take files from. Required.
-    pub path: Option<PathBuf>,
-    /// What happens to a done file: `move` (to `<path>/done/`, default) or `delete`.
-    pub on_done: Option<OnDone>,
-    /// Where an item's priority comes from: `filename_prefix` (default;
-    /// `1-x.json` → 1), `fixed` (all the same), or `{json_field: NAME}` (an
-    /// integer field of the file's JSON object).
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
-    pub priority: Option<SpoolPriority>,
-    /// A file must be unchanged this long before it is taken. Default 1s.
-    pub stable_for: Option<Dur>,
-    /// Larger files are dead-lettered unread. Default 16MiB.
-    pub max_bytes: Option<ByteSize>,
-}
-
-/// `source: {kind: lines}` — one item per line of a file or of stdin.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLines {
-    #[serde(rename = "kind", default)]
-    _kind: IgnoredAny,
-    /// The file, or `"-"` (quoted) for standard input. Required.
-    pub path: Option<PathBuf>,
-    /// `text` (the line is the payload, the id its number) or `ndjson`
-    /// (`{"id", "priority", "payload"}` per line). Default `ndjson` for a
-    /// path ending `.ndjson` or `.jsonl`, `text` otherwise.
-    pub format: Option<LinesFormat>,
-    /// Longer lines are dead-lettered. Default 1MiB.
-    pub max_bytes: Option<ByteSize>,
-}
-
-/// `source: {kind: sqlite}` — a work table in a SQLite file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSqliteSource {
-    #[serde(rename = "kind", default)]
-    _kind: IgnoredAny,
-    /// The database file. Required.
-    pub path: Option<PathBuf>,
-    /// The work table. Required. Letters, digits and `_`.
-    pub table: Option<String>,
-    /// Default `id`.
-    pub id_column: Option<String>,
-    /// Default `payload` (TEXT or BLOB).
-    pub payload_column: Option<String>,
-    /// Default `priority`; `null`: every item gets the default priority.
-    #[serde(default, deserialize_with = "explicit_null")]
-    pub priority_column: Option<Option<String>>,
-    /// Default `status`.
-    pub status_column: Option<String>,
-    /// Status values. Defaults `pending`, `running`, `done`, `failed`.
-    pub pending: Option<String>,
-    pub running: Option<String>,
-    pub done: Option<String>,
-    pub failed: Option<String>,
-    /// Wait this long for a lock another process holds. Default 5s.
-    pub busy_timeout: Option<Dur>,
-}
-
-/// Tells `key: null` (Some(None)) from a missing key (None).
-fn explicit_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(Some)
 }
 
 // ---------------------------------------------------------------- handler

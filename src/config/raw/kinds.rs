@@ -8,19 +8,13 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::{
-    RawConfig, RawDeadLetter, RawExec, RawHandler, RawHttp, RawLines, RawNone, RawNoop, RawSource, RawSpool,
-    RawSqliteSource, TOP_KEYS,
-};
+use super::{RawConfig, RawDeadLetter, RawExec, RawHandler, RawHttp, RawNone, RawNoop, TOP_KEYS};
 use crate::sink::SinkKeys;
+use crate::source::SourceKeys;
 
 /// The source kinds this build has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SourceKind {
-    Spool,
-    Lines,
-    Sqlite,
-}
+/// A source kind: its name in the source registry ([`crate::source::KINDS`]).
+pub type SourceKind = &'static str;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandlerKind {
@@ -58,7 +52,7 @@ pub struct Section {
 pub fn source_section() -> Section {
     Section {
         key: "source",
-        kinds: vec!["spool", "lines", "sqlite"],
+        kinds: crate::source::KINDS.to_vec(),
         later: &["inbox"],
     }
 }
@@ -85,12 +79,7 @@ pub fn dead_letter_section() -> Section {
 }
 
 pub fn source_kind(name: &str) -> Option<SourceKind> {
-    Some(match name {
-        "spool" => SourceKind::Spool,
-        "lines" => SourceKind::Lines,
-        "sqlite" => SourceKind::Sqlite,
-        _ => return None,
-    })
+    crate::source::KINDS.iter().copied().find(|&kind| kind == name)
 }
 
 pub fn handler_kind(name: &str) -> Option<HandlerKind> {
@@ -207,15 +196,13 @@ fn no_kind<E: de::Error>(section: &str) -> E {
 struct SourceSeed(Option<SourceKind>);
 
 impl<'de> DeserializeSeed<'de> for SourceSeed {
-    type Value = RawSource;
+    type Value = SourceKeys;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawSource, D::Error> {
-        Ok(match self.0 {
-            Some(SourceKind::Spool) => RawSource::Spool(RawSpool::deserialize(d)?),
-            Some(SourceKind::Lines) => RawSource::Lines(RawLines::deserialize(d)?),
-            Some(SourceKind::Sqlite) => RawSource::Sqlite(RawSqliteSource::deserialize(d)?),
-            None => return Err(no_kind("source")),
-        })
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SourceKeys, D::Error> {
+        match self.0 {
+            Some(kind) => SourceKeys::deserialize_kind(kind, d),
+            None => Err(no_kind("source")),
+        }
     }
 }
 
