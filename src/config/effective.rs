@@ -5,8 +5,8 @@
 
 use serde_yaml::Value;
 
-use super::{Config, HandlerSpec, SinkSpec};
-use crate::spec::effective::{bytes, dur, map, opt_dur, pairs, path, spelled};
+use super::{Config, SinkSpec};
+use crate::spec::effective::{dur, map, opt_dur, path, spelled};
 
 pub(super) fn to_yaml(c: &Config) -> String {
     let s = &c.session;
@@ -58,29 +58,7 @@ pub(super) fn to_yaml(c: &Config) -> String {
 
 fn handler(c: &Config) -> Value {
     let p = &c.policy;
-    let mut out = match &c.handler {
-        HandlerSpec::Exec(e) => map([
-            ("kind", "exec".into()),
-            ("command", e.command.iter().map(|a| Value::from(a.as_str())).collect()),
-            (
-                "fatal_exit_codes",
-                e.fatal_exit_codes.iter().map(|&code| Value::from(code)).collect(),
-            ),
-            ("output_limit", bytes(e.output_limit as u64)),
-            ("kill_grace", dur(e.kill_grace)),
-            ("env", pairs(&e.env)),
-            ("workdir", e.workdir.as_deref().map_or(Value::Null, path)),
-        ]),
-        HandlerSpec::Http(h) => map([
-            ("kind", "http".into()),
-            ("url", h.url.as_str().into()),
-            ("method", h.method.as_str().into()),
-            ("headers", pairs(&h.headers)),
-            ("connect_timeout", dur(h.connect_timeout)),
-            ("output_limit", bytes(h.output_limit as u64)),
-        ]),
-        HandlerSpec::Noop => map([("kind", "noop".into())]),
-    };
+    let mut out = c.handler.effective();
     let breaker = match &p.breaker {
         None => Value::Null,
         Some(b) => map([

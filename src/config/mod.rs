@@ -54,8 +54,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeSeed;
 
-use crate::handler::exec::ExecConfig;
-use crate::handler::http::HttpConfig;
+pub use crate::handler::HandlerSpec;
 use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use crate::session::SessionConfig;
 pub use crate::sink::SinkSpec;
@@ -107,15 +106,6 @@ pub struct Config {
 
 /// Where items come from (`source:`). The daemon sets `stream` on spool and
 /// sqlite sources that it polls; loading leaves it `false`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HandlerSpec {
-    Exec(ExecConfig),
-    Http(HttpConfig),
-    Noop,
-}
-
-/// A sink (`sink:`, role outcomes) or the dead-letter sink (`dead_letter:`,
-/// role dead letters).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicySpec {
     pub retry: RetryPolicy,

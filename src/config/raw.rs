@@ -13,18 +13,16 @@
 //! deserializes each section straight into its variant's struct through a
 //! seed that knows the kind ([`kinds`]).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::de::{Deserializer, IgnoredAny};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::policy::WhenOpen;
+use crate::handler::HandlerKeys;
 use crate::queue::WhenFull;
-use crate::session::Qos;
 use crate::sink::SinkKeys;
 use crate::source::SourceKeys;
-use crate::spec::{Argv, ByteSize, Dur};
+use crate::spec::Dur;
 
 mod kinds;
 pub use kinds::*;
@@ -44,7 +42,7 @@ pub struct RawConfig {
     /// Required.
     pub source: Option<SourceKeys>,
     /// Required.
-    pub handler: Option<RawHandler>,
+    pub handler: Option<HandlerKeys>,
     /// Default `{kind: sqlite, path: outcomes.db}`.
     pub sink: Option<SinkKeys>,
     /// Default `{kind: jsonl, path: dead-letter.jsonl}`; `{kind: none}` for none.
@@ -126,157 +124,6 @@ pub struct RawQueue {
     pub when_full: Option<WhenFull>,
     /// With `block` only: how long a push waits for room. Default: forever.
     pub block_timeout: Option<Dur>,
-}
-
-// ---------------------------------------------------------------- handler
-
-#[derive(Debug)]
-pub enum RawHandler {
-    Exec(RawExec),
-    Http(RawHttp),
-    Noop(RawNoop),
-}
-
-impl RawHandler {
-    /// The keys every handler kind has.
-    pub fn policy(&self) -> &RawPolicy {
-        match self {
-            RawHandler::Exec(h) => &h.policy,
-            RawHandler::Http(h) => &h.policy,
-            RawHandler::Noop(h) => &h.policy,
-        }
-    }
-}
-
-/// The keys every handler kind shares. Not `#[serde(flatten)]`: flattening
-/// buffers the section and cannot deny unknown keys, so each kind lists them
-/// again and hands them over with `policy()`.
-#[derive(Debug, Default)]
-pub struct RawPolicy {
-    pub qos: Option<Qos>,
-    pub timeout: Option<Dur>,
-    pub retry: Option<RawRetry>,
-    pub breaker: Option<RawBreaker>,
-}
-
-/// Declares a handler kind's struct with the section's shared keys added,
-/// and moves those into [`RawPolicy`] after deserializing. Each section's shared keys are
-/// listed once, in its arm.
-macro_rules! kind_keys {
-    (handler $($kind:tt)*) => {
-        kind_keys! { @shared policy: RawPolicy {
-            /// `at_most_once`, `at_least_once` (default), `exactly_once`.
-            qos: Option<Qos>,
-            /// Per-call (per-attempt) deadline. Default none (http: 30s).
-            timeout: Option<Dur>,
-            /// Retries of retryable failures. Default 3 attempts, 1s
-            /// back-off doubling to at most 1m, ±20 % jitter.
-            retry: Option<RawRetry>,
-            /// Circuit breaker. Default none.
-            breaker: Option<RawBreaker>,
-        } $($kind)* }
-    };
-    (@shared $shared:ident: $Shared:ident { $($(#[$smeta:meta])* $sfield:ident: $sty:ty,)* }
-     $(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Default)]
-        pub struct $name {
-            $($(#[$fmeta])* pub $field: $ty,)*
-            pub $shared: $Shared,
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Keys {
-                    #[serde(default)]
-                    #[allow(dead_code)]
-                    kind: IgnoredAny,
-                    $($(#[$fmeta])* $field: $ty,)*
-                    $($(#[$smeta])* $sfield: $sty,)*
-                }
-                let k = Keys::deserialize(deserializer)?;
-                Ok($name {
-                    $($field: k.$field,)*
-                    $shared: $Shared { $($sfield: k.$sfield,)* },
-                })
-            }
-        }
-    };
-}
-
-kind_keys! {
-    handler
-    /// `handler: {kind: exec}` — runs a command per item, payload on stdin.
-    RawExec {
-        /// The program and its arguments, as a list. Required.
-        command: Option<Argv>,
-        /// Exit codes that fail an item for good (no retry). Default none.
-        fatal_exit_codes: Option<Vec<i32>>,
-        /// Most bytes of stdout kept as the output. Default 64KiB.
-        output_limit: Option<ByteSize>,
-        /// Between SIGTERM to the child's process group and SIGKILL. Default 5s.
-        kill_grace: Option<Dur>,
-        /// Extra environment variables. Default none.
-        env: Option<BTreeMap<String, String>>,
-        /// The child's working directory. Default: lote's.
-        workdir: Option<PathBuf>,
-    }
-}
-
-kind_keys! {
-    handler
-    /// `handler: {kind: http}` — sends each payload to a URL.
-    RawHttp {
-        /// `http://…` or `https://…`. Required.
-        url: Option<String>,
-        /// Default `POST`.
-        method: Option<String>,
-        /// Extra request headers. Default none.
-        headers: Option<BTreeMap<String, String>>,
-        /// Default 5s.
-        connect_timeout: Option<Dur>,
-        /// Most bytes of the response body kept as the output. Default 64KiB.
-        output_limit: Option<ByteSize>,
-    }
-}
-
-kind_keys! {
-    handler
-    /// `handler: {kind: noop}` — done at once; for dry runs.
-    RawNoop {}
-}
-
-/// `handler.retry:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetry {
-    /// Total tries, the first included (≥ 1; 1 = no retry). Default 3.
-    pub attempts: Option<u32>,
-    /// Delay before the first retry; doubles each retry. Default 1s.
-    pub backoff: Option<Dur>,
-    /// Cap on one delay (a Retry-After hint may exceed it). Default 1m.
-    pub max_backoff: Option<Dur>,
-    /// Each delay is drawn from ±this fraction of the nominal one (0 to 1). Default 0.2.
-    pub jitter: Option<f64>,
-    /// Cap on a downstream's Retry-After hint; a longer one is capped, with
-    /// a warning. Default 10m.
-    pub max_retry_after: Option<Dur>,
-}
-
-/// `handler.breaker:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBreaker {
-    /// Consecutive retryable failures that open it (≥ 1). Default 5.
-    pub failures: Option<u32>,
-    /// How long it stays open before probing. Default 30s.
-    pub open_for: Option<Dur>,
-    /// Probe calls let through when half-open (≥ 1). Default 1.
-    pub half_open_probes: Option<u32>,
-    /// `wait` (default; pause workers) or `skip` (return items to the source).
-    pub when_open: Option<WhenOpen>,
 }
 
 // ---------------------------------------------------------------- sinks

@@ -1,18 +1,16 @@
 //! The parts a config names — source, handler, sinks, the write-behind
 //! thread — and how each is opened (sources and sinks through their
-//! registries, `SourceSpec::open_for_run` and `SinkSpec::open`; handlers in
-//! `build_handler`). Also what a reload decides about them: whether the open
+//! registries: `SourceSpec::open_for_run`, `HandlerSpec::start`,
+//! `SinkSpec::open`). Also what a reload decides about them: whether the open
 //! source is kept ([`Opened`]) and whether the breaker is
 //! ([`keep_breaker`]); and the dead-letter commands, which open the sinks
 //! the same way.
 
 use std::sync::Arc;
 
-use crate::config::{Config, HandlerSpec, SinkSpec, SourceSpec};
+use crate::config::{Config, SinkSpec, SourceSpec};
 use crate::dead_letter::Requeued;
-use crate::handler::exec::ExecHandler;
-use crate::handler::http::HttpHandler;
-use crate::handler::{Handler, Noop};
+use crate::handler::Handler;
 use crate::policy::{BreakerState, CallPolicy};
 use crate::session::Qos;
 use crate::sink::{Record, Sink, TableAck};
@@ -33,8 +31,6 @@ pub(super) struct Parts {
     pub(super) handler: Arc<dyn Handler>,
     /// `config.policy` built: its breaker is shared by every session.
     pub(super) policy: CallPolicy,
-    /// The exec handler again, to kill its children on the way out.
-    pub(super) exec: Option<Arc<ExecHandler>>,
     pub(super) writer: Arc<Writer>,
 }
 
@@ -80,7 +76,10 @@ impl Parts {
             Some(live) => live,
             None => open_for(&config, &opened, resume)?,
         };
-        let (handler, exec) = build_handler(&config.handler)?;
+        let handler = config
+            .handler
+            .start()
+            .map_err(|e| build(&format!("the {} handler", config.handler.kind()), &e))?;
         let sink = open_sink(&config.sink, table_ack.clone())?;
         let dead_letter = match &config.dead_letter {
             Some(spec) => Some(open_sink(spec, None)?),
@@ -102,7 +101,6 @@ impl Parts {
             opened,
             table_ack,
             handler,
-            exec,
             writer: Arc::new(writer),
         })
     }
@@ -114,9 +112,7 @@ impl Parts {
         if report.unwritten == 0 {
             log::info!("writer drained");
         }
-        if let Some(exec) = &self.exec {
-            exec.kill_all_running();
-        }
+        self.handler.kill_running();
         report
     }
 }
@@ -134,26 +130,6 @@ fn open_for(config: &Config, opened: &Opened, resume: bool) -> Result<LiveSource
     config.source.open_for_run(&run).map_err(DaemonError::Build)
 }
 
-type BuiltHandler = (Arc<dyn Handler>, Option<Arc<ExecHandler>>);
-
-/// Builds the handler `spec` names.
-fn build_handler(spec: &HandlerSpec) -> Result<BuiltHandler, DaemonError> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
-    Ok(match spec {
-        HandlerSpec::Exec(spec) => {
-            let handler = Arc::new(ExecHandler::new(spec.clone()).map_err(|e| failed("the exec handler", &e))?);
-            (Arc::clone(&handler) as Arc<dyn Handler>, Some(handler))
-        }
-        HandlerSpec::Http(spec) => (
-            Arc::new(HttpHandler::new(spec.clone()).map_err(|e| failed("the http handler", &e))?),
-            None,
-        ),
-        HandlerSpec::Noop => (Arc::new(Noop), None),
-    })
-}
-
-/// Opens the source `spec` names. `stream`: an empty spool or table means
-/// "nothing yet" (a daemon polls) rather than the end of the session.
 fn open_sink(spec: &SinkSpec, table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, DaemonError> {
     spec.open(table_ack)
         .map_err(|e| DaemonError::Build(format!("opening a sink: {e}")))

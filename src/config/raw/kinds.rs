@@ -8,7 +8,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::{RawConfig, RawDeadLetter, RawExec, RawHandler, RawHttp, RawNone, RawNoop, TOP_KEYS};
+use super::{RawConfig, RawDeadLetter, RawNone, TOP_KEYS};
+use crate::handler::HandlerKeys;
 use crate::sink::SinkKeys;
 use crate::source::SourceKeys;
 
@@ -16,12 +17,8 @@ use crate::source::SourceKeys;
 /// A source kind: its name in the source registry ([`crate::source::KINDS`]).
 pub type SourceKind = &'static str;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandlerKind {
-    Exec,
-    Http,
-    Noop,
-}
+/// A handler kind: its name in the handler registry ([`crate::handler::KINDS`]).
+pub type HandlerKind = &'static str;
 
 /// A sink kind: its name in the sink registry ([`crate::sink::KINDS`]).
 pub type SinkKind = &'static str;
@@ -59,7 +56,7 @@ pub fn source_section() -> Section {
 pub fn handler_section() -> Section {
     Section {
         key: "handler",
-        kinds: vec!["exec", "http", "noop"],
+        kinds: crate::handler::KINDS.to_vec(),
         later: &["parallel", "sequence", "fan_out"],
     }
 }
@@ -83,12 +80,7 @@ pub fn source_kind(name: &str) -> Option<SourceKind> {
 }
 
 pub fn handler_kind(name: &str) -> Option<HandlerKind> {
-    Some(match name {
-        "exec" => HandlerKind::Exec,
-        "http" => HandlerKind::Http,
-        "noop" => HandlerKind::Noop,
-        _ => return None,
-    })
+    crate::handler::KINDS.iter().copied().find(|&kind| kind == name)
 }
 
 pub fn sink_kind(name: &str) -> Option<SinkKind> {
@@ -209,15 +201,13 @@ impl<'de> DeserializeSeed<'de> for SourceSeed {
 struct HandlerSeed(Option<HandlerKind>);
 
 impl<'de> DeserializeSeed<'de> for HandlerSeed {
-    type Value = RawHandler;
+    type Value = HandlerKeys;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawHandler, D::Error> {
-        Ok(match self.0 {
-            Some(HandlerKind::Exec) => RawHandler::Exec(RawExec::deserialize(d)?),
-            Some(HandlerKind::Http) => RawHandler::Http(RawHttp::deserialize(d)?),
-            Some(HandlerKind::Noop) => RawHandler::Noop(RawNoop::deserialize(d)?),
-            None => return Err(no_kind("handler")),
-        })
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<HandlerKeys, D::Error> {
+        match self.0 {
+            Some(kind) => HandlerKeys::deserialize_kind(kind, d),
+            None => Err(no_kind("handler")),
+        }
     }
 }
 
