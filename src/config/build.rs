@@ -45,9 +45,9 @@ impl Check<'_> {
                     &["dead_letter.path", "sink.path", "dead_letter"],
                     format!(
                         "is the sink's file too ({}); two sinks in one file would fight over it (and the JSONL \
-                         lock); expected another path, e.g. dead-letter.{}",
+                         lock); expected another path, e.g. {}",
                         dead.path().display(),
-                        if dead.kind() == "sqlite" { "db" } else { "jsonl" }
+                        self.default_dead_letter_file(dead.kind(), &state_dir)
                     ),
                 ));
             }
@@ -268,6 +268,19 @@ impl Check<'_> {
         self.count("sink.max_retries", u64::from(writer.max_retries), 0..=MAX_TRIES)?;
         self.at_most("sink.drain_timeout", writer.drain_timeout, MAX_DURATION)?;
         Ok((spec, writer))
+    }
+
+    /// The file name a dead-letter sink of `kind` has by default
+    /// (`dead-letter.db`), for an example in an error.
+    fn default_dead_letter_file(&self, kind: &str, state_dir: &Path) -> String {
+        let at = Place {
+            role: Role::DeadLetter,
+            state_dir,
+        };
+        SinkKeys::empty(kind)
+            .and_then(|keys| SinkSpec::build(keys, &at, self).ok())
+            .and_then(|(spec, _)| spec.path().file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "dead-letter".into())
     }
 
     fn dead_letter(&self, raw: Option<RawDeadLetter>, state_dir: &Path) -> Result<Option<SinkSpec>> {

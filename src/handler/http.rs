@@ -32,6 +32,7 @@
 //!
 //!   In `HTTP N: <body>` the body part is left out when the body is empty.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -39,8 +40,6 @@ use std::time::{Duration, Instant, SystemTime};
 use ureq::http::header::{HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use ureq::http::{Method, Request, Uri};
 use ureq::{Agent, Timeout};
-
-use std::collections::BTreeMap;
 
 use super::{handler_keys, CallContext, Failure, Handler, HandlerAt, HandlerKind};
 use crate::item::Item;
