@@ -26,7 +26,7 @@
 //!
 //! # Bounds
 //!
-//! Every number, size and duration has a range (`build.rs`'s `MAX_*`), so
+//! Every number, size and duration has a range (`spec::check`'s `MAX_*`), so
 //! nothing `lote check` accepts can overflow a clock or a counter or ask
 //! for an impossible allocation in `lote run`; the file itself is read only
 //! if it is a regular file of at most [`MAX_FILE_BYTES`] (`text.rs`).
@@ -36,6 +36,16 @@
 //! Where an engine type has a default (`SessionConfig::default()`,
 //! `RetryPolicy::default()`, `SpoolConfig::new`, …) that is the config's
 //! default too; the rest are the `DEFAULT_*` constants here.
+//!
+//! # Kinds
+//!
+//! No source, handler or sink kind is named here: `source/mod.rs`,
+//! `handler/mod.rs` and `sink/mod.rs` each list their kinds on one line
+//! apiece, and that registry generates the section's `*Keys` (as written),
+//! its `*Spec` (as checked) and the dispatch; each kind's own file reads,
+//! checks, prints and opens its section. The generic pieces a kind needs
+//! (value types, the located error, the checks and bounds) are in `spec`,
+//! below the engine.
 
 mod arg;
 mod build;

@@ -11,7 +11,9 @@
 //! inside it (checked: errors come out at 1:1 with no key). So the kinds are
 //! read in a first pass over a [`serde_yaml::Value`], and the second pass
 //! deserializes each section straight into its variant's struct through a
-//! seed that knows the kind ([`kinds`]).
+//! seed that knows the kind ([`kinds`]). Those structs live with their kind
+//! (`source/`, `handler/`, `sink/`: each folder's registry generates its
+//! `*Keys` enum); this file keeps the sections that have no kind.
 
 use std::path::PathBuf;
 
