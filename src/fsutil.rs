@@ -120,6 +120,13 @@ fn write_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `a` and `b` name the same file, through other spellings and
+/// symlinks (a file that does not exist is compared by its path).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canonical(a) == canonical(b)
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -142,5 +149,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         sync_dir_at(dir.path()).unwrap();
         assert!(sync_dir_at(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn same_file_sees_through_other_spellings_and_links_of_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("one.db");
+        std::fs::write(&db, "").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let dotted = dir.path().join("sub/../one.db");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        assert!(same_file(&db, &dotted));
+        assert!(same_file(&db, &link));
+        let other = dir.path().join("two.db");
+        std::fs::write(&other, "").unwrap();
+        assert!(!same_file(&db, &other));
+        // A file not there yet is compared as spelled.
+        assert!(same_file(&dir.path().join("new.db"), &dir.path().join("new.db")));
+        assert!(!same_file(
+            &dir.path().join("new.db"),
+            &dir.path().join("sub/../new.db")
+        ));
     }
 }

@@ -105,6 +105,7 @@ pub mod queue;
 pub mod session;
 pub mod sink;
 pub mod source;
+pub mod spec;
 mod sql;
 pub mod status;
 mod stop;

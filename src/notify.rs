@@ -184,10 +184,7 @@ impl Bounds {
             .max()
             .unwrap_or(Duration::ZERO)
             .min(Duration::from_secs(30));
-        let busy = |spec: Option<&SinkSpec>| match spec {
-            Some(SinkSpec::Sqlite(sqlite)) => sqlite.busy_timeout,
-            _ => Duration::ZERO,
-        };
+        let busy = |spec: Option<&SinkSpec>| spec.map_or(Duration::ZERO, SinkSpec::busy_timeout);
         let writer = w
             .flush_every
             .saturating_add(longest_backoff)

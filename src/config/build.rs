@@ -6,109 +6,19 @@
 mod handler;
 mod source;
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use super::error::Doc;
-use super::raw::{self, RawConfig, RawDeadLetter, RawSink};
-use super::value::{format_bytes, format_duration};
-use super::{
-    Config, ConfigError, MetricsSpec, SinkSpec, SourceSpec, DEFAULT_DEAD_LETTER_PATH, DEFAULT_DEAD_LETTER_SQLITE_PATH,
-    DEFAULT_LOG, DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_SINK_JSONL_PATH, DEFAULT_SINK_PATH,
-    DEFAULT_STATE_DIR,
-};
+use super::raw::{self, RawConfig, RawDeadLetter};
+use super::{Config, MetricsSpec, DEFAULT_LOG, DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_STATE_DIR};
 use crate::queue::{QueueConfig, WhenFull};
 use crate::session::{Qos, SessionConfig};
-use crate::sink::{JsonlConfig, Role, SqliteConfig};
+use crate::sink::{self, Place, Role, SinkKeys, SinkSpec};
+use crate::spec::{absolute, format_duration, Check, Result};
+use crate::spec::{MAX_CAPACITY, MAX_DURATION, MAX_ITEMS, MAX_OUTCOMES, MAX_THREADS, MAX_TRIES};
 use crate::writer::WriterConfig;
 
-/// Stage two: defaults, checks, engine types.
-pub(super) struct Build<'a> {
-    pub doc: &'a Doc<'a>,
-    pub warnings: Vec<String>,
-}
-
-type Result<T, E = ConfigError> = std::result::Result<T, E>;
-
-// The largest value of every number, size and duration (SPEC §3.9: nothing
-// `lote check` accepts may make `lote run` panic, abort or hang). Each is
-// far beyond what a box needs and far below what would overflow a clock,
-// a counter or an allocation.
-
-/// Every duration: a month is longer than any wait lote should sit in.
-pub(super) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
-/// `busy_timeout`: SQLite takes milliseconds in a 31-bit int (24.8 days).
-pub(super) const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 3600);
-/// Every byte size (items, lines, kept output): what one item may weigh in memory.
-pub(super) const MAX_BYTES: u64 = 1 << 30;
-/// `sink.rotate_bytes`: one JSONL file.
-pub(super) const MAX_ROTATE_BYTES: u64 = 1 << 40;
-/// `session.threads`.
-pub(super) const MAX_THREADS: usize = 1024;
-/// `session.chunk`, `sink.batch`: outcomes held in memory at once.
-pub(super) const MAX_OUTCOMES: usize = 100_000;
-/// `queue.capacity`.
-pub(super) const MAX_CAPACITY: usize = 1_000_000;
-/// `session.max_items` (0 = no limit).
-pub(super) const MAX_ITEMS: u64 = 1_000_000_000_000;
-/// `handler.retry.attempts`, `sink.max_retries`, `sink.keep_files`.
-pub(super) const MAX_TRIES: u64 = 1000;
-
-impl Build<'_> {
-    fn err<T>(&self, key: &str, message: impl Into<String>) -> Result<T> {
-        Err(self.doc.error(key, message))
-    }
-
-    /// Refuses a duration above `max` with the allowed range.
-    pub(super) fn at_most(&self, key: &str, value: Duration, max: Duration) -> Result<Duration> {
-        if value > max {
-            return self.err(
-                key,
-                format!(
-                    "is {}, longer than lote allows; expected a duration up to {}",
-                    format_duration(value),
-                    format_duration(max)
-                ),
-            );
-        }
-        Ok(value)
-    }
-
-    /// [`Build::at_most`] for an optional duration.
-    pub(super) fn opt_at_most(&self, key: &str, value: Option<Duration>, max: Duration) -> Result<Option<Duration>> {
-        value.map(|v| self.at_most(key, v, max)).transpose()
-    }
-
-    /// Refuses a count outside `range` (every count fits a `u64`).
-    pub(super) fn count(&self, key: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<()> {
-        if !range.contains(&value) {
-            return self.err(
-                key,
-                format!(
-                    "is {value}, out of range; expected a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                ),
-            );
-        }
-        Ok(())
-    }
-
-    /// Refuses a byte size above `max` with the allowed range.
-    pub(super) fn bytes_at_most(&self, key: &str, value: u64, max: u64) -> Result<u64> {
-        if value > max {
-            return self.err(
-                key,
-                format!(
-                    "is {}, larger than lote allows; expected a size up to {}",
-                    format_bytes(value),
-                    format_bytes(max)
-                ),
-            );
-        }
-        Ok(value)
-    }
-
+impl Check<'_> {
     pub fn config(mut self, raw: RawConfig, cwd: &Path) -> Result<Config> {
         let state_dir = raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         if state_dir.as_os_str().is_empty() {
@@ -135,19 +45,24 @@ impl Build<'_> {
                     &["dead_letter.path", "sink.path", "dead_letter"],
                     format!(
                         "is the sink's file too ({}); two sinks in one file would fight over it (and the JSONL \
-                         lock); expected another path, e.g. dead-letter.{}",
+                         lock); expected another path, e.g. {}",
                         dead.path().display(),
-                        if dead.kind() == "sqlite" { "db" } else { "jsonl" }
+                        self.default_dead_letter_file(dead.kind(), &state_dir)
                     ),
                 ));
             }
         }
         let writer = WriterConfig {
-            done_lookups: qos == Qos::ExactlyOnce || matches!(source, SourceSpec::Lines(_)),
+            done_lookups: qos == Qos::ExactlyOnce || source.resumes_from_sink(),
             ..writer
         };
         if writer.done_lookups {
-            self.done_records_survive_rotation(&sink, qos)?;
+            let why = if qos == Qos::ExactlyOnce {
+                "handler.qos: exactly_once"
+            } else {
+                "a lines source (it resumes from the sink's records)"
+            };
+            sink.done_records_survive(&self, why)?;
         }
         let metrics = self.metrics(raw.metrics.unwrap_or_default(), &state_dir)?;
 
@@ -167,7 +82,7 @@ impl Build<'_> {
         if let Some(textfile) = &metrics.textfile {
             self.writable_file("metrics.textfile", textfile)?;
         }
-        self.source_on_disk(&source)?;
+        source.on_disk(&mut self)?;
 
         Ok(Config {
             state_dir,
@@ -316,17 +231,15 @@ impl Build<'_> {
         Ok((session, every))
     }
 
-    fn sink(&self, raw: Option<RawSink>, state_dir: &Path) -> Result<(SinkSpec, WriterConfig)> {
-        let (spec, w) = match raw {
-            Some(raw) => self.sink_spec(raw, Role::Outcomes, state_dir)?,
-            None => (
-                SinkSpec::Sqlite(SqliteConfig::new(
-                    absolute(state_dir, Path::new(DEFAULT_SINK_PATH)),
-                    Role::Outcomes,
-                )),
-                raw::RawWriter::default(),
-            ),
+    fn sink(&self, raw: Option<SinkKeys>, state_dir: &Path) -> Result<(SinkSpec, WriterConfig)> {
+        let at = Place {
+            role: Role::Outcomes,
+            state_dir,
         };
+        let keys = raw
+            .or_else(|| SinkKeys::empty(sink::DEFAULT_KIND))
+            .expect("the default sink kind is registered");
+        let (spec, w) = SinkSpec::build(keys, &at, self)?;
         let d = WriterConfig::default();
         let writer = WriterConfig {
             batch: w.batch.unwrap_or(d.batch),
@@ -357,47 +270,33 @@ impl Build<'_> {
         Ok((spec, writer))
     }
 
-    /// Done lookups (exactly-once, a lines source's resume) read the sink's
-    /// `done` records. A rotating JSONL sink deletes its oldest file, and the
-    /// records in it, so those items would silently run again: refused. (An
-    /// index of done ids that survives rotation would grow without bound, in
-    /// memory and on disk, which is what rotation was asked to prevent; the
-    /// SQLite sink keeps them on disk behind its primary key.)
-    fn done_records_survive_rotation(&self, sink: &SinkSpec, qos: Qos) -> Result<()> {
-        let SinkSpec::Jsonl(jsonl) = sink else {
-            return Ok(());
+    /// The file name a dead-letter sink of `kind` has by default
+    /// (`dead-letter.db`), for an example in an error.
+    fn default_dead_letter_file(&self, kind: &str, state_dir: &Path) -> String {
+        let at = Place {
+            role: Role::DeadLetter,
+            state_dir,
         };
-        let Some(bytes) = jsonl.rotate_bytes else {
-            return Ok(());
-        };
-        let why = if qos == Qos::ExactlyOnce {
-            "handler.qos: exactly_once"
-        } else {
-            "a lines source (it resumes from the sink's records)"
-        };
-        Err(self.doc.error_at(
-            "sink.rotate_bytes",
-            &["sink.rotate_bytes", "sink.keep_files", "sink.kind"],
-            format!(
-                "is {} (64MiB when not set), so the JSONL sink rotates and deletes its oldest file (beyond \
-                 keep_files: {}) with the done records in it, and with {why} the items recorded there would \
-                 silently run again; expected `sink.rotate_bytes: 0` (never rotate: the file, and the done \
-                 index held in memory, grow with every item) or `sink.kind: sqlite` (done ids stay on disk)",
-                format_bytes(bytes),
-                jsonl.keep_files
-            ),
-        ))
+        SinkKeys::empty(kind)
+            .and_then(|keys| SinkSpec::build(keys, &at, self).ok())
+            .and_then(|(spec, _)| spec.path().file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "dead-letter".into())
     }
 
     fn dead_letter(&self, raw: Option<RawDeadLetter>, state_dir: &Path) -> Result<Option<SinkSpec>> {
+        let at = Place {
+            role: Role::DeadLetter,
+            state_dir,
+        };
         match raw {
-            None => Ok(Some(SinkSpec::Jsonl(JsonlConfig::new(
-                absolute(state_dir, Path::new(DEFAULT_DEAD_LETTER_PATH)),
-                Role::DeadLetter,
-            )))),
+            None => {
+                let keys = SinkKeys::empty(sink::DEFAULT_DEAD_LETTER_KIND)
+                    .expect("the default dead-letter kind is registered");
+                Ok(Some(SinkSpec::build(keys, &at, self)?.0))
+            }
             Some(RawDeadLetter::None) => Ok(None),
             Some(RawDeadLetter::Sink(raw)) => {
-                let (spec, writer) = self.sink_spec(raw, Role::DeadLetter, state_dir)?;
+                let (spec, writer) = SinkSpec::build(raw, &at, self)?;
                 if let Some(key) = writer.given().first() {
                     return self.err(
                         &format!("dead_letter.{key}"),
@@ -409,54 +308,6 @@ impl Build<'_> {
                 Ok(Some(spec))
             }
         }
-    }
-
-    fn sink_spec(&self, raw: RawSink, role: Role, state_dir: &Path) -> Result<(SinkSpec, raw::RawWriter)> {
-        let dead = role == Role::DeadLetter;
-        let section = if dead { "dead_letter" } else { "sink" };
-        Ok(match raw {
-            RawSink::Sqlite(s) => {
-                let default = if dead {
-                    DEFAULT_DEAD_LETTER_SQLITE_PATH
-                } else {
-                    DEFAULT_SINK_PATH
-                };
-                let path = s.path.unwrap_or_else(|| default.into());
-                self.path(&format!("{section}.path"), &path)?;
-                let d = SqliteConfig::new(absolute(state_dir, &path), role);
-                let spec = SqliteConfig {
-                    synchronous: s.synchronous.unwrap_or(d.synchronous),
-                    busy_timeout: self.at_most(
-                        &format!("{section}.busy_timeout"),
-                        s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
-                        MAX_BUSY_TIMEOUT,
-                    )?,
-                    ..d
-                };
-                (SinkSpec::Sqlite(spec), s.writer)
-            }
-            RawSink::Jsonl(j) => {
-                let default = if dead {
-                    DEFAULT_DEAD_LETTER_PATH
-                } else {
-                    DEFAULT_SINK_JSONL_PATH
-                };
-                let path = j.path.unwrap_or_else(|| default.into());
-                self.path(&format!("{section}.path"), &path)?;
-                let d = JsonlConfig::new(absolute(state_dir, &path), role);
-                if let Some(rotate) = j.rotate_bytes {
-                    self.bytes_at_most(&format!("{section}.rotate_bytes"), rotate.0, MAX_ROTATE_BYTES)?;
-                }
-                let keep_files = j.keep_files.unwrap_or(d.keep_files);
-                self.count(&format!("{section}.keep_files"), keep_files as u64, 0..=MAX_TRIES)?;
-                let spec = JsonlConfig {
-                    rotate_bytes: j.rotate_bytes.map_or(d.rotate_bytes, |b| (b.0 > 0).then_some(b.0)),
-                    keep_files,
-                    ..d
-                };
-                (SinkSpec::Jsonl(spec), j.writer)
-            }
-        })
     }
 
     fn metrics(&self, m: raw::RawMetrics, state_dir: &Path) -> Result<MetricsSpec> {
@@ -491,148 +342,4 @@ impl Build<'_> {
             log_every,
         })
     }
-
-    /// A byte size that is held in memory: at most [`MAX_BYTES`].
-    fn usize_bytes(&self, key: &str, n: u64) -> Result<usize> {
-        self.bytes_at_most(key, n, MAX_BYTES)?;
-        usize::try_from(n).or_else(|_| self.err(key, format!("{} is too large for this machine", format_bytes(n))))
-    }
-
-    /// Refuses an empty path or one with a NUL byte: neither names a file.
-    pub(super) fn path(&self, key: &str, path: &Path) -> Result<()> {
-        use std::os::unix::ffi::OsStrExt;
-        if path.as_os_str().is_empty() {
-            return self.err(key, "is empty; expected a path");
-        }
-        if path.as_os_str().as_bytes().contains(&0) {
-            return self.err(
-                key,
-                "contains a NUL byte, which no path can hold; expected a path without one",
-            );
-        }
-        Ok(())
-    }
-
-    /// A file lote writes: not a directory, and its directory exists or can
-    /// be created.
-    fn writable_file(&self, key: &str, file: &Path) -> Result<()> {
-        if file.is_dir() {
-            return Err(self.doc.error_at(
-                key,
-                &[key, "state_dir"],
-                format!("{} is a directory; expected the path of a file", file.display()),
-            ));
-        }
-        match file.parent() {
-            Some(dir) => self.creatable_dir(key, &[key, "state_dir"], dir, Some(file)),
-            None => Ok(()),
-        }
-    }
-
-    /// `dir` is a directory, or the nearest existing directory above it is
-    /// one lote may create it in (`access(2)`: writable and searchable).
-    /// Looks only; [`super::Config::create_dirs`] creates.
-    fn creatable_dir(&self, key: &str, places: &[&str], dir: &Path, for_file: Option<&Path>) -> Result<()> {
-        use nix::unistd::{access, AccessFlags};
-        let what = match for_file {
-            Some(file) => format!("the directory {} for {}", dir.display(), file.display()),
-            None => format!("the directory {}", dir.display()),
-        };
-        let fail = |why: String| {
-            Err(self.doc.error_at(
-                key,
-                places,
-                format!("cannot create {what}: {why}; expected a directory lote can create and write to"),
-            ))
-        };
-        let mut at = dir;
-        loop {
-            match std::fs::metadata(at) {
-                Ok(meta) if meta.is_dir() && at == dir => return Ok(()),
-                Ok(meta) if meta.is_dir() => {
-                    return match access(at, AccessFlags::W_OK | AccessFlags::X_OK) {
-                        Ok(()) => Ok(()),
-                        Err(e) => fail(format!("{} is not writable ({e})", at.display())),
-                    }
-                }
-                Ok(_) => return fail(format!("{} is not a directory", at.display())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
-                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
-                    _ => return Ok(()),
-                },
-                Err(e) => return fail(format!("{}: {e}", at.display())),
-            }
-        }
-    }
-
-    /// What opening the source would refuse, found without opening it (a
-    /// spool or table would be changed, a FIFO would block).
-    fn source_on_disk(&mut self, source: &SourceSpec) -> Result<()> {
-        let missing = |path: &Path, what: &str| {
-            format!(
-                "source.path: {} does not exist (yet); `lote run` refuses to start until it does; {what}",
-                path.display()
-            )
-        };
-        match source {
-            SourceSpec::Spool(spool) => {
-                self.creatable_dir("source.path", &["source.path", "source"], &spool.dir, None)?;
-            }
-            SourceSpec::Lines(lines) => {
-                let Some(path) = &lines.path else { return Ok(()) };
-                if path.is_dir() {
-                    return self.err(
-                        "source.path",
-                        format!(
-                            "{} is a directory; expected a file of lines (a spool source takes a directory)",
-                            path.display()
-                        ),
-                    );
-                }
-                if !path.exists() {
-                    self.warnings
-                        .push(missing(path, "expected a file of items, one per line"));
-                }
-            }
-            SourceSpec::Sqlite(table) => {
-                if table.path.is_dir() {
-                    return self.err(
-                        "source.path",
-                        format!(
-                            "{} is a directory; expected the SQLite file holding the work table",
-                            table.path.display()
-                        ),
-                    );
-                }
-                if !table.path.exists() {
-                    self.warnings
-                        .push(missing(&table.path, "expected the SQLite file holding the work table"));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `path` against `base` unless absolute, with `.` components dropped and
-/// `x/..` folded — unless `x` is a symlink, whose `..` only the kernel can
-/// resolve. Folding a plain or missing directory gives the same file, and
-/// the same path before and after `run` creates it: `../samples/x` under
-/// `./state` is `./samples/x` on a fresh clone and after the first run
-/// alike (a reload compares paths to tell whether a source changed).
-pub(super) fn absolute(base: &Path, path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in base.join(path).components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir
-                if out.parent().is_some()
-                    && !std::fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink()) =>
-            {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }

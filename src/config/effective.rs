@@ -3,57 +3,10 @@
 //! marks a key that is off (no deadline, no breaker, no textfile). Loading it
 //! again gives an equal [`Config`].
 
-use std::path::Path;
-use std::time::Duration;
+use serde_yaml::Value;
 
-use serde_yaml::{Mapping, Value};
-
-use super::value::{format_bytes, format_duration};
-use super::{Config, HandlerSpec, SinkSpec, SourceSpec};
-use crate::sink::JsonlConfig;
-
-/// A mapping with its keys in the given order.
-fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Mapping(
-        entries
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect::<Mapping>(),
-    )
-}
-
-fn dur(d: Duration) -> Value {
-    Value::from(format_duration(d))
-}
-
-fn opt_dur(d: Option<Duration>) -> Value {
-    d.map_or(Value::Null, dur)
-}
-
-/// An engine enum as the config spells it (its serde derive).
-fn spelled<T: serde::Serialize>(value: &T) -> Value {
-    // Unit and string variants cannot fail to serialize.
-    // A newtype variant (`{json_field: NAME}`) as a one-key mapping, as
-    // `raw` reads it, not a YAML tag.
-    serde_yaml::with::singleton_map::serialize(value, serde_yaml::value::Serializer).unwrap_or(Value::Null)
-}
-
-fn path(p: &Path) -> Value {
-    Value::from(p.to_string_lossy().into_owned())
-}
-
-fn bytes(n: u64) -> Value {
-    Value::from(format_bytes(n))
-}
-
-fn pairs(entries: &[(String, String)]) -> Value {
-    Value::Mapping(
-        entries
-            .iter()
-            .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
-            .collect(),
-    )
-}
+use super::{Config, SinkSpec};
+use crate::spec::effective::{dur, map, opt_dur, path, spelled};
 
 pub(super) fn to_yaml(c: &Config) -> String {
     let s = &c.session;
@@ -81,7 +34,7 @@ pub(super) fn to_yaml(c: &Config) -> String {
                 ("block_timeout", opt_dur(q.block_timeout)),
             ]),
         ),
-        ("source", source(&c.source)),
+        ("source", c.source.effective()),
         ("handler", handler(c)),
         ("sink", sink(&c.sink, Some(c))),
         (
@@ -103,67 +56,9 @@ pub(super) fn to_yaml(c: &Config) -> String {
     serde_yaml::to_string(&top).unwrap_or_default()
 }
 
-fn source(spec: &SourceSpec) -> Value {
-    match spec {
-        SourceSpec::Spool(s) => map([
-            ("kind", "spool".into()),
-            ("path", path(&s.dir)),
-            ("on_done", spelled(&s.on_done)),
-            ("priority", spelled(&s.priority)),
-            ("stable_for", dur(s.stable_for)),
-            ("max_bytes", bytes(s.max_bytes)),
-        ]),
-        SourceSpec::Lines(l) => map([
-            ("kind", "lines".into()),
-            ("path", l.path.as_deref().map_or_else(|| "-".into(), path)),
-            ("format", spelled(&l.format)),
-            ("max_bytes", bytes(l.max_bytes as u64)),
-        ]),
-        SourceSpec::Sqlite(s) => map([
-            ("kind", "sqlite".into()),
-            ("path", path(&s.path)),
-            ("table", s.table.as_str().into()),
-            ("id_column", s.id_column.as_str().into()),
-            ("payload_column", s.payload_column.as_str().into()),
-            (
-                "priority_column",
-                s.priority_column.as_deref().map_or(Value::Null, Value::from),
-            ),
-            ("status_column", s.status_column.as_str().into()),
-            ("pending", s.pending.as_str().into()),
-            ("running", s.running.as_str().into()),
-            ("done", s.done.as_str().into()),
-            ("failed", s.failed.as_str().into()),
-            ("busy_timeout", dur(s.busy_timeout)),
-        ]),
-    }
-}
-
 fn handler(c: &Config) -> Value {
     let p = &c.policy;
-    let mut out = match &c.handler {
-        HandlerSpec::Exec(e) => map([
-            ("kind", "exec".into()),
-            ("command", e.command.iter().map(|a| Value::from(a.as_str())).collect()),
-            (
-                "fatal_exit_codes",
-                e.fatal_exit_codes.iter().map(|&code| Value::from(code)).collect(),
-            ),
-            ("output_limit", bytes(e.output_limit as u64)),
-            ("kill_grace", dur(e.kill_grace)),
-            ("env", pairs(&e.env)),
-            ("workdir", e.workdir.as_deref().map_or(Value::Null, path)),
-        ]),
-        HandlerSpec::Http(h) => map([
-            ("kind", "http".into()),
-            ("url", h.url.as_str().into()),
-            ("method", h.method.as_str().into()),
-            ("headers", pairs(&h.headers)),
-            ("connect_timeout", dur(h.connect_timeout)),
-            ("output_limit", bytes(h.output_limit as u64)),
-        ]),
-        HandlerSpec::Noop => map([("kind", "noop".into())]),
-    };
+    let mut out = c.handler.effective();
     let breaker = match &p.breaker {
         None => Value::Null,
         Some(b) => map([
@@ -198,25 +93,7 @@ fn handler(c: &Config) -> Value {
 
 /// A sink's keys; with the config, the writer's keys too (`sink:` only).
 fn sink(spec: &SinkSpec, writer_of: Option<&Config>) -> Value {
-    let mut out = match spec {
-        SinkSpec::Sqlite(s) => map([
-            ("kind", "sqlite".into()),
-            ("path", path(&s.path)),
-            ("synchronous", s.synchronous.as_str().into()),
-            ("busy_timeout", dur(s.busy_timeout)),
-        ]),
-        SinkSpec::Jsonl(JsonlConfig {
-            path: p,
-            rotate_bytes,
-            keep_files,
-            ..
-        }) => map([
-            ("kind", "jsonl".into()),
-            ("path", path(p)),
-            ("rotate_bytes", bytes(rotate_bytes.unwrap_or(0))),
-            ("keep_files", (*keep_files).into()),
-        ]),
-    };
+    let mut out = spec.effective();
     if let (Some(c), Value::Mapping(m)) = (writer_of, &mut out) {
         let w = &c.writer;
         for (k, v) in [

@@ -11,21 +11,20 @@
 //! inside it (checked: errors come out at 1:1 with no key). So the kinds are
 //! read in a first pass over a [`serde_yaml::Value`], and the second pass
 //! deserializes each section straight into its variant's struct through a
-//! seed that knows the kind ([`kinds`]).
+//! seed that knows the kind ([`kinds`]). Those structs live with their kind
+//! (`source/`, `handler/`, `sink/`: each folder's registry generates its
+//! `*Keys` enum); this file keeps the sections that have no kind.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::de::{Deserializer, IgnoredAny};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::value::{Argv, ByteSize, Dur};
-use crate::policy::WhenOpen;
+use crate::handler::HandlerKeys;
 use crate::queue::WhenFull;
-use crate::session::Qos;
-use crate::sink::Synchronous;
-use crate::source::lines::LinesFormat;
-use crate::source::spool::{OnDone, SpoolPriority};
+use crate::sink::SinkKeys;
+use crate::source::SourceKeys;
+use crate::spec::Dur;
 
 mod kinds;
 pub use kinds::*;
@@ -43,11 +42,11 @@ pub struct RawConfig {
     pub session: Option<RawSession>,
     pub queue: Option<RawQueue>,
     /// Required.
-    pub source: Option<RawSource>,
+    pub source: Option<SourceKeys>,
     /// Required.
-    pub handler: Option<RawHandler>,
+    pub handler: Option<HandlerKeys>,
     /// Default `{kind: sqlite, path: outcomes.db}`.
-    pub sink: Option<RawSink>,
+    pub sink: Option<SinkKeys>,
     /// Default `{kind: jsonl, path: dead-letter.jsonl}`; `{kind: none}` for none.
     pub dead_letter: Option<RawDeadLetter>,
     pub metrics: Option<RawMetrics>,
@@ -129,322 +128,14 @@ pub struct RawQueue {
     pub block_timeout: Option<Dur>,
 }
 
-// ---------------------------------------------------------------- source
-
-#[derive(Debug)]
-pub enum RawSource {
-    Spool(RawSpool),
-    Lines(RawLines),
-    Sqlite(RawSqliteSource),
-}
-
-/// `source: {kind: spool}` — a directory; one file = one item.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSpool {
-    /// `spool`; read by the first pass, which picked this struct.
-    #[serde(rename = "kind", default)]
-    _kind: IgnoredAny,
-    /// The directory to take files from. Required.
-    pub path: Option<PathBuf>,
-    /// What happens to a done file: `move` (to `<path>/done/`, default) or `delete`.
-    pub on_done: Option<OnDone>,
-    /// Where an item's priority comes from: `filename_prefix` (default;
-    /// `1-x.json` → 1), `fixed` (all the same), or `{json_field: NAME}` (an
-    /// integer field of the file's JSON object).
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
-    pub priority: Option<SpoolPriority>,
-    /// A file must be unchanged this long before it is taken. Default 1s.
-    pub stable_for: Option<Dur>,
-    /// Larger files are dead-lettered unread. Default 16MiB.
-    pub max_bytes: Option<ByteSize>,
-}
-
-/// `source: {kind: lines}` — one item per line of a file or of stdin.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLines {
-    #[serde(rename = "kind", default)]
-    _kind: IgnoredAny,
-    /// The file, or `"-"` (quoted) for standard input. Required.
-    pub path: Option<PathBuf>,
-    /// `text` (the line is the payload, the id its number) or `ndjson`
-    /// (`{"id", "priority", "payload"}` per line). Default `ndjson` for a
-    /// path ending `.ndjson` or `.jsonl`, `text` otherwise.
-    pub format: Option<LinesFormat>,
-    /// Longer lines are dead-lettered. Default 1MiB.
-    pub max_bytes: Option<ByteSize>,
-}
-
-/// `source: {kind: sqlite}` — a work table in a SQLite file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSqliteSource {
-    #[serde(rename = "kind", default)]
-    _kind: IgnoredAny,
-    /// The database file. Required.
-    pub path: Option<PathBuf>,
-    /// The work table. Required. Letters, digits and `_`.
-    pub table: Option<String>,
-    /// Default `id`.
-    pub id_column: Option<String>,
-    /// Default `payload` (TEXT or BLOB).
-    pub payload_column: Option<String>,
-    /// Default `priority`; `null`: every item gets the default priority.
-    #[serde(default, deserialize_with = "explicit_null")]
-    pub priority_column: Option<Option<String>>,
-    /// Default `status`.
-    pub status_column: Option<String>,
-    /// Status values. Defaults `pending`, `running`, `done`, `failed`.
-    pub pending: Option<String>,
-    pub running: Option<String>,
-    pub done: Option<String>,
-    pub failed: Option<String>,
-    /// Wait this long for a lock another process holds. Default 5s.
-    pub busy_timeout: Option<Dur>,
-}
-
-/// Tells `key: null` (Some(None)) from a missing key (None).
-fn explicit_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(Some)
-}
-
-// ---------------------------------------------------------------- handler
-
-#[derive(Debug)]
-pub enum RawHandler {
-    Exec(RawExec),
-    Http(RawHttp),
-    Noop(RawNoop),
-}
-
-impl RawHandler {
-    /// The keys every handler kind has.
-    pub fn policy(&self) -> &RawPolicy {
-        match self {
-            RawHandler::Exec(h) => &h.policy,
-            RawHandler::Http(h) => &h.policy,
-            RawHandler::Noop(h) => &h.policy,
-        }
-    }
-}
-
-/// The keys every handler kind shares. Not `#[serde(flatten)]`: flattening
-/// buffers the section and cannot deny unknown keys, so each kind lists them
-/// again and hands them over with `policy()`.
-#[derive(Debug, Default)]
-pub struct RawPolicy {
-    pub qos: Option<Qos>,
-    pub timeout: Option<Dur>,
-    pub retry: Option<RawRetry>,
-    pub breaker: Option<RawBreaker>,
-}
-
-/// Declares a kind's struct (`handler` or `sink`) with its section's shared
-/// keys added, and moves those into the section's struct ([`RawPolicy`],
-/// [`RawWriter`]) after deserializing. Each section's shared keys are
-/// listed once, in its arm.
-macro_rules! kind_keys {
-    (handler $($kind:tt)*) => {
-        kind_keys! { @shared policy: RawPolicy {
-            /// `at_most_once`, `at_least_once` (default), `exactly_once`.
-            qos: Option<Qos>,
-            /// Per-call (per-attempt) deadline. Default none (http: 30s).
-            timeout: Option<Dur>,
-            /// Retries of retryable failures. Default 3 attempts, 1s
-            /// back-off doubling to at most 1m, ±20 % jitter.
-            retry: Option<RawRetry>,
-            /// Circuit breaker. Default none.
-            breaker: Option<RawBreaker>,
-        } $($kind)* }
-    };
-    (sink $($kind:tt)*) => {
-        kind_keys! { @shared writer: RawWriter {
-            /// A batch closes at this many outcomes (≥ 1). Default 500.
-            batch: Option<usize>,
-            /// … or this long after its oldest outcome arrived. Default 1s.
-            flush_every: Option<Dur>,
-            /// Retries of a failed flush; then its items go back to the
-            /// source and run again. Default 5.
-            max_retries: Option<u32>,
-            /// At shutdown, how long to write what is queued. Default 30s.
-            drain_timeout: Option<Dur>,
-        } $($kind)* }
-    };
-    (@shared $shared:ident: $Shared:ident { $($(#[$smeta:meta])* $sfield:ident: $sty:ty,)* }
-     $(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Default)]
-        pub struct $name {
-            $($(#[$fmeta])* pub $field: $ty,)*
-            pub $shared: $Shared,
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Keys {
-                    #[serde(default)]
-                    #[allow(dead_code)]
-                    kind: IgnoredAny,
-                    $($(#[$fmeta])* $field: $ty,)*
-                    $($(#[$smeta])* $sfield: $sty,)*
-                }
-                let k = Keys::deserialize(deserializer)?;
-                Ok($name {
-                    $($field: k.$field,)*
-                    $shared: $Shared { $($sfield: k.$sfield,)* },
-                })
-            }
-        }
-    };
-}
-
-kind_keys! {
-    handler
-    /// `handler: {kind: exec}` — runs a command per item, payload on stdin.
-    RawExec {
-        /// The program and its arguments, as a list. Required.
-        command: Option<Argv>,
-        /// Exit codes that fail an item for good (no retry). Default none.
-        fatal_exit_codes: Option<Vec<i32>>,
-        /// Most bytes of stdout kept as the output. Default 64KiB.
-        output_limit: Option<ByteSize>,
-        /// Between SIGTERM to the child's process group and SIGKILL. Default 5s.
-        kill_grace: Option<Dur>,
-        /// Extra environment variables. Default none.
-        env: Option<BTreeMap<String, String>>,
-        /// The child's working directory. Default: lote's.
-        workdir: Option<PathBuf>,
-    }
-}
-
-kind_keys! {
-    handler
-    /// `handler: {kind: http}` — sends each payload to a URL.
-    RawHttp {
-        /// `http://…` or `https://…`. Required.
-        url: Option<String>,
-        /// Default `POST`.
-        method: Option<String>,
-        /// Extra request headers. Default none.
-        headers: Option<BTreeMap<String, String>>,
-        /// Default 5s.
-        connect_timeout: Option<Dur>,
-        /// Most bytes of the response body kept as the output. Default 64KiB.
-        output_limit: Option<ByteSize>,
-    }
-}
-
-kind_keys! {
-    handler
-    /// `handler: {kind: noop}` — done at once; for dry runs.
-    RawNoop {}
-}
-
-/// `handler.retry:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetry {
-    /// Total tries, the first included (≥ 1; 1 = no retry). Default 3.
-    pub attempts: Option<u32>,
-    /// Delay before the first retry; doubles each retry. Default 1s.
-    pub backoff: Option<Dur>,
-    /// Cap on one delay (a Retry-After hint may exceed it). Default 1m.
-    pub max_backoff: Option<Dur>,
-    /// Each delay is drawn from ±this fraction of the nominal one (0 to 1). Default 0.2.
-    pub jitter: Option<f64>,
-    /// Cap on a downstream's Retry-After hint; a longer one is capped, with
-    /// a warning. Default 10m.
-    pub max_retry_after: Option<Dur>,
-}
-
-/// `handler.breaker:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBreaker {
-    /// Consecutive retryable failures that open it (≥ 1). Default 5.
-    pub failures: Option<u32>,
-    /// How long it stays open before probing. Default 30s.
-    pub open_for: Option<Dur>,
-    /// Probe calls let through when half-open (≥ 1). Default 1.
-    pub half_open_probes: Option<u32>,
-    /// `wait` (default; pause workers) or `skip` (return items to the source).
-    pub when_open: Option<WhenOpen>,
-}
-
 // ---------------------------------------------------------------- sinks
 
 #[derive(Debug)]
-pub enum RawSink {
-    Sqlite(RawSqliteSink),
-    Jsonl(RawJsonlSink),
-}
-
-#[derive(Debug)]
 pub enum RawDeadLetter {
-    Sink(RawSink),
+    Sink(SinkKeys),
     None,
 }
 
-/// The write-behind thread's keys, allowed under `sink:` only (stage two
-/// refuses them under `dead_letter:`, which the same thread writes).
-#[derive(Debug, Default)]
-pub struct RawWriter {
-    pub batch: Option<usize>,
-    pub flush_every: Option<Dur>,
-    pub max_retries: Option<u32>,
-    pub drain_timeout: Option<Dur>,
-}
-
-impl RawWriter {
-    /// The keys given, for the error under `dead_letter:`.
-    pub fn given(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        if self.batch.is_some() {
-            keys.push("batch");
-        }
-        if self.flush_every.is_some() {
-            keys.push("flush_every");
-        }
-        if self.max_retries.is_some() {
-            keys.push("max_retries");
-        }
-        if self.drain_timeout.is_some() {
-            keys.push("drain_timeout");
-        }
-        keys
-    }
-}
-
-kind_keys! {
-    sink
-    /// `sink: {kind: sqlite}` — table `outcomes` (or `dead_letters`), upsert by id, WAL.
-    RawSqliteSink {
-        /// The database file. Default `outcomes.db` (sink), `dead-letter.db` (dead_letter).
-        path: Option<PathBuf>,
-        /// `normal` (default; survives a crash of lote) or `full` (survives a power cut).
-        synchronous: Option<Synchronous>,
-        /// Wait this long for a lock another process holds. Default 5s.
-        busy_timeout: Option<Dur>,
-    }
-}
-
-kind_keys! {
-    sink
-    /// `sink: {kind: jsonl}` — one JSON object per line, fsynced per batch.
-    RawJsonlSink {
-        /// The file. Default `outcomes.jsonl` (sink), `dead-letter.jsonl` (dead_letter).
-        path: Option<PathBuf>,
-        /// Rotate the file at this size; 0 = never. Default 64MiB.
-        rotate_bytes: Option<ByteSize>,
-        /// Rotated files kept (`path.1` … `path.N`). Default 5.
-        keep_files: Option<usize>,
-    }
-}
-
-/// `dead_letter: {kind: none}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNone {

@@ -31,8 +31,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqA
 use serde_yaml::value::{Tag, TaggedValue};
 use serde_yaml::{Mapping, Value};
 
-use super::error::{ConfigError, Doc};
-use super::value::format_bytes;
+use crate::spec::{format_bytes, ConfigError, Doc};
 
 /// The largest config file read: real ones are a few KiB.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -164,36 +163,6 @@ fn yaml_printable(c: char) -> bool {
         0x09 | 0x0A | 0x0D | 0x20..=0x7E | 0x85 | 0xA0..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
 }
 
-/// The line and column where a second YAML document starts: a `---` after
-/// content or after another `---`, or content after a `...`. `None` if none
-/// is found (serde_yaml's own count is then trusted, without a place).
-pub(super) fn second_document(text: &str) -> Option<(usize, usize)> {
-    let mut started = false; // a document is open (explicitly or by content)
-    let mut ended = false; // a `...` closed it
-    for (number, line) in text.split('\n').enumerate() {
-        let marker = |m: &str| {
-            line.strip_prefix(m)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
-        };
-        let content = !line.trim().is_empty() && !line.trim_start().starts_with('#');
-        if marker("---") {
-            if started || ended {
-                return Some((number + 1, 1));
-            }
-            started = true;
-        } else if marker("...") {
-            ended = started;
-            started = false;
-        } else if content {
-            if ended {
-                return Some((number + 1, 1));
-            }
-            started = true;
-        }
-    }
-    None
-}
-
 /// The first pass's [`Value`], every value counted against [`MAX_VALUES`]
 /// (aliases expanded), duplicate keys refused as serde_yaml's [`Mapping`] does.
 pub(super) struct BudgetedValue<'b> {
@@ -316,6 +285,7 @@ impl<'de> Visitor<'de> for BudgetedValue<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::second_document;
 
     #[test]
     fn second_documents_are_found() {

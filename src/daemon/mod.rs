@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Instant, SystemTime};
 
-use crate::config::{Config, ConfigError, SourceSpec};
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::session::{EndReason, Session, SessionSummary, StopHandle, StopReason};
@@ -167,7 +167,7 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
     let flags = Arc::new(SignalFlags::default());
     let signal_thread = SignalThread::start(stop.clone(), Arc::clone(&flags), notifier.clone())?;
     let result = (|| {
-        if !options.resume && !matches!(config.source, SourceSpec::Lines(_)) {
+        if !options.resume && !config.source.resumes_from_sink() {
             log::warn!(
                 "--no-resume applies to a lines source only; spool and sqlite sources remember what they finished"
             );

@@ -1,24 +1,20 @@
 //! The parts a config names — source, handler, sinks, the write-behind
-//! thread — and how each kind is opened (`open_source`, `open_sink`,
-//! `build_handler`: the per-kind wiring, in one place). Also what a reload
-//! decides about them: whether the open source is kept ([`Opened`],
-//! [`same_file`]) and whether the breaker is ([`keep_breaker`]); and the
-//! dead-letter commands, which open the sinks the same way.
+//! thread — and how each is opened (sources and sinks through their
+//! registries: `SourceSpec::open_for_run`, `HandlerSpec::start`,
+//! `SinkSpec::open`). Also what a reload decides about them: whether the open
+//! source is kept ([`Opened`]) and whether the breaker is
+//! ([`keep_breaker`]); and the dead-letter commands, which open the sinks
+//! the same way.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Config, HandlerSpec, SinkSpec, SourceSpec};
+use crate::config::{Config, SinkSpec, SourceSpec};
 use crate::dead_letter::Requeued;
-use crate::handler::exec::ExecHandler;
-use crate::handler::http::HttpHandler;
-use crate::handler::{Handler, Noop};
+use crate::handler::Handler;
 use crate::policy::{BreakerState, CallPolicy};
 use crate::session::Qos;
-use crate::sink::{JsonlSink, Record, Sink, SqliteSink, TableAck};
-use crate::source::lines::{LinesConfig, LinesSource};
-use crate::source::spool::SpoolSource;
-use crate::source::{Source, SqliteSource};
+use crate::sink::{Record, Sink, TableAck};
+use crate::source::{Run, Source};
 use crate::writer::{DrainReport, GiveBack, Writer, WriterConfig};
 
 use super::DaemonError;
@@ -35,8 +31,6 @@ pub(super) struct Parts {
     pub(super) handler: Arc<dyn Handler>,
     /// `config.policy` built: its breaker is shared by every session.
     pub(super) policy: CallPolicy,
-    /// The exec handler again, to kill its children on the way out.
-    pub(super) exec: Option<Arc<ExecHandler>>,
     pub(super) writer: Arc<Writer>,
 }
 
@@ -53,14 +47,10 @@ pub(super) struct Opened {
 
 impl Opened {
     pub(super) fn of(config: &Config, stream: bool) -> Opened {
-        let in_sink_file = match (&config.source, &config.sink) {
-            (SourceSpec::Sqlite(source), SinkSpec::Sqlite(sink)) => same_file(&source.path, &sink.path),
-            _ => false,
-        };
         Opened {
             spec: config.source.clone(),
-            stream: stream && !matches!(config.source, SourceSpec::Lines(_)),
-            in_sink_file,
+            stream: stream && config.source.streams(),
+            in_sink_file: config.source.shares_sink_file(&config.sink),
         }
     }
 }
@@ -86,7 +76,10 @@ impl Parts {
             Some(live) => live,
             None => open_for(&config, &opened, resume)?,
         };
-        let (handler, exec) = build_handler(&config.handler)?;
+        let handler = config
+            .handler
+            .start()
+            .map_err(|e| build(&format!("the {} handler", config.handler.kind()), &e))?;
         let sink = open_sink(&config.sink, table_ack.clone())?;
         let dead_letter = match &config.dead_letter {
             Some(spec) => Some(open_sink(spec, None)?),
@@ -108,7 +101,6 @@ impl Parts {
             opened,
             table_ack,
             handler,
-            exec,
             writer: Arc::new(writer),
         })
     }
@@ -120,9 +112,7 @@ impl Parts {
         if report.unwritten == 0 {
             log::info!("writer drained");
         }
-        if let Some(exec) = &self.exec {
-            exec.kill_all_running();
-        }
+        self.handler.kill_running();
         report
     }
 }
@@ -130,100 +120,19 @@ impl Parts {
 /// Opens the source of `config` as `opened` says; a sqlite source in the
 /// sink's own file comes with the acknowledgement the sink makes for it.
 fn open_for(config: &Config, opened: &Opened, resume: bool) -> Result<LiveSource, DaemonError> {
-    let mut table_ack = None;
-    let source: Arc<dyn Source> = match &config.source {
-        SourceSpec::Sqlite(table) if opened.in_sink_file => {
-            let mut table = table.clone();
-            table.stream = opened.stream;
-            let source =
-                SqliteSource::open(table).map_err(|e| DaemonError::Build(format!("opening the sqlite source: {e}")))?;
-            // One file: outcome and acknowledgement in one transaction.
-            table_ack = Some(source.table_ack());
-            Arc::new(source.acked_in_sink_transaction())
-        }
-        SourceSpec::Lines(lines) => open_lines(lines, config, resume)?,
-        spec => open_source(spec, opened.stream)?,
+    let run = Run {
+        stream: opened.stream,
+        resume,
+        exactly_once: config.session.qos == Qos::ExactlyOnce,
+        sink_path: config.sink.path(),
+        in_sink_file: opened.in_sink_file,
     };
-    Ok((source, table_ack))
+    config.source.open_for_run(&run).map_err(DaemonError::Build)
 }
 
-/// A handler, and the exec handler again if it is one (to kill its
-/// children on the way out).
-type BuiltHandler = (Arc<dyn Handler>, Option<Arc<ExecHandler>>);
-
-/// Builds the handler `spec` names.
-fn build_handler(spec: &HandlerSpec) -> Result<BuiltHandler, DaemonError> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
-    Ok(match spec {
-        HandlerSpec::Exec(spec) => {
-            let handler = Arc::new(ExecHandler::new(spec.clone()).map_err(|e| failed("the exec handler", &e))?);
-            (Arc::clone(&handler) as Arc<dyn Handler>, Some(handler))
-        }
-        HandlerSpec::Http(spec) => (
-            Arc::new(HttpHandler::new(spec.clone()).map_err(|e| failed("the http handler", &e))?),
-            None,
-        ),
-        HandlerSpec::Noop => (Arc::new(Noop), None),
-    })
-}
-
-/// Opens the source `spec` names. `stream`: an empty spool or table means
-/// "nothing yet" (a daemon polls) rather than the end of the session.
-fn open_source(spec: &SourceSpec, stream: bool) -> Result<Arc<dyn Source>, DaemonError> {
-    let failed = |kind: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("opening the {kind} source: {e}"));
-    Ok(match spec {
-        SourceSpec::Spool(spool) => {
-            let mut spool = spool.clone();
-            spool.stream = stream;
-            Arc::new(SpoolSource::open(spool).map_err(|e| failed("spool", &e))?)
-        }
-        SourceSpec::Lines(lines) => Arc::new(LinesSource::open(lines.clone()).map_err(|e| failed("lines", &e))?),
-        SourceSpec::Sqlite(table) => {
-            let mut table = table.clone();
-            table.stream = stream;
-            Arc::new(SqliteSource::open(table).map_err(|e| failed("sqlite", &e))?)
-        }
-    })
-}
-
-/// Opens a lines source with its resume tied to the file: the identity of
-/// the file the sink's records came from is kept in `<sink>.lines-file`.
-fn open_lines(lines: &LinesConfig, config: &Config, resume: bool) -> Result<Arc<dyn Source>, DaemonError> {
-    let failed = |e: &dyn std::fmt::Display| DaemonError::Build(format!("opening the lines source: {e}"));
-    if !resume && config.session.qos == Qos::ExactlyOnce {
-        return Err(DaemonError::Build(
-            "--no-resume would run items whose outcome is durable again, which handler.qos: exactly_once rules \
-             out; drop --no-resume, or set qos: at_least_once for this run"
-                .into(),
-        ));
-    }
-    let sink = config.sink.path();
-    let mut identity_file = sink.as_os_str().to_owned();
-    identity_file.push(".lines-file");
-    let source = LinesSource::open(lines.clone()).map_err(|e| failed(&e))?;
-    let source = source
-        .tie_resume(Path::new(&identity_file), resume, sink.exists())
-        .map_err(|e| failed(&e))?;
-    Ok(Arc::new(source))
-}
-
-/// Opens the sink `spec` names; a SQLite sink with `table_ack` also marks
-/// the source's rows in each outcome transaction.
 fn open_sink(spec: &SinkSpec, table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, DaemonError> {
-    let failed = |e: &dyn std::fmt::Display| DaemonError::Build(format!("opening a sink: {e}"));
-    Ok(match (spec, table_ack) {
-        (SinkSpec::Sqlite(config), None) => Box::new(SqliteSink::open(config.clone()).map_err(|e| failed(&e))?),
-        (SinkSpec::Sqlite(config), Some(ack)) => {
-            let sink = SqliteSink::open(config.clone()).map_err(|e| failed(&e))?;
-            Box::new(sink.with_table_ack(ack).map_err(|e| failed(&e))?)
-        }
-        (SinkSpec::Jsonl(config), _) => Box::new(JsonlSink::open(config.clone()).map_err(|e| failed(&e))?),
-    })
-}
-
-pub(super) fn same_file(a: &Path, b: &Path) -> bool {
-    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    canonical(a) == canonical(b)
+    spec.open(table_ack)
+        .map_err(|e| DaemonError::Build(format!("opening a sink: {e}")))
 }
 
 /// A reload keeps the running breaker — open or closed, its failure count
@@ -258,7 +167,7 @@ pub fn requeue_dead_letters(config: &Config, ids: Option<&[String]>) -> Result<R
         return Err(DaemonError::Build("this config has no dead_letter sink".into()));
     };
     // A lines source opens (nothing is read) and refuses the requeue itself.
-    let source = open_source(&config.source, false)?;
+    let source = config.source.open(false).map_err(DaemonError::Build)?;
     let mut sink = open_sink(spec, None)?;
     crate::dead_letter::requeue(sink.as_mut(), source.as_ref(), ids).map_err(|e| DaemonError::Build(e.to_string()))
 }
@@ -269,19 +178,14 @@ pub fn dead_letters(config: &Config) -> Result<Vec<Record>, DaemonError> {
     let Some(spec) = &config.dead_letter else {
         return Err(DaemonError::Build("this config has no dead_letter sink".into()));
     };
-    let failed = |e: &dyn std::fmt::Display| DaemonError::Build(e.to_string());
-    let records = match spec {
-        SinkSpec::Jsonl(config) => JsonlSink::read_records(config).map_err(|e| failed(&e))?,
-        SinkSpec::Sqlite(config) => {
-            let mut sink = SqliteSink::open(config.clone()).map_err(|e| failed(&e))?;
-            sink.records().map_err(|e| failed(&e))?
-        }
-    };
+    let records = spec.records().map_err(DaemonError::Build)?;
     Ok(crate::dead_letter::latest_per_id(records))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn config(url: &str, failures: u32) -> (Config, CallPolicy) {
@@ -306,27 +210,5 @@ mod tests {
             keep_breaker((&running, &live), (&new, &mut fresh));
             assert_eq!(same_breaker(&live, &fresh), kept, "{url} {failures}");
         }
-    }
-
-    #[test]
-    fn same_file_sees_through_other_spellings_and_links_of_one_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("one.db");
-        std::fs::write(&db, "").unwrap();
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        let dotted = dir.path().join("sub/../one.db");
-        let link = dir.path().join("link.db");
-        std::os::unix::fs::symlink(&db, &link).unwrap();
-        assert!(same_file(&db, &dotted));
-        assert!(same_file(&db, &link));
-        let other = dir.path().join("two.db");
-        std::fs::write(&other, "").unwrap();
-        assert!(!same_file(&db, &other));
-        // A file not there yet is compared as spelled.
-        assert!(same_file(&dir.path().join("new.db"), &dir.path().join("new.db")));
-        assert!(!same_file(
-            &dir.path().join("new.db"),
-            &dir.path().join("sub/../new.db")
-        ));
     }
 }

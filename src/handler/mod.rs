@@ -8,9 +8,22 @@
 
 pub mod exec;
 pub mod http;
+mod kind;
 mod noop;
 
-pub use noop::Noop;
+pub use kind::{HandlerAt, HandlerKind, WithPolicy};
+pub use noop::{Noop, NoopConfig};
+
+use exec::ExecConfig;
+use http::HttpConfig;
+use kind::{handler_keys, handler_kinds};
+
+// The registry: one line per kind (see `kind.rs`).
+handler_kinds! {
+    Exec(ExecConfig),
+    Http(HttpConfig),
+    Noop(NoopConfig),
+}
 // Defined beside the item (metrics counts them without knowing handlers).
 pub use crate::item::{Failure, FailureKind};
 
@@ -25,6 +38,11 @@ pub trait Handler: Send + Sync {
     /// Runs one attempt. `ctx` says which attempt it is and how long it may
     /// take; a long-running handler should check [`CallContext::should_stop`].
     fn handle(&self, ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure>;
+
+    /// On the daemon's way out: stop what is still running (an exec
+    /// handler kills its children's process groups) and start nothing more.
+    /// Most handlers have nothing to stop.
+    fn kill_running(&self) {}
 }
 
 impl<F> Handler for F

@@ -30,6 +30,7 @@ mod worker;
 pub use crate::stop::{StopHandle, StopLevel, StopReason, Subscription};
 pub use summary::{EndReason, SessionCounts, SessionSummary};
 
+pub use crate::policy::Qos;
 use std::fmt;
 use std::sync::{Arc, Once};
 use std::thread;
@@ -46,36 +47,6 @@ use crate::source::{ReturnReason, Source};
 use events::Events;
 use producer::{Producer, ProducerEnd};
 use worker::Worker;
-
-/// Delivery guarantee (SPEC §3.3, `handler.qos`; seed 002's QoS 0/1/2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Qos {
-    /// No retries; a failure is recorded and acknowledged, never retried.
-    /// The worker still waits for the handler to finish.
-    AtMostOnce,
-    /// Retries per policy; an item is acknowledged only once its outcome is
-    /// durable, so after a crash it may run again.
-    #[default]
-    AtLeastOnce,
-    /// As at-least-once, plus: before an item runs, the sink's record is
-    /// checked and items already done are skipped. Never two records for one
-    /// item, never a re-run of an item whose outcome is durable. A side
-    /// effect between the handler's run and the persist is covered only by
-    /// an idempotent downstream (handlers get the item id as the key).
-    ExactlyOnce,
-}
-
-impl Qos {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Qos::AtMostOnce => "at_most_once",
-            Qos::AtLeastOnce => "at_least_once",
-            Qos::ExactlyOnce => "exactly_once",
-        }
-    }
-}
 
 /// The knobs of one session (seed 003's `threads`, `chunk`, `lote`, `timer`).
 #[derive(Clone, Debug, PartialEq, Eq)]

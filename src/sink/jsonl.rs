@@ -52,9 +52,13 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use log::warn;
 
-use super::{encode_json_line, DoneLookup, Record, Role, Sink, SinkError};
+use super::{
+    encode_json_line, sink_keys, DoneLookup, Place, Record, Role, Sink, SinkError, SinkKind, TableAck, WriterKeys,
+};
 use crate::fsutil::{open_lock_file, parent_dir, sync_dir_at};
 use crate::item::{Outcome, Status};
+use crate::spec::effective::{self, bytes, map};
+use crate::spec::{self, absolute, format_bytes, ByteSize, Check, MAX_ROTATE_BYTES, MAX_TRIES};
 
 /// Where a JSONL sink writes and how it rotates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +89,87 @@ impl JsonlConfig {
             rotate_bytes: Some(Self::DEFAULT_ROTATE_BYTES),
             keep_files: Self::DEFAULT_KEEP_FILES,
         }
+    }
+}
+
+sink_keys! {
+    /// `sink: {kind: jsonl}` — one JSON object per line, fsynced per batch.
+    JsonlKeys {
+        /// The file. Default `outcomes.jsonl` (sink), `dead-letter.jsonl` (dead_letter).
+        path: Option<PathBuf>,
+        /// Rotate the file at this size; 0 = never. Default 64MiB.
+        rotate_bytes: Option<ByteSize>,
+        /// Rotated files kept (`path.1` … `path.N`). Default 5.
+        keep_files: Option<usize>,
+    }
+}
+
+impl SinkKind for JsonlConfig {
+    const NAME: &'static str = "jsonl";
+    type Keys = JsonlKeys;
+
+    fn build(j: JsonlKeys, at: &Place, check: &Check) -> spec::Result<(Self, WriterKeys)> {
+        let path = j
+            .path
+            .unwrap_or_else(|| at.default_path("outcomes.jsonl", "dead-letter.jsonl").into());
+        check.path(&at.key("path"), &path)?;
+        let d = JsonlConfig::new(absolute(at.state_dir, &path), at.role);
+        if let Some(rotate) = j.rotate_bytes {
+            check.bytes_at_most(&at.key("rotate_bytes"), rotate.0, MAX_ROTATE_BYTES)?;
+        }
+        let keep_files = j.keep_files.unwrap_or(d.keep_files);
+        check.count(&at.key("keep_files"), keep_files as u64, 0..=MAX_TRIES)?;
+        let config = JsonlConfig {
+            rotate_bytes: j.rotate_bytes.map_or(d.rotate_bytes, |b| (b.0 > 0).then_some(b.0)),
+            keep_files,
+            ..d
+        };
+        Ok((config, j.writer))
+    }
+
+    fn effective(&self) -> serde_yaml::Value {
+        map([
+            ("kind", Self::NAME.into()),
+            ("path", effective::path(&self.path)),
+            ("rotate_bytes", bytes(self.rotate_bytes.unwrap_or(0))),
+            ("keep_files", self.keep_files.into()),
+        ])
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self, _table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, String> {
+        Ok(Box::new(JsonlSink::open(self.clone()).map_err(|e| e.to_string())?))
+    }
+
+    fn records(&self) -> Result<Vec<Record>, String> {
+        JsonlSink::read_records(self).map_err(|e| e.to_string())
+    }
+
+    /// Done lookups (exactly-once, a lines source's resume) read the sink's
+    /// `done` records. A rotating JSONL sink deletes its oldest file, and the
+    /// records in it, so those items would silently run again: refused. (An
+    /// index of done ids that survives rotation would grow without bound, in
+    /// memory and on disk, which is what rotation was asked to prevent; the
+    /// SQLite sink keeps them on disk behind its primary key.)
+    fn done_records_survive(&self, check: &Check, why: &str) -> spec::Result<()> {
+        let Some(bytes) = self.rotate_bytes else {
+            return Ok(());
+        };
+        Err(check.doc.error_at(
+            "sink.rotate_bytes",
+            &["sink.rotate_bytes", "sink.keep_files", "sink.kind"],
+            format!(
+                "is {} (64MiB when not set), so the JSONL sink rotates and deletes its oldest file (beyond \
+                 keep_files: {}) with the done records in it, and with {why} the items recorded there would \
+                 silently run again; expected `sink.rotate_bytes: 0` (never rotate: the file, and the done \
+                 index held in memory, grow with every item) or `sink.kind: sqlite` (done ids stay on disk)",
+                format_bytes(bytes),
+                self.keep_files
+            ),
+        ))
     }
 }
 

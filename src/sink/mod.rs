@@ -25,10 +25,25 @@
 //!   there, and overwriting it would lose its output.
 
 mod jsonl;
+mod kind;
 mod sqlite;
 
 pub use jsonl::{JsonlConfig, JsonlSink};
+pub use kind::{Place, SinkKind, WriterKeys};
 pub use sqlite::{SqliteConfig, SqliteSink, Synchronous, TableAck};
+
+use kind::{sink_keys, sink_kinds};
+
+// The registry: one line per kind (see `kind.rs`).
+sink_kinds! {
+    Sqlite(SqliteConfig),
+    Jsonl(JsonlConfig),
+}
+
+/// The kind an absent `sink:` section means.
+pub const DEFAULT_KIND: &str = "sqlite";
+/// The kind an absent `dead_letter:` section means.
+pub const DEFAULT_DEAD_LETTER_KIND: &str = "jsonl";
 
 use std::collections::HashSet;
 use std::fmt;

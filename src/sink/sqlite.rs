@@ -48,8 +48,10 @@ use std::time::Duration;
 use rusqlite::types::{ToSql, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OpenFlags, Row, TransactionBehavior};
 
-use super::{encode_payload, DoneLookup, Record, Role, Sink, SinkError};
+use super::{encode_payload, sink_keys, DoneLookup, Place, Record, Role, Sink, SinkError, SinkKind, WriterKeys};
 use crate::item::{Outcome, Status};
+use crate::spec::effective::{self, dur, map};
+use crate::spec::{self, absolute, Check, Dur, MAX_BUSY_TIMEOUT};
 use crate::sql::{columns, has_column, is_identifier, set_busy_timeout, switch_to_wal};
 
 /// The schema this lote writes, kept in `PRAGMA user_version` (0 = a new
@@ -109,6 +111,71 @@ impl SqliteConfig {
             synchronous: Synchronous::default(),
             busy_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+sink_keys! {
+    /// `sink: {kind: sqlite}` — table `outcomes` (or `dead_letters`), upsert by id, WAL.
+    SqliteKeys {
+        /// The database file. Default `outcomes.db` (sink), `dead-letter.db` (dead_letter).
+        path: Option<PathBuf>,
+        /// `normal` (default; survives a crash of lote) or `full` (survives a power cut).
+        synchronous: Option<Synchronous>,
+        /// Wait this long for a lock another process holds. Default 5s.
+        busy_timeout: Option<Dur>,
+    }
+}
+
+impl SinkKind for SqliteConfig {
+    const NAME: &'static str = "sqlite";
+    type Keys = SqliteKeys;
+
+    fn build(k: SqliteKeys, at: &Place, check: &Check) -> spec::Result<(Self, WriterKeys)> {
+        let path = k
+            .path
+            .unwrap_or_else(|| at.default_path("outcomes.db", "dead-letter.db").into());
+        check.path(&at.key("path"), &path)?;
+        let d = SqliteConfig::new(absolute(at.state_dir, &path), at.role);
+        let config = SqliteConfig {
+            synchronous: k.synchronous.unwrap_or(d.synchronous),
+            busy_timeout: check.at_most(
+                &at.key("busy_timeout"),
+                k.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+                MAX_BUSY_TIMEOUT,
+            )?,
+            ..d
+        };
+        Ok((config, k.writer))
+    }
+
+    fn effective(&self) -> serde_yaml::Value {
+        map([
+            ("kind", Self::NAME.into()),
+            ("path", effective::path(&self.path)),
+            ("synchronous", self.synchronous.as_str().into()),
+            ("busy_timeout", dur(self.busy_timeout)),
+        ])
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self, table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, String> {
+        let sink = SqliteSink::open(self.clone()).map_err(|e| e.to_string())?;
+        Ok(match table_ack {
+            None => Box::new(sink),
+            Some(ack) => Box::new(sink.with_table_ack(ack).map_err(|e| e.to_string())?),
+        })
+    }
+
+    fn records(&self) -> Result<Vec<Record>, String> {
+        let mut sink = SqliteSink::open(self.clone()).map_err(|e| e.to_string())?;
+        sink.records().map_err(|e| e.to_string())
+    }
+
+    fn busy_timeout(&self) -> Duration {
+        self.busy_timeout
     }
 }
 

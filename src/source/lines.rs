@@ -54,12 +54,16 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::file_identity::{Compared, FileIdentity};
-use super::{Pull, ReturnReason, Source, SourceError};
+use super::{missing_source, Pull, ReturnReason, Run, Source, SourceAt, SourceError, SourceKind};
 use crate::item::{Item, Outcome, Priority, DEFAULT_PRIORITY};
+use crate::sink::TableAck;
+use crate::spec::effective::{self, bytes, map, spelled};
+use crate::spec::{self, absolute, format_duration, ByteSize, Check};
 use crate::sync::Mutex;
 
 /// How lines are read.
@@ -560,6 +564,140 @@ fn kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// `source: {kind: lines}` — one item per line of a file or of stdin.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinesKeys {
+    #[serde(rename = "kind", default)]
+    _kind: serde::de::IgnoredAny,
+    /// The file, or `"-"` (quoted) for standard input. Required.
+    pub path: Option<PathBuf>,
+    /// `text` (the line is the payload, the id its number) or `ndjson`
+    /// (`{"id", "priority", "payload"}` per line). Default `ndjson` for a
+    /// path ending `.ndjson` or `.jsonl`, `text` otherwise.
+    pub format: Option<LinesFormat>,
+    /// Longer lines are dead-lettered. Default 1MiB.
+    pub max_bytes: Option<ByteSize>,
+}
+
+impl SourceKind for LinesConfig {
+    const NAME: &'static str = "lines";
+    type Keys = LinesKeys;
+
+    fn build(l: LinesKeys, at: &SourceAt, check: &Check) -> spec::Result<Self> {
+        let Some(path) = l.path else {
+            return check.err(
+                "source.path",
+                "is missing; expected a file of items, one per line, or \"-\" for standard input",
+            );
+        };
+        check.path("source.path", &path)?;
+        let path = if path.as_os_str() == "-" {
+            if let Some(every) = at.every {
+                return Err(check.doc.error_at(
+                    "source.path",
+                    &["source.path", "session.every"],
+                    format!(
+                        "is \"-\" (standard input), which can be read only once, but `session.every` ({}) \
+                         starts a session on a period; expected a file, or no `every`",
+                        format_duration(every)
+                    ),
+                ));
+            }
+            None
+        } else {
+            Some(absolute(at.state_dir, &path))
+        };
+        let d = LinesConfig::stdin();
+        let max_bytes = match l.max_bytes {
+            None => d.max_bytes,
+            Some(b) => check.usize_bytes("source.max_bytes", b.0)?,
+        };
+        if max_bytes == 0 {
+            return check.err(
+                "source.max_bytes",
+                "is 0, so no line could be processed; expected a size like 1MiB",
+            );
+        }
+        let format = l.format.unwrap_or_else(|| default_format(path.as_deref()));
+        Ok(LinesConfig {
+            path,
+            format,
+            max_bytes,
+        })
+    }
+
+    fn effective(&self) -> serde_yaml::Value {
+        map([
+            ("kind", Self::NAME.into()),
+            ("path", self.path.as_deref().map_or_else(|| "-".into(), effective::path)),
+            ("format", spelled(&self.format)),
+            ("max_bytes", bytes(self.max_bytes as u64)),
+        ])
+    }
+
+    fn on_disk(&self, check: &mut Check) -> spec::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        if path.is_dir() {
+            return check.err(
+                "source.path",
+                format!(
+                    "{} is a directory; expected a file of lines (a spool source takes a directory)",
+                    path.display()
+                ),
+            );
+        }
+        if !path.exists() {
+            check
+                .warnings
+                .push(missing_source(path, "expected a file of items, one per line"));
+        }
+        Ok(())
+    }
+
+    fn streams(&self) -> bool {
+        false
+    }
+
+    fn resumes_from_sink(&self) -> bool {
+        true
+    }
+
+    fn open(&self, _stream: bool) -> Result<Arc<dyn Source>, String> {
+        let source = LinesSource::open(self.clone()).map_err(|e| format!("opening the lines source: {e}"))?;
+        Ok(Arc::new(source))
+    }
+
+    fn open_for_run(&self, run: &Run) -> Result<(Arc<dyn Source>, Option<TableAck>), String> {
+        let failed = |e: &dyn std::fmt::Display| format!("opening the lines source: {e}");
+        if !run.resume && run.exactly_once {
+            return Err(
+                "--no-resume would run items whose outcome is durable again, which handler.qos: exactly_once rules \
+                 out; drop --no-resume, or set qos: at_least_once for this run"
+                    .into(),
+            );
+        }
+        let sink = run.sink_path;
+        let mut identity_file = sink.as_os_str().to_owned();
+        identity_file.push(".lines-file");
+        let source = LinesSource::open(self.clone()).map_err(|e| failed(&e))?;
+        let source = source
+            .tie_resume(Path::new(&identity_file), run.resume, sink.exists())
+            .map_err(|e| failed(&e))?;
+        Ok((Arc::new(source), None))
+    }
+}
+
+/// SPEC §3.6: a lines source reads NDJSON when its path ends `.ndjson` or
+/// `.jsonl` and `format:` is not given; text otherwise (stdin included).
+fn default_format(path: Option<&Path>) -> LinesFormat {
+    use std::os::unix::ffi::OsStrExt;
+    match path.map(|p| p.as_os_str().as_bytes()) {
+        Some(p) if p.ends_with(b".ndjson") || p.ends_with(b".jsonl") => LinesFormat::Ndjson,
+        _ => LinesFormat::Text,
     }
 }
 

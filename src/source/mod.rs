@@ -10,14 +10,35 @@
 
 mod doorbell;
 mod file_identity;
+mod kind;
 pub mod lines;
 mod memory;
 pub mod spool;
 mod sqlite;
 
 pub use doorbell::{Doorbell, SAFETY_NET};
+pub use kind::{Run, SourceAt, SourceKind};
 pub use memory::VecSource;
 pub use sqlite::{SqliteSource, SqliteSourceConfig};
+
+use kind::source_kinds;
+use lines::LinesConfig;
+use spool::SpoolConfig;
+
+// The registry: one line per kind (see `kind.rs`).
+source_kinds! {
+    Spool(SpoolConfig),
+    Lines(LinesConfig),
+    Sqlite(SqliteSourceConfig),
+}
+
+/// The warning `lote check` gives for a source file that does not exist yet.
+fn missing_source(path: &std::path::Path, what: &str) -> String {
+    format!(
+        "source.path: {} does not exist (yet); `lote run` refuses to start until it does; {what}",
+        path.display()
+    )
+}
 
 use std::fmt;
 use std::sync::Arc;

@@ -17,14 +17,19 @@
 //!   nothing: outcome and acknowledgement commit together or not at all.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
 
+use super::{missing_source, Run, SourceAt, SourceKind};
 use super::{Pull, ReturnReason, Source, SourceError};
+use crate::fsutil::same_file;
 use crate::item::{Item, Outcome, Status, DEFAULT_PRIORITY};
-use crate::sink::TableAck;
+use crate::sink::{SinkSpec, TableAck};
+use crate::spec::effective::{dur, map, path};
+use crate::spec::{self, absolute, Check, Dur, MAX_BUSY_TIMEOUT};
 use crate::sql::{columns, has_column, quote, set_busy_timeout, switch_to_wal};
 use crate::sync::Mutex;
 
@@ -345,6 +350,177 @@ fn bytes_of(value: ValueRef<'_>) -> Vec<u8> {
         ValueRef::Integer(i) => i.to_string().into_bytes(),
         ValueRef::Real(r) => r.to_string().into_bytes(),
         ValueRef::Null => Vec::new(),
+    }
+}
+
+/// `source: {kind: sqlite}` — a work table in a SQLite file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSourceKeys {
+    #[serde(rename = "kind", default)]
+    _kind: serde::de::IgnoredAny,
+    /// The database file. Required.
+    pub path: Option<PathBuf>,
+    /// The work table. Required. Letters, digits and `_`.
+    pub table: Option<String>,
+    /// Default `id`.
+    pub id_column: Option<String>,
+    /// Default `payload` (TEXT or BLOB).
+    pub payload_column: Option<String>,
+    /// Default `priority`; `null`: every item gets the default priority.
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub priority_column: Option<Option<String>>,
+    /// Default `status`.
+    pub status_column: Option<String>,
+    /// Status values. Defaults `pending`, `running`, `done`, `failed`.
+    pub pending: Option<String>,
+    pub running: Option<String>,
+    pub done: Option<String>,
+    pub failed: Option<String>,
+    /// Wait this long for a lock another process holds. Default 5s.
+    pub busy_timeout: Option<Dur>,
+}
+
+/// Tells `key: null` (Some(None)) from a missing key (None).
+fn explicit_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+impl SourceKind for SqliteSourceConfig {
+    const NAME: &'static str = "sqlite";
+    type Keys = SqliteSourceKeys;
+
+    fn build(s: SqliteSourceKeys, at: &SourceAt, check: &Check) -> spec::Result<Self> {
+        let Some(path) = s.path else {
+            return check.err(
+                "source.path",
+                "is missing; expected the SQLite file holding the work table",
+            );
+        };
+        let Some(table) = s.table else {
+            return check.err("source.table", "is missing; expected the name of the work table");
+        };
+        check.path("source.path", &path)?;
+        let d = SqliteSourceConfig::new(absolute(at.state_dir, &path), table);
+        let config = SqliteSourceConfig {
+            id_column: s.id_column.unwrap_or(d.id_column),
+            payload_column: s.payload_column.unwrap_or(d.payload_column),
+            priority_column: s.priority_column.unwrap_or(d.priority_column),
+            status_column: s.status_column.unwrap_or(d.status_column),
+            pending: s.pending.unwrap_or(d.pending),
+            running: s.running.unwrap_or(d.running),
+            done: s.done.unwrap_or(d.done),
+            failed: s.failed.unwrap_or(d.failed),
+            busy_timeout: check.at_most(
+                "source.busy_timeout",
+                s.busy_timeout.map_or(d.busy_timeout, |t| t.0),
+                MAX_BUSY_TIMEOUT,
+            )?,
+            stream: false,
+            path: d.path,
+            table: d.table,
+        };
+        let names = [
+            ("table", Some(&config.table)),
+            ("id_column", Some(&config.id_column)),
+            ("payload_column", Some(&config.payload_column)),
+            ("priority_column", config.priority_column.as_ref()),
+            ("status_column", Some(&config.status_column)),
+        ];
+        for (key, name) in names {
+            if let Some(name) = name {
+                if !crate::sql::is_identifier(name) {
+                    return check.err(
+                        &format!("source.{key}"),
+                        format!("`{name}` is not a plain SQL name; expected letters, digits and `_` only"),
+                    );
+                }
+            }
+        }
+        let values = [
+            ("pending", &config.pending),
+            ("running", &config.running),
+            ("done", &config.done),
+            ("failed", &config.failed),
+        ];
+        for (i, (key, value)) in values.iter().enumerate() {
+            if value.is_empty() {
+                return check.err(
+                    &format!("source.{key}"),
+                    "is empty; expected the status value that means it",
+                );
+            }
+            if let Some((other, _)) = values[..i].iter().find(|(_, v)| v == value) {
+                return check.err(
+                    &format!("source.{key}"),
+                    format!("is `{value}`, the same as `{other}`; expected four different status values"),
+                );
+            }
+        }
+        Ok(config)
+    }
+
+    fn effective(&self) -> serde_yaml::Value {
+        map([
+            ("kind", Self::NAME.into()),
+            ("path", path(&self.path)),
+            ("table", self.table.as_str().into()),
+            ("id_column", self.id_column.as_str().into()),
+            ("payload_column", self.payload_column.as_str().into()),
+            (
+                "priority_column",
+                self.priority_column
+                    .as_deref()
+                    .map_or(serde_yaml::Value::Null, serde_yaml::Value::from),
+            ),
+            ("status_column", self.status_column.as_str().into()),
+            ("pending", self.pending.as_str().into()),
+            ("running", self.running.as_str().into()),
+            ("done", self.done.as_str().into()),
+            ("failed", self.failed.as_str().into()),
+            ("busy_timeout", dur(self.busy_timeout)),
+        ])
+    }
+
+    fn on_disk(&self, check: &mut Check) -> spec::Result<()> {
+        if self.path.is_dir() {
+            return check.err(
+                "source.path",
+                format!(
+                    "{} is a directory; expected the SQLite file holding the work table",
+                    self.path.display()
+                ),
+            );
+        }
+        if !self.path.exists() {
+            check.warnings.push(missing_source(
+                &self.path,
+                "expected the SQLite file holding the work table",
+            ));
+        }
+        Ok(())
+    }
+
+    fn shares_sink_file(&self, sink: &SinkSpec) -> bool {
+        sink.kind() == "sqlite" && same_file(&self.path, sink.path())
+    }
+
+    fn open(&self, stream: bool) -> Result<Arc<dyn Source>, String> {
+        let mut table = self.clone();
+        table.stream = stream;
+        let source = SqliteSource::open(table).map_err(|e| format!("opening the sqlite source: {e}"))?;
+        Ok(Arc::new(source))
+    }
+
+    fn open_for_run(&self, run: &Run) -> Result<(Arc<dyn Source>, Option<TableAck>), String> {
+        if !run.in_sink_file {
+            return Ok((self.open(run.stream)?, None));
+        }
+        let mut table = self.clone();
+        table.stream = run.stream;
+        let source = SqliteSource::open(table).map_err(|e| format!("opening the sqlite source: {e}"))?;
+        let table_ack = source.table_ack();
+        Ok((Arc::new(source.acked_in_sink_transaction()), Some(table_ack)))
     }
 }
 

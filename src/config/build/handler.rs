@@ -4,42 +4,34 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{absolute, Build, Result, MAX_DURATION, MAX_TRIES};
-use crate::config::raw::{self, RawHandler};
-use crate::config::{value, ConfigError, HandlerSpec, PolicySpec};
-use crate::handler::exec::{ExecConfig, ExecHandler};
-use crate::handler::http::{HttpConfig, HttpHandler};
-use crate::policy::{BreakerConfig, RetryPolicy, WhenOpen};
-use crate::session::Qos;
+use crate::config::{ConfigError, HandlerSpec, PolicySpec};
+use crate::handler::{HandlerAt, HandlerKeys};
+use crate::policy::{BreakerConfig, PolicyKeys, Qos, RetryPolicy, WhenOpen};
+use crate::spec::{Check, Result, MAX_DURATION, MAX_TRIES};
 
-impl Build<'_> {
+impl Check<'_> {
     pub(super) fn handler(
         &mut self,
-        raw: Option<RawHandler>,
+        raw: Option<HandlerKeys>,
         state_dir: &Path,
     ) -> Result<(HandlerSpec, PolicySpec, Qos)> {
         let Some(raw) = raw else {
             return Err(self.doc.whole("`handler:` is missing").with_key("handler"));
         };
         let (policy, qos) = self.policy(raw.policy())?;
-        let spec = match raw {
-            RawHandler::Exec(e) => HandlerSpec::Exec(self.exec(e, state_dir)?),
-            RawHandler::Http(h) => HandlerSpec::Http(self.http(h, policy.timeout)?),
-            RawHandler::Noop(_) => HandlerSpec::Noop,
+        let at = HandlerAt {
+            state_dir,
+            timeout: policy.timeout,
         };
+        let spec = HandlerSpec::build(raw, &at, self)?;
         // What `lote run` builds, built here too (it changes nothing): the
         // program resolved in PATH, the URL parsed, the method and headers
         // known to the client.
-        let built = match &spec {
-            HandlerSpec::Exec(config) => ExecHandler::new(config.clone()).map(drop),
-            HandlerSpec::Http(config) => HttpHandler::new(config.clone()).map(drop),
-            HandlerSpec::Noop => Ok(()),
-        };
-        built.map_err(|why| self.start_error(&why))?;
+        spec.start().map(drop).map_err(|why| self.start_error(&why))?;
         Ok((spec, policy, qos))
     }
 
-    fn policy(&mut self, p: &raw::RawPolicy) -> Result<(PolicySpec, Qos)> {
+    fn policy(&mut self, p: &PolicyKeys) -> Result<(PolicySpec, Qos)> {
         let qos = p.qos.unwrap_or_default();
         let timeout = self.opt_at_most("handler.timeout", p.timeout.map(|t| t.0), MAX_DURATION)?;
         if timeout == Some(Duration::ZERO) {
@@ -130,139 +122,5 @@ impl Build<'_> {
             &[key, "handler"],
             format!("{why}; expected a handler `lote run` can start"),
         )
-    }
-
-    fn exec(&mut self, e: raw::RawExec, state_dir: &Path) -> Result<ExecConfig> {
-        let d = ExecConfig::default();
-        let Some(command) = e.command else {
-            return self.err(
-                "handler.command",
-                format!(
-                    "is missing; expected the program and its arguments: {}",
-                    value::ARGV_EXPECTED
-                ),
-            );
-        };
-        let command = command.0;
-        let Some(program) = command.first() else {
-            return self.err(
-                "handler.command",
-                "is empty; expected the program and its arguments, e.g. [\"/usr/bin/foo\", \"--flag\"]",
-            );
-        };
-        if program.is_empty() {
-            return self.err(
-                "handler.command",
-                "starts with an empty program name; expected e.g. \"/usr/bin/foo\"",
-            );
-        }
-        self.check_program(program)?;
-        let fatal_exit_codes = e.fatal_exit_codes.unwrap_or(d.fatal_exit_codes);
-        if let Some(bad) = fatal_exit_codes.iter().find(|c| !(1..=255).contains(*c)) {
-            return self.err(
-                "handler.fatal_exit_codes",
-                format!("contains {bad}; expected exit codes from 1 to 255 (0 means success)"),
-            );
-        }
-        let env: Vec<(String, String)> = e.env.map_or(d.env, |m| m.into_iter().collect());
-        for (name, value) in &env {
-            if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
-                return self.err(
-                    &format!("handler.env.{name}"),
-                    "is not a valid environment variable; expected a name without `=` and values without NUL bytes",
-                );
-            }
-        }
-        Ok(ExecConfig {
-            command,
-            fatal_exit_codes,
-            output_limit: match e.output_limit {
-                None => d.output_limit,
-                Some(b) => self.usize_bytes("handler.output_limit", b.0)?,
-            },
-            kill_grace: self.at_most(
-                "handler.kill_grace",
-                e.kill_grace.map_or(d.kill_grace, |t| t.0),
-                MAX_DURATION,
-            )?,
-            env,
-            workdir: match e.workdir {
-                Some(w) => {
-                    self.path("handler.workdir", &w)?;
-                    Some(absolute(state_dir, &w))
-                }
-                None => None,
-            },
-        })
-    }
-
-    /// An absolute program must exist and be executable.
-    fn check_program(&self, program: &str) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let executable =
-            |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-        let path = Path::new(program);
-        if path.is_absolute() && !executable(path) {
-            return self.err(
-                "handler.command",
-                format!("the program {program} is not an executable file; expected the full path of a program"),
-            );
-        }
-        // A bare name is looked up in PATH by the handler itself (see `handler`).
-        Ok(())
-    }
-
-    fn http(&self, h: raw::RawHttp, timeout: Option<Duration>) -> Result<HttpConfig> {
-        let d = HttpConfig::default();
-        let Some(url) = h.url else {
-            return self.err(
-                "handler.url",
-                "is missing; expected the URL to send items to, e.g. https://example.com/items",
-            );
-        };
-        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
-        let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
-        if host.is_none_or(str::is_empty) || url.contains(char::is_whitespace) {
-            return self.err(
-                "handler.url",
-                format!("`{url}` is not an http(s) URL; expected http://host[:port]/path or https://…"),
-            );
-        }
-        let method = h.method.unwrap_or(d.method).to_ascii_uppercase();
-        if method.is_empty() || !method.chars().all(|c| c.is_ascii_alphabetic()) {
-            return self.err(
-                "handler.method",
-                format!("`{method}` is not an HTTP method; expected e.g. POST or PUT"),
-            );
-        }
-        let headers: Vec<(String, String)> = h.headers.map_or(d.headers, |m| m.into_iter().collect());
-        for (name, value) in &headers {
-            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-            if name.is_empty() || !name.chars().all(token) || value.contains(['\r', '\n']) {
-                return self.err(
-                    &format!("handler.headers.{name}"),
-                    "is not a valid header; expected a name of letters, digits and -, and a one-line value",
-                );
-            }
-        }
-        let connect_timeout = self.at_most(
-            "handler.connect_timeout",
-            h.connect_timeout.map_or(d.connect_timeout, |t| t.0),
-            MAX_DURATION,
-        )?;
-        if connect_timeout.is_zero() {
-            return self.err("handler.connect_timeout", "is 0; expected a limit like 5s");
-        }
-        Ok(HttpConfig {
-            url,
-            method,
-            headers,
-            connect_timeout,
-            timeout: timeout.unwrap_or(d.timeout),
-            output_limit: match h.output_limit {
-                None => d.output_limit,
-                Some(b) => self.usize_bytes("handler.output_limit", b.0)?,
-            },
-        })
     }
 }

@@ -8,31 +8,20 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::{
-    RawConfig, RawDeadLetter, RawExec, RawHandler, RawHttp, RawJsonlSink, RawLines, RawNone, RawNoop, RawSink,
-    RawSource, RawSpool, RawSqliteSink, RawSqliteSource, TOP_KEYS,
-};
+use super::{RawConfig, RawDeadLetter, RawNone, TOP_KEYS};
+use crate::handler::HandlerKeys;
+use crate::sink::SinkKeys;
+use crate::source::SourceKeys;
 
 /// The source kinds this build has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SourceKind {
-    Spool,
-    Lines,
-    Sqlite,
-}
+/// A source kind: its name in the source registry ([`crate::source::KINDS`]).
+pub type SourceKind = &'static str;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandlerKind {
-    Exec,
-    Http,
-    Noop,
-}
+/// A handler kind: its name in the handler registry ([`crate::handler::KINDS`]).
+pub type HandlerKind = &'static str;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SinkKind {
-    Sqlite,
-    Jsonl,
-}
+/// A sink kind: its name in the sink registry ([`crate::sink::KINDS`]).
+pub type SinkKind = &'static str;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeadLetterKind {
@@ -53,55 +42,49 @@ pub struct Kinds {
 /// names that are not built yet (so the error can say so).
 pub struct Section {
     pub key: &'static str,
-    pub kinds: &'static [&'static str],
+    pub kinds: Vec<&'static str>,
     pub later: &'static [&'static str],
 }
 
-pub const SOURCE: Section = Section {
-    key: "source",
-    kinds: &["spool", "lines", "sqlite"],
-    later: &["inbox"],
-};
-pub const HANDLER: Section = Section {
-    key: "handler",
-    kinds: &["exec", "http", "noop"],
-    later: &["parallel", "sequence", "fan_out"],
-};
-pub const SINK: Section = Section {
-    key: "sink",
-    kinds: &["sqlite", "jsonl"],
-    later: &[],
-};
-pub const DEAD_LETTER: Section = Section {
-    key: "dead_letter",
-    kinds: &["sqlite", "jsonl", "none"],
-    later: &[],
-};
+pub fn source_section() -> Section {
+    Section {
+        key: "source",
+        kinds: crate::source::KINDS.to_vec(),
+        later: &["inbox"],
+    }
+}
+pub fn handler_section() -> Section {
+    Section {
+        key: "handler",
+        kinds: crate::handler::KINDS.to_vec(),
+        later: &["parallel", "sequence", "fan_out"],
+    }
+}
+pub fn sink_section() -> Section {
+    Section {
+        key: "sink",
+        kinds: crate::sink::KINDS.to_vec(),
+        later: &[],
+    }
+}
+pub fn dead_letter_section() -> Section {
+    Section {
+        key: "dead_letter",
+        kinds: crate::sink::KINDS.iter().copied().chain(["none"]).collect(),
+        later: &[],
+    }
+}
 
 pub fn source_kind(name: &str) -> Option<SourceKind> {
-    Some(match name {
-        "spool" => SourceKind::Spool,
-        "lines" => SourceKind::Lines,
-        "sqlite" => SourceKind::Sqlite,
-        _ => return None,
-    })
+    crate::source::KINDS.iter().copied().find(|&kind| kind == name)
 }
 
 pub fn handler_kind(name: &str) -> Option<HandlerKind> {
-    Some(match name {
-        "exec" => HandlerKind::Exec,
-        "http" => HandlerKind::Http,
-        "noop" => HandlerKind::Noop,
-        _ => return None,
-    })
+    crate::handler::KINDS.iter().copied().find(|&kind| kind == name)
 }
 
 pub fn sink_kind(name: &str) -> Option<SinkKind> {
-    Some(match name {
-        "sqlite" => SinkKind::Sqlite,
-        "jsonl" => SinkKind::Jsonl,
-        _ => return None,
-    })
+    crate::sink::KINDS.iter().copied().find(|&kind| kind == name)
 }
 
 pub fn dead_letter_kind(name: &str) -> Option<DeadLetterKind> {
@@ -205,44 +188,39 @@ fn no_kind<E: de::Error>(section: &str) -> E {
 struct SourceSeed(Option<SourceKind>);
 
 impl<'de> DeserializeSeed<'de> for SourceSeed {
-    type Value = RawSource;
+    type Value = SourceKeys;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawSource, D::Error> {
-        Ok(match self.0 {
-            Some(SourceKind::Spool) => RawSource::Spool(RawSpool::deserialize(d)?),
-            Some(SourceKind::Lines) => RawSource::Lines(RawLines::deserialize(d)?),
-            Some(SourceKind::Sqlite) => RawSource::Sqlite(RawSqliteSource::deserialize(d)?),
-            None => return Err(no_kind("source")),
-        })
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SourceKeys, D::Error> {
+        match self.0 {
+            Some(kind) => SourceKeys::deserialize_kind(kind, d),
+            None => Err(no_kind("source")),
+        }
     }
 }
 
 struct HandlerSeed(Option<HandlerKind>);
 
 impl<'de> DeserializeSeed<'de> for HandlerSeed {
-    type Value = RawHandler;
+    type Value = HandlerKeys;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawHandler, D::Error> {
-        Ok(match self.0 {
-            Some(HandlerKind::Exec) => RawHandler::Exec(RawExec::deserialize(d)?),
-            Some(HandlerKind::Http) => RawHandler::Http(RawHttp::deserialize(d)?),
-            Some(HandlerKind::Noop) => RawHandler::Noop(RawNoop::deserialize(d)?),
-            None => return Err(no_kind("handler")),
-        })
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<HandlerKeys, D::Error> {
+        match self.0 {
+            Some(kind) => HandlerKeys::deserialize_kind(kind, d),
+            None => Err(no_kind("handler")),
+        }
     }
 }
 
 struct SinkSeed(Option<SinkKind>);
 
 impl<'de> DeserializeSeed<'de> for SinkSeed {
-    type Value = RawSink;
+    type Value = SinkKeys;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawSink, D::Error> {
-        Ok(match self.0 {
-            Some(SinkKind::Sqlite) => RawSink::Sqlite(RawSqliteSink::deserialize(d)?),
-            Some(SinkKind::Jsonl) => RawSink::Jsonl(RawJsonlSink::deserialize(d)?),
-            None => return Err(no_kind("sink")),
-        })
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SinkKeys, D::Error> {
+        match self.0 {
+            Some(kind) => SinkKeys::deserialize_kind(kind, d),
+            None => Err(no_kind("sink")),
+        }
     }
 }
 

@@ -67,6 +67,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 mod group;
+mod kind;
 mod pump;
 
 use group::{Groups, Running};
@@ -306,6 +307,10 @@ impl Handler for ExecHandler {
             }
             (None, None) => Err(Failure::retryable(with_tail(format!("ended with {status}")))),
         }
+    }
+
+    fn kill_running(&self) {
+        self.kill_all_running();
     }
 }
 

@@ -86,6 +86,7 @@
 //!   is put back and waits again.
 
 mod files;
+mod kind;
 mod priority;
 mod scan;
 mod watch;

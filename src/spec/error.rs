@@ -47,7 +47,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The text being read, to turn findings into located errors.
-pub(super) struct Doc<'a> {
+pub struct Doc<'a> {
     pub file: &'a Path,
     pub text: &'a str,
 }
@@ -129,7 +129,7 @@ impl Doc<'_> {
             key = Some(dotted);
             message = format!("{message}; expected each key once per section");
         } else if body.contains("more than one document") {
-            at = at.or_else(|| super::text::second_document(self.text));
+            at = at.or_else(|| second_document(self.text));
             message = "the file holds more than one YAML document (a second `---` or content after `...`); \
                        expected one document: remove the second one or merge it into the first"
                 .to_string();
@@ -258,7 +258,7 @@ fn hint_for_unknown(section: &str, field: &str, serde_message: &str) -> String {
 
 /// "; did you mean `threads`?" when one of the backquoted names after
 /// "expected" in serde's message is within edit distance 2 of `given`.
-pub(super) fn did_you_mean(given: &str, serde_message: &str) -> String {
+pub fn did_you_mean(given: &str, serde_message: &str) -> String {
     let Some((_, expected)) = serde_message.split_once("expected") else {
         return String::new();
     };
@@ -277,7 +277,7 @@ pub(super) fn did_you_mean(given: &str, serde_message: &str) -> String {
 }
 
 /// Edit distance (insertions, deletions, substitutions) between two words.
-pub(super) fn levenshtein(a: &str, b: &str) -> usize {
+pub fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -336,7 +336,7 @@ fn key_of(body: &str) -> Option<(&str, &str)> {
 /// the last of several equal keys in one section (a duplicate). Block
 /// mappings at any depth, and a one-line flow mapping as the last level.
 /// Never panics; `None` when the key is not written.
-pub(super) fn locate(text: &str, key: &str, last: bool) -> Option<(usize, usize)> {
+pub fn locate(text: &str, key: &str, last: bool) -> Option<(usize, usize)> {
     let segments: Vec<&str> = key.split('.').collect();
     let lines = significant_lines(text);
     let mut range = 0..lines.len();
@@ -404,6 +404,36 @@ fn locate_parent(text: &str, key: &str) -> Option<(usize, usize)> {
             return Some(found);
         }
         key = parent;
+    }
+    None
+}
+
+/// The line and column where a second YAML document starts: a `---` after
+/// content or after another `---`, or content after a `...`. `None` if none
+/// is found (serde_yaml's own count is then trusted, without a place).
+pub fn second_document(text: &str) -> Option<(usize, usize)> {
+    let mut started = false; // a document is open (explicitly or by content)
+    let mut ended = false; // a `...` closed it
+    for (number, line) in text.split('\n').enumerate() {
+        let marker = |m: &str| {
+            line.strip_prefix(m)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
+        };
+        let content = !line.trim().is_empty() && !line.trim_start().starts_with('#');
+        if marker("---") {
+            if started || ended {
+                return Some((number + 1, 1));
+            }
+            started = true;
+        } else if marker("...") {
+            ended = started;
+            started = false;
+        } else if content {
+            if ended {
+                return Some((number + 1, 1));
+            }
+            started = true;
+        }
     }
     None
 }
