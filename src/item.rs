@@ -67,6 +67,77 @@ impl fmt::Debug for Item {
     }
 }
 
+/// An item as a JSON object `{"id", "priority", "payload"}` (an NDJSON line
+/// of a lines source, a line of `lote push --format ndjson`, an HTTP
+/// `POST /items` body): what was given. Other members are ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonItem {
+    /// A string, or a number written as its decimal text; `None` when absent
+    /// or `null` (the reader picks one).
+    pub id: Option<String>,
+    /// `None` when absent or `null`.
+    pub priority: Option<Priority>,
+    /// A JSON string's text; any other JSON value as its compact JSON text.
+    pub payload: Vec<u8>,
+}
+
+impl JsonItem {
+    /// Reads one JSON object, or says what is wrong with it (a sentence
+    /// fragment: "it has no \"payload\"", "\"id\" is an empty string").
+    pub fn parse(raw: &[u8]) -> Result<JsonItem, String> {
+        use serde_json::Value;
+        let mut object = match serde_json::from_slice::<Value>(raw) {
+            Ok(Value::Object(object)) => object,
+            Ok(other) => return Err(format!("it is {}", json_kind(&other))),
+            Err(e) => return Err(e.to_string()),
+        };
+        let id = match object.remove("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) if id.is_empty() => return Err("\"id\" is an empty string".into()),
+            Some(Value::String(id)) => Some(id),
+            Some(Value::Number(id)) => Some(id.to_string()),
+            Some(other) => {
+                return Err(format!(
+                    "\"id\" must be a string or a number, not {}",
+                    json_kind(&other)
+                ))
+            }
+        };
+        let priority = match object.remove("priority") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(p)) => match p.as_i64().and_then(|p| Priority::try_from(p).ok()) {
+                Some(p) => Some(p),
+                None => return Err(format!("\"priority\" must be a 32-bit integer, not {p}")),
+            },
+            Some(other) => {
+                return Err(format!(
+                    "\"priority\" must be an integer, not {}",
+                    json_kind(&other)
+                ))
+            }
+        };
+        let payload = match object.remove("payload") {
+            None => return Err("it has no \"payload\"".into()),
+            Some(Value::String(text)) => text.into_bytes(),
+            Some(other) => other.to_string().into_bytes(),
+        };
+        Ok(JsonItem { id, priority, payload })
+    }
+}
+
+/// "a string", "an array", … for messages.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// How an item's processing ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Status {

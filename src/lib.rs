@@ -114,7 +114,7 @@ pub mod writer;
 
 pub use commit::Committer;
 pub use handler::{CallContext, Failure, FailureKind, Handler};
-pub use item::{Item, Outcome, Priority, Status};
+pub use item::{Item, JsonItem, Outcome, Priority, Status};
 pub use queue::{Message, PushError, QueueConfig, WhenFull, WorkQueue};
 pub use session::{EndReason, Qos, Session, SessionConfig, SessionSummary, StopHandle, StopLevel, StopReason};
 pub use source::Source;

@@ -56,11 +56,9 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::file_identity::{Compared, FileIdentity};
 use super::{missing_source, Pull, ReturnReason, Run, Source, SourceAt, SourceError, SourceKind};
-use crate::item::{Item, Outcome, Priority, DEFAULT_PRIORITY};
+use crate::item::{Item, JsonItem, Outcome, DEFAULT_PRIORITY};
 use crate::sink::TableAck;
 use crate::spec::effective::{self, bytes, map, spelled};
 use crate::spec::{self, absolute, format_duration, ByteSize, Check};
@@ -520,50 +518,14 @@ fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>, keep: usize) -> io::Re
 
 /// One NDJSON line as an item, or as a defective item saying what is wrong.
 fn ndjson_item(line: u64, raw: &[u8]) -> Item {
-    let defective = |why: String| {
-        Item::defective(
+    match JsonItem::parse(raw) {
+        Ok(item) => Item::new(item.id.unwrap_or_else(|| line.to_string()), item.payload)
+            .with_priority(item.priority.unwrap_or(DEFAULT_PRIORITY)),
+        Err(why) => Item::defective(
             line.to_string(),
             raw,
             format!("line {line} is not a JSON object with id/priority/payload: {why}"),
-        )
-    };
-    let mut object = match serde_json::from_slice::<Value>(raw) {
-        Ok(Value::Object(object)) => object,
-        Ok(other) => return defective(format!("it is {}", kind(&other))),
-        Err(e) => return defective(e.to_string()),
-    };
-    let id = match object.remove("id") {
-        None | Some(Value::Null) => line.to_string(),
-        Some(Value::String(id)) if id.is_empty() => return defective("\"id\" is an empty string".into()),
-        Some(Value::String(id)) => id,
-        Some(Value::Number(id)) => id.to_string(),
-        Some(other) => return defective(format!("\"id\" must be a string or a number, not {}", kind(&other))),
-    };
-    let priority = match object.remove("priority") {
-        None | Some(Value::Null) => DEFAULT_PRIORITY,
-        Some(Value::Number(p)) => match p.as_i64().and_then(|p| Priority::try_from(p).ok()) {
-            Some(p) => p,
-            None => return defective(format!("\"priority\" must be a 32-bit integer, not {p}")),
-        },
-        Some(other) => return defective(format!("\"priority\" must be an integer, not {}", kind(&other))),
-    };
-    let payload = match object.remove("payload") {
-        None => return defective("it has no \"payload\"".into()),
-        Some(Value::String(text)) => text.into_bytes(),
-        Some(other) => other.to_string().into_bytes(),
-    };
-    Item::new(id, payload).with_priority(priority)
-}
-
-/// "a string", "an array", … for messages.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        ),
     }
 }
 
