@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The config file used when `-c` is not given and it exists.
 pub const SYSTEM_CONFIG: &str = "/etc/lote/config.yaml";
@@ -92,9 +92,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put items from stdin into the inbox (source.kind: inbox), whether
+    /// or not the daemon runs. One item per line; blank lines are skipped.
+    /// Prints what it accepted. Exit 0 when every item is durable, 75 when
+    /// the inbox is full (the items accepted before stay; it says how
+    /// many), 1 on an error (a malformed line: the items before it stay).
+    Push {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// `text`: each line is one item's payload (lote makes its id);
+        /// `ndjson`: each line is {"id", "priority", "payload"} (id and
+        /// priority optional).
+        #[arg(long, value_enum, default_value_t = PushFormat::Text)]
+        format: PushFormat,
+    },
     /// List or requeue items that failed for good.
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
+}
+
+/// How `lote push` reads its lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PushFormat {
+    Text,
+    Ndjson,
 }
 
 #[derive(Subcommand, Debug)]

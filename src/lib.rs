@@ -101,6 +101,7 @@ pub mod item;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod push;
 pub mod queue;
 pub mod session;
 pub mod sink;

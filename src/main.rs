@@ -5,7 +5,7 @@
 //!
 //! Exit codes: 0 done (or stopped by a signal), 1 fatal error (config, I/O),
 //! 2 usage, 3 some items failed (dead-lettered), 4 stopped by the deadline
-//! with items left.
+//! with items left; `lote push`: 75 (EX_TEMPFAIL) when the inbox is full.
 
 use std::process::ExitCode;
 
@@ -14,6 +14,10 @@ use clap::Parser;
 use lote::cli::{Cli, Command, DeadLetterCommand};
 use lote::daemon::{self, RunOptions};
 use lote::status::Status;
+
+/// `lote push`'s exit code for a full inbox (sysexits' EX_TEMPFAIL: try
+/// again later).
+const EX_TEMPFAIL: u8 = 75;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -77,6 +81,21 @@ fn run(command: Command) -> Result<u8, String> {
                 println!("{status}");
             }
             Ok(0)
+        }
+        Command::Push { config, format } => {
+            let (_, loaded) = config.load()?;
+            init_logging(&loaded.log);
+            match lote::push::push(&loaded, std::io::stdin().lock(), format) {
+                Ok(pushed) => {
+                    println!("{pushed}");
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("{}", e.pushed);
+                    eprintln!("lote: {}", e.message);
+                    Ok(if e.full { EX_TEMPFAIL } else { 1 })
+                }
+            }
         }
         Command::DeadLetter(DeadLetterCommand::List { config, json }) => {
             let (_, loaded) = config.load()?;

@@ -2,6 +2,7 @@
 //! config check: plain SQL names, a table's columns, and how a connection
 //! is set up (busy timeout, WAL). A leaf: it imports rusqlite and std only.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode};
@@ -29,6 +30,17 @@ pub fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> 
 /// regard to ASCII case, so this does too.
 pub fn has_column(columns: &[String], name: &str) -> bool {
     columns.iter().any(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// The name to hand SQLite for a file. Our bundled SQLite reads names
+/// starting with `file:` as URIs; `./` keeps a relative file of that name a
+/// plain file.
+pub fn sqlite_path(path: &Path) -> PathBuf {
+    if path.to_str().is_some_and(|p| p.starts_with("file:")) {
+        Path::new(".").join(path)
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// Sets SQLite's busy timeout, capped at the most it takes (`i32::MAX`

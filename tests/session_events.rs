@@ -111,6 +111,8 @@ fn a_queue_rising_past_80_percent_is_counted_once_per_crossing() {
                 writer: None,
                 breaker: None,
                 threads: 1,
+                inbox: None,
+                stopping: false,
             },
             "running",
             "config.yaml",

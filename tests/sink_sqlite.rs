@@ -66,6 +66,7 @@ fn ack() -> TableAck {
         status_column: "state".into(),
         done_value: "finished".into(),
         failed_value: "broken".into(),
+        also_set: "",
     }
 }
 

@@ -32,11 +32,13 @@ impl Check<'_> {
         let log = raw.log.map_or(DEFAULT_LOG, |l| l.as_str()).to_string();
 
         let (mut session, every) = self.session(raw.session.unwrap_or_default(), raw.queue.unwrap_or_default())?;
-        let source = self.source(raw.source, &state_dir, every)?;
+        // The sink before the source: an inbox lives in the sink's file by
+        // default.
+        let (sink, writer) = self.sink(raw.sink, &state_dir)?;
+        let source = self.source(raw.source, &state_dir, every, &sink)?;
         let (handler, policy, qos) = self.handler(raw.handler, &state_dir)?;
         session.qos = qos;
 
-        let (sink, writer) = self.sink(raw.sink, &state_dir)?;
         let dead_letter = self.dead_letter(raw.dead_letter, &state_dir)?;
         if let Some(dead) = &dead_letter {
             if dead.path() == sink.path() {

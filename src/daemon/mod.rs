@@ -404,8 +404,9 @@ fn reload(parts: &mut Parts, config: Config, options: &RunOptions) -> Result<u64
         // connection); nothing runs until the parts are rebuilt.
         parts.source = Arc::new(crate::source::VecSource::new(Vec::new()));
         parts.table_ack = None;
+        parts.intake = None;
     }
-    let live = |keep: bool| keep.then(|| (Arc::clone(&parts.source), parts.table_ack.clone()));
+    let live = |keep: bool| keep.then(|| (Arc::clone(&parts.source), parts.table_ack.clone(), parts.intake.clone()));
     match Parts::build(config, stream, options.resume, live(keep)) {
         Ok(mut new) => {
             keep_breaker((&parts.config, &parts.policy), (&new.config, &mut new.policy));

@@ -14,7 +14,7 @@ use crate::handler::Handler;
 use crate::policy::{BreakerState, CallPolicy};
 use crate::session::Qos;
 use crate::sink::{Record, Sink, TableAck};
-use crate::source::{Run, Source};
+use crate::source::{Intake, Run, Source};
 use crate::writer::{DrainReport, GiveBack, Writer, WriterConfig};
 
 use super::DaemonError;
@@ -28,6 +28,9 @@ pub(super) struct Parts {
     pub(super) opened: Opened,
     /// The acknowledgement the sink makes for a source in its own file.
     pub(super) table_ack: Option<TableAck>,
+    /// The way in of a source that takes pushes (an inbox): the listener's
+    /// `POST /items` and the status's inbox reading.
+    pub(super) intake: Option<Arc<Intake>>,
     pub(super) handler: Arc<dyn Handler>,
     /// `config.policy` built: its breaker is shared by every session.
     pub(super) policy: CallPolicy,
@@ -55,8 +58,9 @@ impl Opened {
     }
 }
 
-/// A source already open, to build new parts around.
-pub(super) type LiveSource = (Arc<dyn Source>, Option<TableAck>);
+/// A source already open, to build new parts around: the source, the
+/// acknowledgement its sink makes, its intake.
+pub(super) type LiveSource = (Arc<dyn Source>, Option<TableAck>, Option<Arc<Intake>>);
 
 impl Parts {
     /// Builds everything `config` names. `stream`: sources poll when empty.
@@ -72,7 +76,7 @@ impl Parts {
         let build = |what: &str, e: &dyn std::fmt::Display| DaemonError::Build(format!("{what}: {e}"));
         let opened = Opened::of(&config, stream);
         let stream = opened.stream;
-        let (source, table_ack) = match live {
+        let (source, table_ack, intake) = match live {
             Some(live) => live,
             None => open_for(&config, &opened, resume)?,
         };
@@ -100,6 +104,7 @@ impl Parts {
             source,
             opened,
             table_ack,
+            intake,
             handler,
             writer: Arc::new(writer),
         })
@@ -117,8 +122,9 @@ impl Parts {
     }
 }
 
-/// Opens the source of `config` as `opened` says; a sqlite source in the
-/// sink's own file comes with the acknowledgement the sink makes for it.
+/// Opens the source of `config` as `opened` says; a source in the sink's
+/// own file comes with the acknowledgement the sink makes for it, and one
+/// that takes pushes with its intake.
 fn open_for(config: &Config, opened: &Opened, resume: bool) -> Result<LiveSource, DaemonError> {
     let run = Run {
         stream: opened.stream,
@@ -127,7 +133,12 @@ fn open_for(config: &Config, opened: &Opened, resume: bool) -> Result<LiveSource
         sink_path: config.sink.path(),
         in_sink_file: opened.in_sink_file,
     };
-    config.source.open_for_run(&run).map_err(DaemonError::Build)
+    let (source, table_ack) = config.source.open_for_run(&run).map_err(DaemonError::Build)?;
+    let intake = match config.source.intake(source.doorbell()) {
+        Some(intake) => Some(Arc::new(intake.map_err(DaemonError::Build)?)),
+        None => None,
+    };
+    Ok((source, table_ack, intake))
 }
 
 fn open_sink(spec: &SinkSpec, table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, DaemonError> {

@@ -46,6 +46,7 @@ pub(super) struct Inputs {
     /// running one's so that the reported counters never go back to 0.
     pub(super) retired: WriterCounters,
     pub(super) breaker: Option<Arc<crate::policy::Breaker>>,
+    pub(super) intake: Option<Arc<crate::source::Intake>>,
     pub(super) threads: usize,
     pub(super) status_file: PathBuf,
     pub(super) textfile: Option<PathBuf>,
@@ -75,6 +76,8 @@ impl Shared {
                 writer: writer_metrics.as_deref(),
                 breaker: inputs.breaker.as_deref(),
                 threads: inputs.threads,
+                inbox: inputs.intake.as_deref(),
+                stopping: self.stop.is_stopping(),
             },
             self.state(&inputs).as_str(),
             &self.config_path.display().to_string(),
@@ -99,11 +102,21 @@ impl Shared {
             log::warn!("writing the status file {}: {e}", status_file.display());
         }
         if let Some(textfile) = textfile {
-            let text = prometheus::render(&status, &self.metrics);
+            let text = self.metrics_text(&status);
             if let Err(e) = crate::fsutil::replace_file(&textfile, text.as_bytes()) {
                 log::warn!("writing the metrics textfile {}: {e}", textfile.display());
             }
         }
+    }
+
+    /// The Prometheus text of `status` and the live histograms: the
+    /// textfile's and `GET /metrics`'s.
+    pub(super) fn metrics_text(&self, status: &Status) -> String {
+        let mut text = prometheus::render(status, &self.metrics);
+        if let Some(intake) = self.inputs.lock().intake.clone() {
+            text.push_str(&prometheus::inbox_histograms(intake.stats()));
+        }
+        text
     }
 
     pub(super) fn set_state(&self, state: DaemonState) {
@@ -151,6 +164,7 @@ pub(super) fn inputs_of(parts: &Parts) -> Inputs {
         writer: Some(Arc::clone(&parts.writer)),
         retired: WriterCounters::default(),
         breaker: parts.policy.breaker.clone(),
+        intake: parts.intake.clone(),
         threads: config.session.threads,
         status_file: config.state_dir.join("status.json"),
         textfile: config.metrics.textfile.clone(),

@@ -27,6 +27,12 @@ pub trait SinkKind: Sized {
     fn effective(&self) -> Value;
     /// The file it writes.
     fn path(&self) -> &Path;
+    /// Whether it can mark a work table of its own file in the transaction
+    /// that writes the outcomes ([`TableAck`]): a source in that file is
+    /// then acknowledged with its outcomes, at once.
+    fn acks_in_transaction(&self) -> bool {
+        false
+    }
     /// Opens it; `table_ack` only when a SQLite source shares its file.
     fn open(&self, table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, String>;
     /// Every record it holds (`dead-letter list`, `requeue`).
@@ -233,6 +239,12 @@ macro_rules! sink_kinds {
             pub fn busy_timeout(&self) -> std::time::Duration {
                 match self {
                     $(SinkSpec::$Variant(c) => SinkKind::busy_timeout(c),)*
+                }
+            }
+
+            pub fn acks_in_transaction(&self) -> bool {
+                match self {
+                    $(SinkSpec::$Variant(c) => SinkKind::acks_in_transaction(c),)*
                 }
             }
 

@@ -52,7 +52,7 @@ use super::{encode_payload, sink_keys, DoneLookup, Place, Record, Role, Sink, Si
 use crate::item::{Outcome, Status};
 use crate::spec::effective::{self, dur, map};
 use crate::spec::{self, absolute, Check, Dur, MAX_BUSY_TIMEOUT};
-use crate::sql::{columns, has_column, is_identifier, set_busy_timeout, switch_to_wal};
+use crate::sql::{columns, has_column, is_identifier, set_busy_timeout, sqlite_path, switch_to_wal};
 
 /// The schema this lote writes, kept in `PRAGMA user_version` (0 = a new
 /// file). Both roles share it when they share a file.
@@ -161,6 +161,10 @@ impl SinkKind for SqliteConfig {
         &self.path
     }
 
+    fn acks_in_transaction(&self) -> bool {
+        true
+    }
+
     fn open(&self, table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, String> {
         let sink = SqliteSink::open(self.clone()).map_err(|e| e.to_string())?;
         Ok(match table_ack {
@@ -198,6 +202,11 @@ pub struct TableAck {
     pub done_value: String,
     /// What `status_column` becomes for a failed item.
     pub failed_value: String,
+    /// More assignments for the same `UPDATE`, spliced in after the status
+    /// one: `""`, or e.g. `", payload = NULL"` (the inbox forgets a
+    /// finished item's payload). `'static`: only lote's own code writes it,
+    /// never a config.
+    pub also_set: &'static str,
 }
 
 /// A validated [`TableAck`] and the statement it runs.
@@ -360,8 +369,8 @@ impl SqliteSink {
             }
         }
         let sql = format!(
-            "UPDATE \"{}\" SET \"{}\" = ?1 WHERE \"{}\" = ?2",
-            ack.table, ack.status_column, ack.id_column
+            "UPDATE \"{}\" SET \"{}\" = ?1{} WHERE \"{}\" = ?2",
+            ack.table, ack.status_column, ack.also_set, ack.id_column
         );
         self.ack = Some(Ack { config: ack, sql });
         Ok(self)
@@ -668,16 +677,6 @@ fn create_parent(path: &Path) -> Result<(), SinkError> {
         Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent)
             .map_err(|e| SinkError::io(path, format!("cannot create the directory {}: {e}", parent.display()))),
         _ => Ok(()),
-    }
-}
-
-/// The name to hand SQLite. Our bundled SQLite reads names starting with
-/// `file:` as URIs; `./` keeps a relative file of that name a plain file.
-fn sqlite_path(path: &Path) -> PathBuf {
-    if path.to_str().is_some_and(|p| p.starts_with("file:")) {
-        Path::new(".").join(path)
-    } else {
-        path.to_path_buf()
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
-use super::Source;
+use super::{Doorbell, Intake, Source};
 use crate::sink::{SinkSpec, TableAck};
 use crate::spec::{self, Check};
 
@@ -50,6 +50,12 @@ pub trait SourceKind: Sized {
     /// Opens it (`dead-letter requeue`; the default for a run). Errors are
     /// whole sentences: "opening the spool source: …".
     fn open(&self, stream: bool) -> Result<Arc<dyn Source>, String>;
+    /// For a kind other processes push items into (the inbox): its way in,
+    /// opened. `bell`: the running source's, rung after each commit. `None`:
+    /// this kind takes no pushes.
+    fn intake(&self, _bell: Option<Arc<Doorbell>>) -> Option<Result<Intake, String>> {
+        None
+    }
     /// Opens it for a run.
     fn open_for_run(&self, run: &Run) -> Result<(Arc<dyn Source>, Option<TableAck>), String> {
         Ok((self.open(run.stream)?, None))
@@ -62,6 +68,8 @@ pub struct SourceAt<'a> {
     pub state_dir: &'a Path,
     /// `session.every`, if sessions start on a period.
     pub every: Option<Duration>,
+    /// The sink, already built (an inbox lives in its file by default).
+    pub sink: &'a SinkSpec,
 }
 
 /// What opening a source for a run sees besides its config.
@@ -155,6 +163,15 @@ macro_rules! source_kinds {
             pub fn open(&self, stream: bool) -> Result<std::sync::Arc<dyn Source>, String> {
                 match self {
                     $(SourceSpec::$Variant(c) => SourceKind::open(c, stream),)*
+                }
+            }
+
+            pub fn intake(
+                &self,
+                bell: Option<std::sync::Arc<$crate::source::Doorbell>>,
+            ) -> Option<Result<$crate::source::Intake, String>> {
+                match self {
+                    $(SourceSpec::$Variant(c) => SourceKind::intake(c, bell),)*
                 }
             }
 

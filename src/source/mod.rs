@@ -10,13 +10,16 @@
 
 mod doorbell;
 mod file_identity;
+pub mod inbox;
 mod kind;
 pub mod lines;
 mod memory;
 pub mod spool;
 mod sqlite;
+mod watch;
 
 pub use doorbell::{Doorbell, SAFETY_NET};
+pub use inbox::{Admitted, InboxConfig, InboxSource, Intake, IntakeStats, Refused};
 pub use kind::{Run, SourceAt, SourceKind};
 pub use memory::VecSource;
 pub use sqlite::{SqliteSource, SqliteSourceConfig};
@@ -30,6 +33,7 @@ source_kinds! {
     Spool(SpoolConfig),
     Lines(LinesConfig),
     Sqlite(SqliteSourceConfig),
+    Inbox(InboxConfig),
 }
 
 /// The warning `lote check` gives for a source file that does not exist yet.

@@ -168,6 +168,7 @@ impl SqliteSource {
             status_column: self.config.status_column.clone(),
             done_value: self.config.done.clone(),
             failed_value: self.config.failed.clone(),
+            also_set: "",
         }
     }
 
@@ -502,7 +503,7 @@ impl SourceKind for SqliteSourceConfig {
     }
 
     fn shares_sink_file(&self, sink: &SinkSpec) -> bool {
-        sink.kind() == "sqlite" && same_file(&self.path, sink.path())
+        sink.acks_in_transaction() && same_file(&self.path, sink.path())
     }
 
     fn open(&self, stream: bool) -> Result<Arc<dyn Source>, String> {

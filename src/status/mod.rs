@@ -39,6 +39,7 @@ use crate::policy::{Breaker, BreakerState};
 pub use crate::session::SessionCounts;
 use crate::session::SessionSummary;
 use crate::sink::timestamp;
+use crate::source::Intake;
 pub use crate::writer::WriterCounters;
 use crate::writer::WriterMetrics;
 
@@ -67,6 +68,10 @@ pub struct Status {
     pub breaker: Option<BreakerStatus>,
     /// `None` if outcomes are not persisted through the write-behind thread.
     pub writer: Option<WriterStatus>,
+    /// The inbox, when the source is one (SPEC §3.11, seed 000's queue
+    /// status); `None` otherwise.
+    #[serde(default)]
+    pub inbox: Option<InboxStatus>,
     /// Cumulative since the daemon started.
     pub counters: Counters,
     /// Cumulative since the daemon started.
@@ -239,6 +244,44 @@ impl From<QueueReading> for QueueStatus {
     }
 }
 
+/// The inbox: how full it is, whether it takes pushes, and what its intake
+/// did since the daemon started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxStatus {
+    /// Unfinished items (pending + running); `None` if reading it failed.
+    pub depth: Option<u64>,
+    pub capacity: u64,
+    /// Whether a push would be taken now: below capacity, not stopping.
+    pub accepting: bool,
+    /// Items made durable by pushes, duplicates acknowledged, pushes refused
+    /// because the inbox was full.
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub refused_full: u64,
+    /// Group commits, and the requests they carried.
+    pub commits: u64,
+    pub requests: u64,
+}
+
+impl InboxStatus {
+    /// A reading of `intake` now; `stopping`: it takes no more pushes.
+    pub fn of(intake: &Intake, stopping: bool) -> InboxStatus {
+        let stats = intake.stats();
+        let depth = intake.depth().map_err(|e| log::warn!("{e}")).ok();
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        InboxStatus {
+            depth,
+            capacity: intake.capacity(),
+            accepting: !stopping && depth.is_some_and(|d| d < intake.capacity()),
+            accepted: read(&stats.accepted),
+            duplicates: read(&stats.duplicates),
+            refused_full: read(&stats.refused_full),
+            commits: read(&stats.commits),
+            requests: read(&stats.requests),
+        }
+    }
+}
+
 /// The three latency histograms, summarised.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latencies {
@@ -300,6 +343,10 @@ pub struct StatusSources<'a> {
     pub breaker: Option<&'a Breaker>,
     /// Worker threads per session.
     pub threads: usize,
+    /// The inbox's intake, if the source is an inbox.
+    pub inbox: Option<&'a Intake>,
+    /// Whether a stop was asked for (the inbox then takes no pushes).
+    pub stopping: bool,
 }
 
 impl Status {
@@ -336,6 +383,7 @@ impl Status {
                 consecutive_failures: b.consecutive_failures(),
             }),
             writer: sources.writer.map(WriterStatus::from),
+            inbox: sources.inbox.map(|intake| InboxStatus::of(intake, sources.stopping)),
             counters: metrics.snapshot(),
             latency: Latencies {
                 queue_wait: Latency::from(&metrics.queue_wait.snapshot()),
@@ -383,6 +431,9 @@ impl Status {
         if let Some(w) = &self.writer {
             parts.push(format!("writer depth {} persisted {}", w.depth, w.counters.persisted));
         }
+        if let Some(i) = &self.inbox {
+            parts.push(format!("inbox {}/{}", shown(i.depth), i.capacity));
+        }
         parts.push(format!("p99 handler {}", ms(self.latency.handler.p99_ms)));
         parts.join(" | ")
     }
@@ -398,6 +449,15 @@ impl Status {
                     percent(q.len, q.capacity),
                     q.len,
                     q.capacity
+                ));
+            }
+        }
+        if let Some(i) = &self.inbox {
+            if let Some(depth) = i.depth.filter(|&d| queue_nearly_full(d, i.capacity)) {
+                warnings.push(format!(
+                    "inbox at {}% ({depth}/{})",
+                    percent(depth, i.capacity),
+                    i.capacity
                 ));
             }
         }
@@ -469,6 +529,23 @@ impl fmt::Display for Status {
                     w.counters.retries,
                     ms(w.last_flush_ms),
                     oldest.unwrap_or_default()
+                ),
+            )?;
+        }
+        if let Some(i) = &self.inbox {
+            line(
+                f,
+                "inbox",
+                format_args!(
+                    "{}/{}{}, accepted {}, duplicates {}, refused (full) {}, {} commits for {} requests",
+                    shown(i.depth),
+                    i.capacity,
+                    if i.accepting { "" } else { " (not accepting)" },
+                    i.accepted,
+                    i.duplicates,
+                    i.refused_full,
+                    i.commits,
+                    i.requests
                 ),
             )?;
         }
@@ -549,6 +626,11 @@ fn millis(d: Duration) -> f64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0
 }
 
+/// A reading that may have failed: the number, or `?`.
+fn shown(reading: Option<u64>) -> String {
+    reading.map_or_else(|| "?".to_string(), |n| n.to_string())
+}
+
 /// `part` as a whole percentage of `whole`, rounded (0 if `whole` is 0).
 fn percent(part: u64, whole: u64) -> u64 {
     if whole == 0 {
@@ -610,6 +692,7 @@ mod tests {
                 last_flush_ms: 3.25,
                 ..WriterStatus::default()
             }),
+            inbox: None,
             counters: Counters {
                 done: 1200,
                 failed: 3,
@@ -747,6 +830,8 @@ mod tests {
                 writer: None,
                 breaker: Some(&breaker),
                 threads: 3,
+                inbox: None,
+                stopping: false,
             },
             "idle",
             "config.yaml",

@@ -21,10 +21,13 @@
 //!   and `_sum` are exact.
 
 use std::fmt::{self, Write as _};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{DaemonState, Status};
 use crate::metrics::{HistogramSnapshot, Metrics};
+use crate::source::inbox::BATCH_BOUNDS;
+use crate::source::IntakeStats;
 
 /// The breaker's states, as `lote_breaker_state{state=…}` lists them.
 const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
@@ -231,6 +234,46 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         );
     }
 
+    if let Some(inbox) = &status.inbox {
+        if let Some(depth) = inbox.depth {
+            out.gauge(
+                "lote_inbox_depth",
+                "Unfinished items in the inbox (pending + running).",
+                depth,
+            );
+        }
+        out.gauge(
+            "lote_inbox_capacity",
+            "The inbox's capacity (source.capacity).",
+            inbox.capacity,
+        );
+        out.gauge(
+            "lote_inbox_accepting",
+            "1 while a push would be taken (below capacity, not stopping); else 0.",
+            u64::from(inbox.accepting),
+        );
+        out.counter(
+            "lote_inbox_accepted_total",
+            "Items made durable in the inbox by pushes (HTTP, lote push in this process).",
+            inbox.accepted,
+        );
+        out.counter(
+            "lote_inbox_duplicates_total",
+            "Pushed items whose id was already in the inbox: acknowledged, not queued again.",
+            inbox.duplicates,
+        );
+        out.counter(
+            "lote_inbox_refused_full_total",
+            "Pushes refused whole because the inbox was at capacity.",
+            inbox.refused_full,
+        );
+        out.counter(
+            "lote_inbox_commits_total",
+            "Group commits of pushes (one transaction and one fsync each).",
+            inbox.commits,
+        );
+    }
+
     out.histogram(
         "lote_queue_wait_seconds",
         "Time from queued to taken by a worker.",
@@ -245,6 +288,36 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         "lote_end_to_end_seconds",
         "Time from pulled to outcome, retries included.",
         &metrics.end_to_end.snapshot(),
+    );
+    out.text
+}
+
+/// The inbox intake's two histograms (rows per group commit, time per
+/// commit), appended to [`render`]'s text by a daemon with an inbox.
+pub fn inbox_histograms(stats: &IntakeStats) -> String {
+    let mut out = Exposition::default();
+    let name = "lote_inbox_commit_rows";
+    out.family(name, "histogram", "Rows per group commit of pushes.");
+    let mut cumulative = 0;
+    for (bound, count) in BATCH_BOUNDS.iter().zip(&stats.batch_rows) {
+        cumulative += count.load(Ordering::Relaxed);
+        out.sample(
+            &format!("{name}_bucket"),
+            &[("le", &bound.to_string())],
+            &cumulative.to_string(),
+        );
+    }
+    out.sample(&format!("{name}_bucket"), &[("le", "+Inf")], &cumulative.to_string());
+    out.sample(
+        &format!("{name}_sum"),
+        &[],
+        &stats.batch_rows_sum.load(Ordering::Relaxed).to_string(),
+    );
+    out.sample(&format!("{name}_count"), &[], &cumulative.to_string());
+    out.histogram(
+        "lote_inbox_commit_seconds",
+        "Time of one group commit of pushes, its fsync included.",
+        &stats.commit_time.snapshot(),
     );
     out.text
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::SourceSpec;
+use crate::config::{SinkSpec, SourceSpec};
 use crate::source::{SourceAt, SourceKeys};
 use crate::spec::{Check, Result};
 
@@ -13,10 +13,11 @@ impl Check<'_> {
         raw: Option<SourceKeys>,
         state_dir: &Path,
         every: Option<Duration>,
+        sink: &SinkSpec,
     ) -> Result<SourceSpec> {
         let Some(raw) = raw else {
             return Err(self.doc.whole("`source:` is missing").with_key("source"));
         };
-        SourceSpec::build(raw, &SourceAt { state_dir, every }, self)
+        SourceSpec::build(raw, &SourceAt { state_dir, every, sink }, self)
     }
 }

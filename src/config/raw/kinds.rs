@@ -50,7 +50,7 @@ pub fn source_section() -> Section {
     Section {
         key: "source",
         kinds: crate::source::KINDS.to_vec(),
-        later: &["inbox"],
+        later: &[],
     }
 }
 pub fn handler_section() -> Section {

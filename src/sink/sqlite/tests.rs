@@ -23,6 +23,7 @@ fn returned_outcomes_are_neither_written_nor_acknowledged() {
             status_column: "status".into(),
             done_value: "ok".into(),
             failed_value: "bad".into(),
+            also_set: "",
         },
         sql: String::new(),
     };

@@ -89,7 +89,6 @@ mod files;
 mod kind;
 mod priority;
 mod scan;
-mod watch;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -104,6 +103,7 @@ use std::time::{Duration, Instant};
 use files::{DirHandle, SubDir};
 use scan::{Fingerprint, ScanState};
 
+use super::watch::Watch;
 use super::{Doorbell, Pull, ReturnReason, Source, SourceError};
 use crate::fsutil::{open_lock_file, sync_dir};
 use crate::item::{Item, Outcome, Status};
@@ -229,7 +229,7 @@ pub struct SpoolSource {
     bell: Arc<Doorbell>,
     /// The inotify watch on `<dir>`; `None` (and `bell` deaf) when it could
     /// not be set up: the producer then polls.
-    _watch: Option<watch::Watch>,
+    _watch: Option<Watch>,
 }
 
 impl SpoolSource {
@@ -283,7 +283,7 @@ impl SpoolSource {
         // Only a stream (a continuous session) waits for arrivals; a batch
         // run or a requeue opens no watch.
         let watch = if config.stream {
-            match watch::Watch::start(&dir, Arc::clone(&bell)) {
+            match Watch::arrivals(&dir, Arc::clone(&bell)) {
                 Ok(watch) => Some(watch),
                 Err(e) => {
                     log::warn!(

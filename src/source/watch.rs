@@ -1,13 +1,19 @@
-//! Hearing files arrive in `<dir>/` with inotify, so that an idle spool is
-//! not polled: a thread blocks in `read(2)` on the inotify descriptor and
-//! rings the source's [`Doorbell`] when an entry is renamed in
-//! (`IN_MOVED_TO`) or closed after writing (`IN_CLOSE_WRITE`). Dot-names
-//! (a producer's file in progress, lote's own) do not ring.
+//! Hearing items arrive with inotify, so that an idle stream source is not
+//! polled: a thread blocks in `poll(2)` on the inotify descriptor and rings
+//! the source's [`Doorbell`] when an event it listens for comes.
+//!
+//! - A spool ([`Watch::arrivals`]) watches its directory: an entry renamed
+//!   in (`IN_MOVED_TO`), closed after writing (`IN_CLOSE_WRITE`) or linked
+//!   in (`IN_CREATE`) rings. Dot-names (a producer's file in progress,
+//!   lote's own) do not.
+//! - The inbox ([`Watch::writes`]) watches its database's write-ahead log:
+//!   every commit, by any process (`lote push`, another daemon's listener),
+//!   writes to it (`IN_MODIFY`).
 //!
 //! When the watch cannot be set up (no inotify, `max_user_watches`
 //! reached, a network file system, where other hosts' writes raise no
-//! event) or ends (the directory removed, a read error), the bell goes
-//! deaf and the producer polls every `poll_every`, as before inotify.
+//! event) or ends (the path removed, a read error), the bell goes deaf and
+//! the producer polls every `poll_every`, as before inotify.
 //!
 //! The thread waits in `poll(2)` on the inotify descriptor and on a pipe
 //! that dropping the [`Watch`] writes to, so it always ends, whatever the
@@ -28,8 +34,8 @@ use nix::sys::statfs::statfs;
 
 use crate::source::Doorbell;
 
-/// The watch on one spool directory; dropping it ends its thread.
-pub(super) struct Watch {
+/// The watch on one directory or file; dropping it ends its thread.
+pub struct Watch {
     inotify: Arc<Inotify>,
     wd: WatchDescriptor,
     /// Set before the watch is removed on drop, so the thread's last event
@@ -57,10 +63,9 @@ const REMOTE: [i64; 9] = [
 const FUSE: i64 = 0x6573_5546;
 
 impl Watch {
-    /// Watches `dir` (the configured path: a symlink in it is followed, as
-    /// when it was opened) and rings `bell` on arrivals.
-    pub(super) fn start(dir: &Path, bell: Arc<Doorbell>) -> io::Result<Watch> {
-        let inotify = Arc::new(Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?);
+    /// Watches the spool directory `dir` (the configured path: a symlink in
+    /// it is followed, as when it was opened) and rings `bell` on arrivals.
+    pub fn arrivals(dir: &Path, bell: Arc<Doorbell>) -> io::Result<Watch> {
         // IN_CREATE: a file linked in (link(2), O_TMPFILE + linkat) raises
         // nothing else.
         let mask = AddWatchFlags::IN_MOVED_TO
@@ -68,10 +73,21 @@ impl Watch {
             | AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_ONLYDIR;
-        let wd = inotify.add_watch(dir, mask)?;
+        Watch::start(dir, mask, "spool", bell)
+    }
+
+    /// Watches the file `file` and rings `bell` whenever it is written.
+    pub fn writes(file: &Path, bell: Arc<Doorbell>) -> io::Result<Watch> {
+        let mask = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DELETE_SELF;
+        Watch::start(file, mask, "inbox", bell)
+    }
+
+    fn start(path: &Path, mask: AddWatchFlags, what: &'static str, bell: Arc<Doorbell>) -> io::Result<Watch> {
+        let inotify = Arc::new(Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?);
+        let wd = inotify.add_watch(path, mask)?;
         // `fs_type_t` is i64 here, i32 on some 32-bit targets.
         #[allow(clippy::unnecessary_cast)]
-        let kind = statfs(dir).ok().map(|fs| fs.filesystem_type().0 as i64);
+        let kind = statfs(path).ok().map(|fs| fs.filesystem_type().0 as i64);
         if let Some(remote) = kind.filter(|kind| REMOTE.contains(kind) || *kind == FUSE) {
             let _ = inotify.rm_watch(wd);
             return Err(io::Error::other(format!(
@@ -80,9 +96,10 @@ impl Watch {
         }
         let (wait, wake) = nix::unistd::pipe()?;
         let closing = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new().name("lote-spool-watch".into()).spawn({
-            let (inotify, closing, dir) = (Arc::clone(&inotify), Arc::clone(&closing), dir.to_path_buf());
-            move || listen(&inotify, &wait, &bell, &closing, &dir)
+        let thread = std::thread::Builder::new().name(format!("lote-{what}-watch")).spawn({
+            let (inotify, closing) = (Arc::clone(&inotify), Arc::clone(&closing));
+            let place = format!("{what} {}", path.display());
+            move || listen(&inotify, &wait, &bell, &closing, &place)
         })?;
         Ok(Watch {
             inotify,
@@ -95,8 +112,8 @@ impl Watch {
 }
 
 /// The watch thread: rings on each batch of events with an arrival, until
-/// the watch is removed.
-fn listen(inotify: &Inotify, wait: &OwnedFd, bell: &Doorbell, closing: &AtomicBool, dir: &Path) {
+/// the watch is removed. `place` names the watch in logs ("spool /x").
+fn listen(inotify: &Inotify, wait: &OwnedFd, bell: &Doorbell, closing: &AtomicBool, place: &str) {
     loop {
         let mut fds = [
             PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
@@ -105,10 +122,7 @@ fn listen(inotify: &Inotify, wait: &OwnedFd, bell: &Doorbell, closing: &AtomicBo
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
-                log::warn!(
-                    "spool {}: waiting for inotify events failed ({e}); polling every poll_every from now on",
-                    dir.display()
-                );
+                log::warn!("{place}: waiting for inotify events failed ({e}); polling every poll_every from now on");
                 bell.go_deaf();
                 return;
             }
@@ -121,10 +135,7 @@ fn listen(inotify: &Inotify, wait: &OwnedFd, bell: &Doorbell, closing: &AtomicBo
             Ok(events) => events,
             Err(Errno::EINTR | Errno::EAGAIN) => continue,
             Err(e) => {
-                log::warn!(
-                    "spool {}: reading inotify events failed ({e}); polling every poll_every from now on",
-                    dir.display()
-                );
+                log::warn!("{place}: reading inotify events failed ({e}); polling every poll_every from now on");
                 bell.go_deaf();
                 return;
             }
@@ -133,16 +144,16 @@ fn listen(inotify: &Inotify, wait: &OwnedFd, bell: &Doorbell, closing: &AtomicBo
         for event in &events {
             if event.mask.contains(AddWatchFlags::IN_IGNORED) {
                 if !closing.load(Ordering::Acquire) {
-                    log::warn!(
-                        "spool {}: the directory is no longer watched (removed?); polling every poll_every from now on",
-                        dir.display()
-                    );
+                    log::warn!("{place}: it is no longer watched (removed?); polling every poll_every from now on");
                     bell.go_deaf();
                 }
                 return;
             }
             // An overflow lost events: any of them may have been an arrival.
+            // A file's own watch has no names; a directory's dot-names are
+            // files in progress.
             arrived |= event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
+                || event.mask.contains(AddWatchFlags::IN_MODIFY)
                 || event
                     .name
                     .as_ref()
