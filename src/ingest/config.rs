@@ -266,7 +266,9 @@ fn is_loopback(address: &str) -> bool {
         return socket.ip().is_loopback();
     }
     match address.rsplit_once(':') {
-        Some((host, _)) => host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        Some((host, _)) => {
+            host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
         None => false,
     }
 }
@@ -288,5 +290,114 @@ fn socket_mode(value: &Value, check: &Check) -> spec::Result<u32> {
             KEY,
             format!("is {text:?}; expected permission bits in octal from \"0000\" to \"0777\", like \"0660\""),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::spec::{Check, Doc};
+
+    fn build(yaml: &str) -> Result<HttpConfig, String> {
+        let keys: HttpKeys = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let doc = Doc {
+            file: Path::new("config.yaml"),
+            text: yaml,
+        };
+        let check = Check {
+            doc: &doc,
+            warnings: Vec::new(),
+        };
+        HttpConfig::build(keys, Path::new("/state"), &check).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_defaults_are_the_spec_s() {
+        let config = build("{}").unwrap();
+        assert_eq!(config, HttpConfig::default());
+        assert_eq!(config.listen, Listen::Tcp("127.0.0.1:8787".into()));
+        assert_eq!((config.max_body, config.max_connections), (16 << 20, 64));
+        assert_eq!(config.retry_after, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_non_loopback_address_needs_a_token_file() {
+        for listen in ["0.0.0.0:8787", "192.168.1.5:80", "[::]:8787", "box.example:8787"] {
+            let err = build(&format!("listen: \"{listen}\"")).unwrap_err();
+            assert!(err.contains("http.listen"), "{err}");
+            assert!(err.contains("set http.token_file, or bind 127.0.0.1"), "{err}");
+            let ok = build(&format!("listen: \"{listen}\"\ntoken_file: token")).unwrap();
+            assert_eq!(ok.token_file.as_deref(), Some(Path::new("/state/token")));
+        }
+        for listen in ["127.0.0.2:1", "[::1]:8787", "localhost:8787", "unix:ingest.sock"] {
+            build(&format!("listen: \"{listen}\"")).unwrap();
+        }
+        let unix = build("listen: unix:run/ingest.sock").unwrap();
+        assert_eq!(unix.listen, Listen::Unix("/state/run/ingest.sock".into()));
+        for bad in ["8787", "::1:8787", ":8787", "host:port", "unix:"] {
+            let err = build(&format!("listen: \"{bad}\"")).unwrap_err();
+            assert!(err.contains("http.listen"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn socket_mode_is_quoted_octal_for_a_unix_socket_only() {
+        let ok = build("listen: unix:/run/x.sock\nsocket_mode: \"0600\"").unwrap();
+        assert_eq!(ok.socket_mode, 0o600);
+        for bad in ["\"0999\"", "\"rw\"", "\"+660\"", "\"01777\"", "660", "\"\""] {
+            let err = build(&format!("listen: unix:/run/x.sock\nsocket_mode: {bad}")).unwrap_err();
+            assert!(err.contains("http.socket_mode"), "{bad}: {err}");
+            assert!(err.contains("\"0660\""), "{bad}: {err}");
+        }
+        let err = build("socket_mode: \"0600\"").unwrap_err();
+        assert!(err.contains("Unix socket only"), "{err}");
+    }
+
+    #[test]
+    fn impossible_values_are_refused_by_key() {
+        for (yaml, key) in [
+            ("max_connections: 0", "http.max_connections"),
+            ("max_body: 0", "http.max_body"),
+            ("max_body: 2GiB", "http.max_body"),
+            ("read_timeout: 0s", "http.read_timeout"),
+            ("write_timeout: 0s", "http.write_timeout"),
+            ("retry_after: 100d", "http.retry_after"),
+        ] {
+            let err = build(yaml).unwrap_err();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        assert!(build("listen_on: x").unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn the_effective_section_builds_the_same_config() {
+        for yaml in [
+            "{}",
+            "listen: unix:/run/lote/ingest.sock\nsocket_mode: \"0640\"\ntoken_file: t\nmax_body: 1MiB\n\
+             max_connections: 3\nretry_after: 2s\nread_timeout: 1s\nwrite_timeout: 3s",
+        ] {
+            let config = build(yaml).unwrap();
+            let again = build(&serde_yaml::to_string(&config.effective()).unwrap()).unwrap();
+            assert_eq!(again, config);
+        }
+    }
+
+    #[test]
+    fn the_token_is_the_token_file_s_first_line_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let config = HttpConfig {
+            token_file: Some(file.clone()),
+            ..HttpConfig::default()
+        };
+        assert_eq!(HttpConfig::default().read_token(), Ok(None));
+        assert!(config.read_token().unwrap_err().contains("cannot read it"));
+        std::fs::write(&file, "  s3cret \nsecond line\n").unwrap();
+        assert_eq!(config.read_token(), Ok(Some("s3cret".into())));
+        std::fs::write(&file, "\nx\n").unwrap();
+        assert!(config.read_token().unwrap_err().contains("first line is empty"));
     }
 }

@@ -192,17 +192,13 @@ impl Conn {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut request = httparse::Request::new(&mut headers);
             match request.parse(self.pending()) {
-                Ok(httparse::Status::Complete(len)) => {
+                Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => {
                     let head = head(&request, deadline)?;
                     self.pos += len;
                     return Ok(head);
                 }
-                Ok(httparse::Status::Partial) if self.pending().len() > MAX_HEAD => {
-                    return Err(ReadError::Bad(format!(
-                        "the request head is larger than {} KiB",
-                        MAX_HEAD / 1024
-                    )))
-                }
+                Ok(httparse::Status::Complete(_)) => return Err(too_large_head()),
+                Ok(httparse::Status::Partial) if self.pending().len() > MAX_HEAD => return Err(too_large_head()),
                 Ok(httparse::Status::Partial) => {}
                 Err(e) => return Err(ReadError::Bad(format!("the request is not HTTP/1.x ({e})"))),
             }
@@ -229,7 +225,11 @@ impl Conn {
                 let line = self.line(head.deadline)?;
                 let size = match httparse::parse_chunk_size(&line) {
                     Ok(httparse::Status::Complete((_, size))) => size,
-                    _ => return Err(ReadError::Bad("a chunk size line of the chunked body is malformed".into())),
+                    _ => {
+                        return Err(ReadError::Bad(
+                            "a chunk size line of the chunked body is malformed".into(),
+                        ))
+                    }
                 };
                 if size == 0 {
                     // Trailer lines, up to the empty one.
@@ -241,7 +241,9 @@ impl Conn {
                 }
                 self.take(&mut body, size as usize, head.deadline)?;
                 if self.line(head.deadline)? != b"\r\n" {
-                    return Err(ReadError::Bad("a chunk of the chunked body does not end in CRLF".into()));
+                    return Err(ReadError::Bad(
+                        "a chunk of the chunked body does not end in CRLF".into(),
+                    ));
                 }
             },
         }
@@ -312,6 +314,10 @@ impl Conn {
     }
 }
 
+fn too_large_head() -> ReadError {
+    ReadError::Bad(format!("the request head is larger than {} KiB", MAX_HEAD / 1024))
+}
+
 /// Appends one read of at most `step` bytes to `out`, waiting until
 /// `deadline` at most. `Ok(0)` is the end of the stream.
 fn read_until(stream: &mut Stream, out: &mut Vec<u8>, step: usize, deadline: Instant) -> Result<usize, ReadError> {
@@ -359,7 +365,11 @@ fn head(request: &httparse::Request, deadline: Instant) -> Result<Head, ReadErro
         let name = header.name.to_ascii_lowercase();
         match name.as_str() {
             "content-length" => {
-                let Some(n) = value.parse::<u64>().ok().filter(|_| value.bytes().all(|b| b.is_ascii_digit())) else {
+                let Some(n) = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+                else {
                     return bad(format!("Content-Length {value:?} is not a number"));
                 };
                 if length.is_some_and(|m| m != n) {

@@ -257,7 +257,9 @@ pub fn parse_items(body: &[u8], ndjson: bool) -> Result<Vec<JsonItem>, String> {
                 .into());
         }
         return JsonItem::parse(body).map(|item| vec![item]).map_err(|why| {
-            let lines = body.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+            let lines = body
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
             let hint = if lines.count() > 1 {
                 "; for a batch, send one object per line with Content-Type: application/x-ndjson"
             } else {
@@ -346,7 +348,11 @@ fn metrics(shared: &Shared, mut text: String) -> String {
          http.max_connections counts as a 503).\n# TYPE lote_http_requests_total counter\n",
     );
     for (code, count) in CODES.iter().zip(&counts.answers) {
-        let _ = writeln!(text, "lote_http_requests_total{{code=\"{code}\"}} {}", count.load(Ordering::Relaxed));
+        let _ = writeln!(
+            text,
+            "lote_http_requests_total{{code=\"{code}\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
     }
     let open = shared.open.lock().sockets.len();
     let _ = write!(

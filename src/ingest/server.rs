@@ -94,10 +94,15 @@ impl Listener {
                 (Bound::Tcp(listener), Some(local), None)
             }
             Listen::Unix(path) => {
-                let listener = bind_unix(path, config.socket_mode)
-                    .map_err(|e| io::Error::new(e.kind(), format!("binding http.listen unix:{}: {e}", path.display())))?;
+                let listener = bind_unix(path, config.socket_mode).map_err(|e| {
+                    io::Error::new(e.kind(), format!("binding http.listen unix:{}: {e}", path.display()))
+                })?;
                 let meta = std::fs::metadata(path)?;
-                (Bound::Unix(listener), None, Some((path.clone(), (meta.dev(), meta.ino()))))
+                (
+                    Bound::Unix(listener),
+                    None,
+                    Some((path.clone(), (meta.dev(), meta.ino()))),
+                )
             }
         };
         match &bound {
@@ -120,10 +125,13 @@ impl Listener {
                 .name("lote-http-accept".into())
                 .spawn(move || accept_loop(&shared, &bound, &wake_read))?
         };
-        log::info!("http: listening on {}", match local_addr {
-            Some(addr) => addr.to_string(),
-            None => config.listen.spelled(),
-        });
+        log::info!(
+            "http: listening on {}",
+            match local_addr {
+                Some(addr) => addr.to_string(),
+                None => config.listen.spelled(),
+            }
+        );
         Ok(Listener {
             shared,
             wake: Some(wake),
@@ -308,7 +316,7 @@ fn admit(shared: &Arc<Shared>, stream: Stream) -> Option<JoinHandle<()>> {
     }
 }
 
-/// A connection's entry in [`Open`], removed when the thread ends.
+/// A connection's entry in `serve::Open`, removed when the thread ends.
 struct Registered<'a> {
     shared: &'a Shared,
     id: u64,
