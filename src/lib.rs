@@ -45,6 +45,9 @@
 //! - [`status`]: the status snapshot behind `status.json` and `lote status`;
 //!   [`status::prometheus`] renders it and the histograms for `GET /metrics`
 //!   and a node_exporter textfile.
+//! - [`ingest`]: the HTTP listener of local ingest (`http:`): `POST /items`,
+//!   `/status`, `/metrics`, `/healthz`, `/readyz` over loopback TCP or a
+//!   Unix socket, in front of an [`ingest::Backend`] the daemon implements.
 //! - [`config`]: the config file, raw then validated into the types above.
 //! - [`daemon`]: `lote run` — parts from a config, sessions on a schedule,
 //!   signals, reload.
@@ -97,6 +100,7 @@ pub mod daemon;
 pub mod dead_letter;
 mod fsutil;
 pub mod handler;
+pub mod ingest;
 pub mod item;
 pub mod metrics;
 pub mod notify;
