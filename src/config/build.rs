@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{self, RawConfig, RawDeadLetter};
-use super::{Config, MetricsSpec, DEFAULT_LOG, DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_STATE_DIR};
+use super::{
+    Config, HttpConfig, MetricsSpec, DEFAULT_LOG, DEFAULT_METRICS_EVERY, DEFAULT_METRICS_LOG_EVERY, DEFAULT_STATE_DIR,
+};
 use crate::queue::{QueueConfig, WhenFull};
 use crate::session::{Qos, SessionConfig};
 use crate::sink::{self, Place, Role, SinkKeys, SinkSpec};
@@ -67,6 +69,10 @@ impl Check<'_> {
             sink.done_records_survive(&self, why)?;
         }
         let metrics = self.metrics(raw.metrics.unwrap_or_default(), &state_dir)?;
+        let http = match raw.http {
+            Some(keys) => Some(HttpConfig::build(keys, &state_dir, &self)?),
+            None => None,
+        };
 
         // The engine's own check, a backstop behind the located ones above.
         session
@@ -85,6 +91,9 @@ impl Check<'_> {
             self.writable_file("metrics.textfile", textfile)?;
         }
         source.on_disk(&mut self)?;
+        if let Some(http) = &http {
+            http.read_token().or_else(|why| self.err("http.token_file", why))?;
+        }
 
         Ok(Config {
             state_dir,
@@ -98,6 +107,7 @@ impl Check<'_> {
             dead_letter,
             writer,
             metrics,
+            http,
             warnings: self.warnings,
         })
     }

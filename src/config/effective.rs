@@ -5,7 +5,7 @@
 
 use serde_yaml::Value;
 
-use super::{Config, SinkSpec};
+use super::{Config, HttpConfig, SinkSpec};
 use crate::spec::effective::{dur, map, opt_dur, path, spelled};
 
 pub(super) fn to_yaml(c: &Config) -> String {
@@ -51,6 +51,7 @@ pub(super) fn to_yaml(c: &Config) -> String {
                 ("log_every", dur(c.metrics.log_every)),
             ]),
         ),
+        ("http", c.http.as_ref().map_or(Value::Null, HttpConfig::effective)),
     ]);
     // Serializing a Value of strings, numbers and mappings cannot fail.
     serde_yaml::to_string(&top).unwrap_or_default()

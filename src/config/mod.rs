@@ -65,6 +65,7 @@ use std::time::Duration;
 use serde::de::DeserializeSeed;
 
 pub use crate::handler::HandlerSpec;
+pub use crate::ingest::HttpConfig;
 use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use crate::session::SessionConfig;
 pub use crate::sink::SinkSpec;
@@ -108,6 +109,8 @@ pub struct Config {
     /// `done_lookups` is on for `qos: exactly_once` and for a `lines` source.
     pub writer: WriterConfig,
     pub metrics: MetricsSpec,
+    /// `http:`, the ingest listener; `None` = no listener.
+    pub http: Option<HttpConfig>,
     /// Things that are allowed but probably not meant (a program not found in
     /// PATH, retries under `at_most_once`). Not errors; the daemon logs them
     /// once its logger is up, `lote check` prints them.

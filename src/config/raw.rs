@@ -50,6 +50,8 @@ pub struct RawConfig {
     /// Default `{kind: jsonl, path: dead-letter.jsonl}`; `{kind: none}` for none.
     pub dead_letter: Option<RawDeadLetter>,
     pub metrics: Option<RawMetrics>,
+    /// The ingest listener; omit = none.
+    pub http: Option<crate::ingest::HttpKeys>,
 }
 
 /// The top-level keys, in the order `config.yaml` documents them.
@@ -63,6 +65,7 @@ pub const TOP_KEYS: &[&str] = &[
     "sink",
     "dead_letter",
     "metrics",
+    "http",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

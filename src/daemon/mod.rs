@@ -49,6 +49,7 @@
 //! - `WATCHDOG=1` (with `WatchdogSec=`) only while the workers and the
 //!   writer progress or are idle by design: the rule is in `crate::notify`.
 
+mod ingest;
 mod parts;
 mod signals;
 mod state;
@@ -61,6 +62,7 @@ use std::thread;
 use std::time::{Instant, SystemTime};
 
 use crate::config::{Config, ConfigError};
+use crate::ingest::Listener;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::session::{EndReason, Session, SessionSummary, StopHandle, StopReason};
@@ -174,7 +176,6 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
         }
         let stream = !options.once && config.every.is_none();
         let parts = Parts::build(config, stream, options.resume, None)?;
-        notifier.ready("started");
         let shared = Arc::new(Shared {
             inputs: Mutex::new(inputs_of(&parts)),
             metrics: Arc::new(Metrics::new()),
@@ -183,12 +184,22 @@ pub fn run(options: RunOptions, config: Config) -> Result<RunEnd, DaemonError> {
             stop: stop.clone(),
             bell: Bell::new(),
         });
+        let listener = match parts.config.http.as_ref().map(|http| ingest::start(http, &shared)) {
+            None => None,
+            Some(Ok(listener)) => Some(Arc::new(listener)),
+            Some(Err(e)) => {
+                parts.close();
+                return Err(e);
+            }
+        };
+        notifier.ready("started");
         let mut daemon = Daemon {
             parts,
             options,
             stop,
             flags,
             shared,
+            listener,
         };
         daemon.run(&notifier)
     })();
@@ -204,6 +215,8 @@ struct Daemon {
     stop: StopHandle,
     flags: Arc<SignalFlags>,
     shared: Arc<Shared>,
+    /// The HTTP listener (`http:`), if any; shared with the stop's drain.
+    listener: Option<Arc<Listener>>,
 }
 
 impl Daemon {
@@ -218,6 +231,11 @@ impl Daemon {
         let _ring_at_stop = self.stop.on_change({
             let shared = Arc::clone(&shared);
             move |_| shared.bell.ring()
+        });
+        // The first stop drains the listener: new requests get 503.
+        let drain_at_stop = self.listener.as_ref().map(|listener| {
+            let listener = Arc::clone(listener);
+            self.stop.on_change(move |_| listener.drain())
         });
         let end_threads = || {
             over.stop(StopReason::Requested);
@@ -246,6 +264,17 @@ impl Daemon {
                 None
             };
             let result = self.run_sessions();
+            // Every 202 answered is on disk; then no more pushes come.
+            drop(drain_at_stop);
+            if let Some(listener) = self.listener.take() {
+                // The only other holder was the drain, dropped above.
+                if let Ok(listener) = Arc::try_unwrap(listener) {
+                    listener.stop();
+                }
+            }
+            if let Some(intake) = &self.parts.intake {
+                intake.close();
+            }
             notifier.stopping();
             shared.set_state(DaemonState::Draining);
             let drained = self.parts.close();
@@ -378,6 +407,9 @@ impl Daemon {
                 return Ok(0);
             }
         };
+        if config.http != self.parts.config.http {
+            log::warn!("SIGHUP: `http:` changed; the listener keeps its old settings until lote restarts");
+        }
         let old_writer = Arc::clone(&self.parts.writer);
         let unsaved = reload(&mut self.parts, config, &self.options)?;
         self.shared.reloaded(old_writer.metrics(), &self.parts);
@@ -482,6 +514,7 @@ mod tests {
             stop,
             flags: Arc::new(SignalFlags::default()),
             shared,
+            listener: None,
         }
     }
 

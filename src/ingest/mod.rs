@@ -83,6 +83,8 @@ pub enum Refusal {
     TooLarge(String),
     /// The daemon is stopping → 503 + Retry-After.
     Draining,
+    /// The daemon's source is not an inbox: nothing takes items here → 404.
+    NoInbox(String),
     /// Anything else (I/O) → 500 with the text.
     Failed(String),
 }

@@ -241,6 +241,7 @@ fn items(shared: &Shared, head: &Head, conn: &mut Conn) -> Result<Response, Read
         Err(Refusal::Full(why)) => unavailable(shared, format!("the inbox is full: {why}")),
         Err(Refusal::TooLarge(why)) => Response::error(413, why),
         Err(Refusal::Draining) => unavailable(shared, "lote is stopping and takes no new items"),
+        Err(Refusal::NoInbox(why)) => Response::error(404, why),
         Err(Refusal::Failed(why)) => Response::error(
             500,
             format!("the inbox failed, and none of the items is promised: {why}"),

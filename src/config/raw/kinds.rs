@@ -110,6 +110,7 @@ enum TopKey {
     Sink,
     DeadLetter,
     Metrics,
+    Http,
 }
 
 impl<'de> Deserialize<'de> for TopKey {
@@ -134,6 +135,7 @@ impl<'de> Deserialize<'de> for TopKey {
                     "sink" => TopKey::Sink,
                     "dead_letter" => TopKey::DeadLetter,
                     "metrics" => TopKey::Metrics,
+                    "http" => TopKey::Http,
                     other => return Err(E::unknown_field(other, TOP_KEYS)),
                 })
             }
@@ -169,6 +171,7 @@ impl<'de> Visitor<'de> for RawConfigSeed {
                 TopKey::Session => raw.session = map.next_value()?,
                 TopKey::Queue => raw.queue = map.next_value()?,
                 TopKey::Metrics => raw.metrics = map.next_value()?,
+                TopKey::Http => raw.http = map.next_value()?,
                 TopKey::Source => raw.source = Some(map.next_value_seed(SourceSeed(kinds.source))?),
                 TopKey::Handler => raw.handler = Some(map.next_value_seed(HandlerSeed(kinds.handler))?),
                 TopKey::Sink => raw.sink = Some(map.next_value_seed(SinkSeed(kinds.sink))?),
