@@ -175,6 +175,10 @@ impl Intake {
         if items.is_empty() {
             return Ok(Admitted::default());
         }
+        if let Some(full) = self.full_already(&items) {
+            self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err(full);
+        }
         let Some(send) = self.requests.lock().clone() else {
             return Err(Refused::Closed);
         };
@@ -182,6 +186,33 @@ impl Intake {
         send.send(Request { items, reply }).map_err(|_| Refused::Closed)?;
         drop(send);
         answer.recv().unwrap_or(Err(Refused::Closed))
+    }
+
+    /// A full inbox answers at once, without waiting for a write
+    /// transaction: `Some` when the items new to it (ids not already
+    /// pending, running or done) would not fit now. The committer checks
+    /// again under its transaction; a failed read here decides nothing.
+    fn full_already(&self, items: &[JsonItem]) -> Option<Refused> {
+        let conn = self.reader.lock();
+        let unfinished = depth(&conn).ok()?;
+        if unfinished + items.len() as u64 <= self.config.capacity {
+            return None;
+        }
+        let mut known = conn
+            .prepare_cached("SELECT 1 FROM inbox WHERE id = ?1 AND status != 'failed'")
+            .ok()?;
+        let mut new = 0;
+        for item in items {
+            match &item.id {
+                Some(id) if known.exists([id]).ok()? => {}
+                _ => new += 1,
+            }
+        }
+        (unfinished + new as u64 > self.config.capacity).then_some(Refused::Full {
+            unfinished,
+            capacity: self.config.capacity,
+            new,
+        })
     }
 
     /// Unfinished items now (pending + running), read from the database.
@@ -342,4 +373,49 @@ fn new_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     format!("{micros:x}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn request(ids: &[&str]) -> Request {
+        Request {
+            items: ids
+                .iter()
+                .map(|id| JsonItem {
+                    id: Some(id.to_string()),
+                    priority: None,
+                    payload: b"p".to_vec(),
+                })
+                .collect(),
+            reply: bounded(1).0,
+        }
+    }
+
+    /// The committer's own check, behind `full_already`: two requests that
+    /// each fit alone but not together, in one group.
+    #[test]
+    fn the_committer_refuses_the_request_that_would_pass_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = InboxConfig {
+            capacity: 3,
+            ..InboxConfig::new(dir.path().join("inbox.db"))
+        };
+        let mut conn = open_db(&config).unwrap();
+        let group = [request(&["a", "b"]), request(&["c", "d"]), request(&["a", "e"])];
+        let answers = commit_group(&config, &mut conn, &group).unwrap();
+        assert_eq!(answers[0].as_ref().unwrap().accepted, 2);
+        assert_eq!(
+            answers[1],
+            Err(Refused::Full {
+                unfinished: 2,
+                capacity: 3,
+                new: 2
+            })
+        );
+        let third = answers[2].as_ref().unwrap();
+        assert_eq!((third.accepted, third.duplicates), (1, 1));
+        assert_eq!(depth(&conn).unwrap(), 3);
+    }
 }
