@@ -131,7 +131,7 @@ impl Daemon {
         fs::write(
             &config,
             format!(
-                "state_dir: {state}\nlog: warn\nsession:\n  threads: 2\n  chunk: 100\n\
+                "state_dir: {state}\nlog: error\nsession:\n  threads: 2\n  chunk: 100\n\
                  source:\n  kind: inbox\n  synchronous: full\n{source_extra}\
                  handler:\n{handler}\
                  sink:\n  kind: sqlite\n  path: outcomes.db\n  batch: 1000\n\

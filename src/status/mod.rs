@@ -168,6 +168,10 @@ pub struct QueueStatus {
     /// True once the session has stopped taking work.
     #[serde(default)]
     pub closed: bool,
+    /// Whether the queue takes work now: not closed and below capacity
+    /// (seed 000's queue status).
+    #[serde(default)]
+    pub accepting: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +244,7 @@ impl From<QueueReading> for QueueStatus {
             timed_out: q.stats.timed_out,
             high_water_warnings: q.high_water_warnings,
             closed: q.stats.closed,
+            accepting: !q.stats.closed && q.stats.len < q.stats.capacity,
         }
     }
 }
