@@ -223,9 +223,9 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "a kind SPEC names but this build lacks",
-        yaml: "source:\n  kind: inbox\nhandler: {kind: noop}\n",
-        at: Some("kind: inbox"),
-        key: Some("source.kind"),
+        yaml: "source: {kind: lines, path: x}\nhandler:\n  kind: parallel\n",
+        at: Some("kind: parallel"),
+        key: Some("handler.kind"),
         expected: &["not implemented in this build", "expected one of"],
     },
     Case {
@@ -381,9 +381,9 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "a section SPEC names but this build lacks",
-        yaml: "http:\n  listen: 127.0.0.1:8080\nsource: {kind: lines, path: x}\nhandler: {kind: noop}\n",
-        at: Some("http:"),
-        key: Some("http"),
+        yaml: "source: {kind: lines, path: x}\nhandler:\n  kind: noop\n  cache: {ttl: 60s}\n",
+        at: Some("cache:"),
+        key: Some("handler.cache"),
         expected: &["not implemented in this build"],
     },
     Case {

@@ -285,7 +285,10 @@ fn a_full_inbox_answers_503_and_is_not_ready_and_metrics_pass_promtool() {
     assert_eq!(status["inbox"]["accepting"], false);
     promtool_check(&setup, &metrics.body);
     signal(&daemon, Signal::SIGTERM);
-    signal(&daemon, Signal::SIGTERM); // hurry: the sleeps are killed
+    // Hurry, once the first is handled (two at once would be one signal):
+    // the sleeps are killed.
+    thread::sleep(Duration::from_millis(500));
+    signal(&daemon, Signal::SIGTERM);
     assert_eq!(exit_within(&mut daemon, Duration::from_secs(20)), Some(0));
 }
 

@@ -3,7 +3,9 @@
 //! folder's registry, so the config and the daemon never name one. Checked
 //! here on the source text: outside their test modules, `src/config/` and
 //! `src/daemon/` spell no registered kind name as a string and match no
-//! spec enum variant.
+//! spec enum variant. (The handler kind `http` shares its name with the
+//! top-level `http:` section the config reads: for it only the variant,
+//! `HandlerSpec::Http`, is looked for.)
 
 use std::fs;
 use std::path::Path;
@@ -43,7 +45,8 @@ fn the_config_and_the_daemon_name_no_kind() {
         for (spec, names) in kinds {
             for name in names {
                 let variant = format!("{spec}::{}{}", name[..1].to_uppercase(), &name[1..]);
-                for needle in [format!("\"{name}\""), variant] {
+                let spelled = (*name != "http").then(|| format!("\"{name}\""));
+                for needle in spelled.into_iter().chain([variant]) {
                     if code.contains(&needle) {
                         found.push(format!("{file}: {needle}"));
                     }
