@@ -109,12 +109,7 @@ impl JsonItem {
                 Some(p) => Some(p),
                 None => return Err(format!("\"priority\" must be a 32-bit integer, not {p}")),
             },
-            Some(other) => {
-                return Err(format!(
-                    "\"priority\" must be an integer, not {}",
-                    json_kind(&other)
-                ))
-            }
+            Some(other) => return Err(format!("\"priority\" must be an integer, not {}", json_kind(&other))),
         };
         let payload = match object.remove("payload") {
             None => return Err("it has no \"payload\"".into()),

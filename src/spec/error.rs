@@ -228,11 +228,7 @@ fn readable(message: &str) -> String {
 }
 
 /// Keys SPEC §4 names that this build does not have yet.
-const NOT_BUILT: &[(&str, &str)] = &[
-    ("handler", "bulkhead"),
-    ("handler", "fallback"),
-    ("handler", "cache"),
-];
+const NOT_BUILT: &[(&str, &str)] = &[("handler", "bulkhead"), ("handler", "fallback"), ("handler", "cache")];
 
 fn hint_for_unknown(section: &str, field: &str, serde_message: &str) -> String {
     if NOT_BUILT.contains(&(section, field)) {
