@@ -67,12 +67,20 @@ fn free_port() -> u16 {
 impl Setup {
     /// `lote run` with `config`, waiting until the listener answers.
     fn daemon(&self, config: &Path, port: Option<u16>) -> Child {
-        let child = self
-            .lote(&["run", "-c", config.to_str().unwrap()])
+        let mut child = self.spawn_run(config);
+        self.wait_until_up(&mut child, port);
+        child
+    }
+
+    fn spawn_run(&self, config: &Path) -> Child {
+        self.lote(&["run", "-c", config.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn wait_until_up(&self, child: &mut Child, port: Option<u16>) {
         let started = Instant::now();
         loop {
             let up = match port {
@@ -80,9 +88,13 @@ impl Setup {
                 None => self.path("state/status.json").exists(),
             };
             if up {
-                return child;
+                return;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "the daemon did not start");
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not start within 10 s");
+            }
             thread::sleep(Duration::from_millis(20));
         }
     }
