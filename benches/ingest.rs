@@ -270,7 +270,11 @@ fn batch(prefix: &'static str) -> impl Fn(usize) -> Vec<u8> + Sync {
 /// The group-commit ceiling: the same rows through the library, no HTTP.
 fn ceiling(rows: usize, per_push: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let intake = Intake::open(InboxConfig::new(dir.path().join("inbox.db")), None).unwrap();
+    let config = InboxConfig {
+        capacity: 100_000_000,
+        ..InboxConfig::new(dir.path().join("inbox.db"))
+    };
+    let intake = Intake::open(config, None).unwrap();
     let pushes = rows / per_push;
     let next = AtomicUsize::new(0);
     let started = Instant::now();
@@ -315,7 +319,7 @@ fn main() {
     println!("raw group commit (Intake, no HTTP):   1 item/push {raw_single:>9.0} rows/s   {BATCH} items/push {raw_batch:>9.0} rows/s");
 
     let port = free_port();
-    let daemon = Daemon::start(&format!("127.0.0.1:{port}"), "", NOOP);
+    let daemon = Daemon::start(&format!("127.0.0.1:{port}"), "  capacity: 100000000\n", NOOP);
     let tcp = Target::Tcp(format!("127.0.0.1:{port}"));
     let run = load(&tcp, requests, "application/json", single);
     let rate = run.count(202) as f64 / run.elapsed.as_secs_f64();
@@ -392,7 +396,7 @@ fn main() {
 
     let socket = tempfile::tempdir().unwrap();
     let path = socket.path().join("ingest.sock");
-    let daemon = Daemon::start(&format!("unix:{}", path.display()), "", NOOP);
+    let daemon = Daemon::start(&format!("unix:{}", path.display()), "  capacity: 100000000\n", NOOP);
     let run = load(&Target::Unix(path), requests, "application/json", single);
     let rate = run.count(202) as f64 / run.elapsed.as_secs_f64();
     println!(
