@@ -17,6 +17,8 @@
 #   - a config that fails ExecStartPre ends `failed` (start-limit-hit) with
 #     a bounded NRestarts instead of restarting for ever;
 #   - lote@NAME and lote-once@NAME (.timer and the service it starts);
+#   - an inbox fed over the unit's Unix socket in /run/lote/NAME/ and by
+#     `lote push` as the user lote; a 202 is on disk; a stop keeps the rest;
 #   - what the sandbox's system call filter blocks for an exec handler;
 #   - dpkg -r stops everything.
 #
@@ -100,7 +102,7 @@ trap 'exit 130' INT TERM
 # --- the container's root: Debian 12 with systemd as init ------------------------
 note "building the container root ($root)"
 # unsafe-io and no docs: a throw-away root needs neither fsyncs nor manuals.
-mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus,adduser,procps \
+mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus,adduser,procps,curl \
     --dpkgopt=force-unsafe-io --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --aptopt='Acquire::Languages "none"' bookworm "$root" "$MIRROR"
@@ -239,6 +241,32 @@ expect "systemctl reload lote@alpha FAILS on an invalid config" sh_ct '! systemc
 expect "lote@alpha still active" test "$(prop lote@alpha ActiveState)" = active
 expect "systemctl stop lote@alpha: exit 0" sh_ct 'systemctl stop lote@alpha &&
     [ "$(systemctl show lote@alpha -p ExecMainStatus --value)" = 0 ]'
+
+# --- an inbox fed over HTTP (a Unix socket in RuntimeDirectory=) and lote push --------------
+sh_ct 'cat >/etc/lote/ingest.yaml' <<'EOF2'
+state_dir: /var/lib/lote/ingest
+session: {threads: 1}
+source: {kind: inbox}
+handler: {kind: exec, command: ["/bin/sh", "-c", "sleep 0.2; cat"]}
+http: {listen: "unix:/run/lote/ingest/ingest.sock"}
+metrics: {every: 200ms}
+EOF2
+expect "systemctl start lote@ingest" in_ct systemctl start lote@ingest
+expect "the socket is in /run/lote/ingest, mode 0660" within 15 sh_ct \
+    '[ "$(stat -c %a /run/lote/ingest/ingest.sock 2>/dev/null)" = 660 ]'
+expect "POST /items over the socket: 202" sh_ct 'curl -sf --unix-socket /run/lote/ingest/ingest.sock \
+    -X POST --data "{\"id\": \"h1\", \"payload\": \"over http\"}" http://lote/items | grep -q "\"accepted\":1"'
+expect "lote push as the user lote: exit 0" sh_ct 'printf "p1\np2\n" |
+    runuser -u lote -- lote push -c /etc/lote/ingest.yaml | grep -q "accepted 2"'
+expect "GET /readyz: 200" sh_ct 'curl -sf --unix-socket /run/lote/ingest/ingest.sock http://lote/readyz >/dev/null'
+expect "the pushed items are done" within 15 sh_ct \
+    'curl -sf --unix-socket /run/lote/ingest/ingest.sock http://lote/status | grep -q "\"done\": 3"'
+sh_ct 'for i in $(seq 20); do printf "q$i\n"; done | runuser -u lote -- lote push -c /etc/lote/ingest.yaml >/dev/null'
+expect "systemctl stop lote@ingest: exit 0, the socket removed" sh_ct 'systemctl stop lote@ingest &&
+    [ "$(systemctl show lote@ingest -p ExecMainStatus --value)" = 0 ] && [ ! -e /run/lote/ingest/ingest.sock ]'
+sh_ct 'systemctl start lote@ingest'
+expect "restarted, it finishes what the stop left: the inbox empties" within 30 sh_ct 'curl -sf --unix-socket /run/lote/ingest/ingest.sock http://lote/status | grep -q "\"depth\": 0"'
+in_ct systemctl stop lote@ingest
 
 # --- lote-once@NAME.timer and its service (run --once) --------------------------------------
 config batch 'handler: {kind: exec, command: ["/bin/cat"]}'
