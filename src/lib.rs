@@ -17,7 +17,9 @@
 //!   processed, receive acknowledgements, take dead letters back);
 //!   [`source::VecSource`] (in memory), [`source::SqliteSource`] (a work
 //!   table in a SQLite file), [`source::spool::SpoolSource`] (a directory,
-//!   one file per item) and [`source::lines::LinesSource`] (a file or stdin).
+//!   one file per item), [`source::lines::LinesSource`] (a file or stdin)
+//!   and [`source::InboxSource`] (lote's own durable queue, filled through
+//!   an [`source::Intake`] by the HTTP listener and `lote push`).
 //! - [`queue`]: [`WorkQueue`], the bounded priority queue and its messages
 //!   (`Stop < Work(priority, seq) < EndOfData`), with the five `when_full`
 //!   modes. Nothing else lives there.
@@ -48,6 +50,7 @@
 //! - [`ingest`]: the HTTP listener of local ingest (`http:`): `POST /items`,
 //!   `/status`, `/metrics`, `/healthz`, `/readyz` over loopback TCP or a
 //!   Unix socket, in front of an [`ingest::Backend`] the daemon implements.
+//! - [`push`]: `lote push`, stdin's lines into the inbox.
 //! - [`config`]: the config file, raw then validated into the types above.
 //! - [`daemon`]: `lote run` — parts from a config, sessions on a schedule,
 //!   signals, reload.
