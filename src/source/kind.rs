@@ -47,8 +47,10 @@ pub trait SourceKind: Sized {
     fn shares_sink_file(&self, _sink: &SinkSpec) -> bool {
         false
     }
-    /// Opens it (`dead-letter requeue`; the default for a run). Errors are
-    /// whole sentences: "opening the spool source: …".
+    /// Opens it to take items back (`dead-letter requeue`, which may run
+    /// while a daemon has it open: no recovery that would take a running
+    /// daemon's claims), and, by default, for a run. Errors are whole
+    /// sentences: "opening the spool source: …".
     fn open(&self, stream: bool) -> Result<Arc<dyn Source>, String>;
     /// For a kind other processes push items into (the inbox): its way in,
     /// opened. `bell`: the running source's, rung after each commit. `None`:

@@ -104,6 +104,16 @@ impl SqliteSource {
     /// Opens the table, checks its columns, and sets rows left `running` by
     /// a crash back to `pending`.
     pub fn open(config: SqliteSourceConfig) -> Result<Self, SourceError> {
+        Self::open_to(config, true)
+    }
+
+    /// Opens the table to put items back into it (`dead-letter requeue`),
+    /// leaving rows marked running alone: a daemon may be running them.
+    pub fn open_for_requeue(config: SqliteSourceConfig) -> Result<Self, SourceError> {
+        Self::open_to(config, false)
+    }
+
+    fn open_to(config: SqliteSourceConfig, reclaim: bool) -> Result<Self, SourceError> {
         let path = config.path.clone();
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             SourceError::new(format!("sqlite source {}", path.display()), format!("{what}: {e}"))
@@ -140,9 +150,12 @@ impl SqliteSource {
             }
         }
         let sql = Statements::new(&config);
-        let reset = conn
-            .execute(&sql.reset_running, [&config.pending, &config.running])
-            .map_err(|e| fail("resetting rows left running", &e))?;
+        let reset = match reclaim {
+            true => conn
+                .execute(&sql.reset_running, [&config.pending, &config.running])
+                .map_err(|e| fail("resetting rows left running", &e))?,
+            false => 0,
+        };
         if reset > 0 {
             log::warn!(
                 "sqlite source {}: {reset} row(s) were left {:?} by an earlier run that did not finish; \
@@ -509,17 +522,17 @@ impl SourceKind for SqliteSourceConfig {
     fn open(&self, stream: bool) -> Result<Arc<dyn Source>, String> {
         let mut table = self.clone();
         table.stream = stream;
-        let source = SqliteSource::open(table).map_err(|e| format!("opening the sqlite source: {e}"))?;
+        let source = SqliteSource::open_for_requeue(table).map_err(|e| format!("opening the sqlite source: {e}"))?;
         Ok(Arc::new(source))
     }
 
     fn open_for_run(&self, run: &Run) -> Result<(Arc<dyn Source>, Option<TableAck>), String> {
-        if !run.in_sink_file {
-            return Ok((self.open(run.stream)?, None));
-        }
         let mut table = self.clone();
         table.stream = run.stream;
         let source = SqliteSource::open(table).map_err(|e| format!("opening the sqlite source: {e}"))?;
+        if !run.in_sink_file {
+            return Ok((Arc::new(source), None));
+        }
         let table_ack = source.table_ack();
         Ok((Arc::new(source.acked_in_sink_transaction()), Some(table_ack)))
     }

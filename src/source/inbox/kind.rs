@@ -119,7 +119,10 @@ impl SourceKind for InboxConfig {
     }
 
     fn open(&self, stream: bool) -> Result<Arc<dyn Source>, String> {
-        Ok(Arc::new(self.open_source(stream)?))
+        let mut inbox = self.clone();
+        inbox.stream = stream;
+        let source = InboxSource::open_for_requeue(inbox).map_err(|e| format!("opening the inbox: {e}"))?;
+        Ok(Arc::new(source))
     }
 
     fn open_for_run(&self, run: &Run) -> Result<(Arc<dyn Source>, Option<TableAck>), String> {

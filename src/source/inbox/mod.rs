@@ -190,15 +190,29 @@ struct Timing {
 }
 
 impl InboxSource {
-    /// Opens the inbox (creating it if missing), sets rows a crash left
-    /// running back to pending, and prunes finished rows past the window.
+    /// Opens the inbox (creating it if missing) for a run: sets rows a
+    /// crash left running back to pending, and prunes finished rows past
+    /// the window.
     pub fn open(config: InboxConfig) -> Result<Self, SourceError> {
+        Self::open_to(config, true)
+    }
+
+    /// Opens the inbox to put items back into it (`dead-letter requeue`),
+    /// leaving running rows alone: a daemon may be running them.
+    pub fn open_for_requeue(config: InboxConfig) -> Result<Self, SourceError> {
+        Self::open_to(config, false)
+    }
+
+    fn open_to(config: InboxConfig, reclaim: bool) -> Result<Self, SourceError> {
         let conn = open_db(&config).map_err(|e| SourceError::new("opening the inbox", e))?;
         let source_error =
             |what: &str, e: rusqlite::Error| SourceError::new(format!("inbox {}: {what}", config.path.display()), e);
-        let reset = conn
-            .execute("UPDATE inbox SET status = 'pending' WHERE status = 'running'", [])
-            .map_err(|e| source_error("resetting rows left running", e))?;
+        let reset = match reclaim {
+            true => conn
+                .execute("UPDATE inbox SET status = 'pending' WHERE status = 'running'", [])
+                .map_err(|e| source_error("resetting rows left running", e))?,
+            false => 0,
+        };
         if reset > 0 {
             log::warn!(
                 "inbox {}: {reset} item(s) were left running by an earlier run that did not finish; they are pending again",

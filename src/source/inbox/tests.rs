@@ -328,3 +328,30 @@ fn closing_the_intake_refuses_later_pushes() {
     intake.close();
     assert_eq!(intake.push(vec![item(None, None, "x")]).unwrap_err(), Refused::Closed);
 }
+
+#[test]
+fn a_requeue_beside_a_running_daemon_leaves_its_claims_and_makes_dead_letters_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    Intake::open(config.clone(), None)
+        .unwrap()
+        .push(vec![item(Some("bad"), None, "1"), item(Some("busy"), None, "2")])
+        .unwrap();
+    let daemon = InboxSource::open(config.clone()).unwrap();
+    let Pull::Items(items) = daemon.pull(10).unwrap() else {
+        panic!("items expected")
+    };
+    daemon.ack(&[done(items[0].clone(), Status::Failed)]).unwrap();
+    // `lote dead-letter requeue` while the daemon still runs "busy".
+    let requeue = InboxSource::open_for_requeue(config.clone()).unwrap();
+    requeue.requeue(vec![Item::new("bad", "1")]).unwrap();
+    let mut rows = rows(&config.path);
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("bad".into(), "pending".into(), true),
+            ("busy".into(), "running".into(), true)
+        ]
+    );
+}
