@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -307,25 +307,7 @@ fn a_full_inbox_answers_503_and_is_not_ready_and_metrics_pass_promtool() {
 fn promtool_check(setup: &Setup, text: &str) {
     let file = setup.path("metrics.prom");
     fs::write(&file, text).unwrap();
-    match Command::new("promtool").arg("--version").output() {
-        Ok(out) if out.status.success() => {
-            let out = Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(fs::File::open(&file).unwrap())
-                .output()
-                .unwrap();
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success() && said.trim().is_empty(),
-                "promtool: {said}\n{text}"
-            );
-        }
-        _ => eprintln!("*** promtool is not on PATH: GET /metrics was not checked by it ***"),
-    }
+    common::promtool_check_metrics(&file);
 }
 
 #[test]

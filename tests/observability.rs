@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
+
+mod common;
 
 use lote::metrics::Metrics;
 use lote::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy};
@@ -194,29 +195,7 @@ fn check_metrics_text(dir: &Path, text: &str) {
     check_exposition(text).unwrap_or_else(|e| panic!("{e}\n--- text ---\n{text}"));
     let file = dir.join("lote.prom");
     write_atomically(&file, text.as_bytes()).unwrap();
-    match Command::new("promtool").arg("--version").output() {
-        Ok(out) if out.status.success() => {
-            let out = Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(Stdio::from(fs::File::open(&file).unwrap()))
-                .output()
-                .unwrap();
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success(),
-                "promtool check metrics failed:\n{said}\n--- text ---\n{text}"
-            );
-            assert!(said.trim().is_empty(), "promtool found lint problems:\n{said}");
-        }
-        _ => eprintln!(
-            "\n*** promtool is not on PATH: the Prometheus text was checked by this test's own parser only. \
-             Install it (apt-get install -y --no-install-recommends prometheus) for the real check. ***\n"
-        ),
-    }
+    common::promtool_check_metrics(&file);
 }
 
 /// A small checker of the text format 0.0.4: every sample line is

@@ -55,3 +55,33 @@ pub fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// `promtool check metrics` on the Prometheus text in `file`, when promtool
+/// is on PATH: it must accept it with no lint problem. Without promtool it
+/// says so on stderr (the caller's own format check then stands alone).
+pub fn promtool_check_metrics(file: &std::path::Path) {
+    match Command::new("promtool").arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            let out = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(fs::File::open(file).unwrap())
+                .output()
+                .unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = fs::read_to_string(file).unwrap_or_default();
+            assert!(
+                out.status.success(),
+                "promtool check metrics failed:\n{said}\n--- text ---\n{text}"
+            );
+            assert!(said.trim().is_empty(), "promtool found lint problems:\n{said}");
+        }
+        _ => eprintln!(
+            "\n*** promtool is not on PATH: the Prometheus text was not checked by it. \
+             Install it (apt-get install -y --no-install-recommends prometheus) for the real check. ***\n"
+        ),
+    }
+}

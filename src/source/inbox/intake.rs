@@ -127,9 +127,15 @@ struct Request {
 /// See the module documentation.
 pub struct Intake {
     config: InboxConfig,
+    /// The way to the committer; taken (`None`) by `close`, so pushes
+    /// after it are refused. Locked only to clone or take the sender.
     requests: Mutex<Option<Sender<Request>>>,
+    /// The committer thread, taken and joined by `close` (once).
     committer: Mutex<Option<JoinHandle<()>>>,
-    /// For [`Intake::depth`]; the committer has its own.
+    /// A read connection for [`Intake::depth`] and the full check of
+    /// `push`; the committer writes through its own. One SQLite handle is
+    /// used by one thread at a time, so reads take turns (a read under WAL
+    /// never waits for the writer).
     reader: Mutex<Connection>,
     stats: Arc<IntakeStats>,
 }
