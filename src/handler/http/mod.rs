@@ -1,0 +1,231 @@
+//! `http`: sends each item's payload to a URL (SPEC §3.6).
+//!
+//! # Invariants
+//!
+//! - **One request per call**: `method url`, the payload as the body, the
+//!   configured headers, then `Idempotency-Key: <item id>` and
+//!   `X-Lote-Attempt: <n>` (set by lote; a config cannot override them). One
+//!   [`ureq::Agent`] (and its connection pool) serves every worker.
+//! - **Time.** Connecting is bounded by `connect_timeout`; the whole call
+//!   (connect, send, response, body) by the sooner of `timeout` and the call
+//!   context's deadline. When lote hurries, the agent is shut down, which
+//!   fails every request in flight at once (a DNS lookup or TCP connect in
+//!   progress still runs out its own timeout), and a fresh agent serves later
+//!   calls.
+//! - **Status mapping.**
+//!   - 2xx → done; the output is the body's first `output_limit` bytes, lossy
+//!     UTF-8 (the rest is not read: the connection is dropped instead).
+//!   - 408, 429, 5xx → `Failure::retryable("HTTP 503: <first 200 bytes of
+//!     body>")`, carrying `Retry-After` as a hint when the header holds
+//!     delta-seconds or an IMF-fixdate (the form RFC 9110 requires senders to
+//!     use). The obsolete RFC 850 and asctime date forms give no hint.
+//!   - 3xx → `Failure::fatal("HTTP 301: unexpected redirect to <Location>")`.
+//!     Redirects are never followed: following one would re-send (or, on
+//!     301/302/303, silently drop) the payload to a place the config never
+//!     named, and a moved endpoint is a config error a retry cannot fix.
+//!   - other 4xx → `Failure::fatal("HTTP 400: <first 200 bytes of body>")`.
+//!   - anything else (1xx, 6xx…) → retryable `"HTTP 600: unexpected status"`.
+//!   - transport errors (refused, DNS, TLS, reset, a timeout other than the
+//!     call's) → `Failure::retryable("transport error: <cause>")`; the call's
+//!     own timeout → `Failure::timed_out` ("timed out after Nms"); cut by a
+//!     hurry → `"cut short: lote is stopping"`.
+//!
+//!   In `HTTP N: <body>` the body part is left out when the body is empty.
+
+mod keys;
+mod send;
+
+pub use keys::HttpKeys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ureq::http::header::{HeaderName, HeaderValue};
+use ureq::http::{Method, Uri};
+use ureq::Agent;
+
+use super::{CallContext, Failure, Handler};
+use crate::item::Item;
+use send::{Agents, Outgoing};
+
+/// Bytes of an error response's body quoted in the failure message.
+pub const ERROR_BODY_QUOTE: usize = 200;
+
+/// The message of a call cut short by a hurry.
+const CUT_SHORT: &str = "cut short: lote is stopping";
+
+/// Headers lote sets itself on every request.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const ATTEMPT: &str = "x-lote-attempt";
+
+/// An http handler's settings (config section `handler:` with `kind: http`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub url: String,
+    /// Default `POST`.
+    pub method: String,
+    /// Extra request headers (`Idempotency-Key: <id>` is always sent).
+    pub headers: Vec<(String, String)>,
+    /// Default 5 s.
+    pub connect_timeout: Duration,
+    /// Whole request, when the call context has no sooner deadline.
+    /// Default 30 s.
+    pub timeout: Duration,
+    /// Most bytes of the response body kept as the output. Default 64 KiB.
+    pub output_limit: usize,
+}
+
+impl Default for HttpConfig {
+    /// No URL (it must be set), `POST`, no extra headers, 5 s to connect,
+    /// 30 s per call, 64 KiB of output.
+    fn default() -> Self {
+        HttpConfig {
+            url: String::new(),
+            method: "POST".to_string(),
+            headers: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            output_limit: 64 * 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The defaults, sending to `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        HttpConfig {
+            url: url.into(),
+            ..HttpConfig::default()
+        }
+    }
+}
+
+/// Sends each item to [`HttpConfig::url`]. One value serves every worker.
+pub struct HttpHandler {
+    config: HttpConfig,
+    method: Method,
+    uri: Uri,
+    /// The configured headers, checked once.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Shared with the hurry listeners of calls in flight.
+    agents: Arc<Agents>,
+}
+
+impl std::fmt::Debug for HttpHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHandler")
+            .field("method", &self.method)
+            // Not the whole URL: its userinfo or query may hold a secret.
+            .field("host", &self.uri.host())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpHandler {
+    /// Checks `config` and builds the agent. The error says what is wrong and
+    /// what to do about it.
+    pub fn new(config: HttpConfig) -> Result<Self, String> {
+        let url = config.url.trim();
+        let lower = url.to_ascii_lowercase();
+        if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+            return Err(format!(
+                "http handler: url {url:?} must start with http:// or https://, e.g. http://127.0.0.1:8080/items"
+            ));
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("http handler: url {url:?} is not a valid URL: {e}"))?;
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(format!("http handler: url {url:?} has no host"));
+        }
+        let method = match config.method.to_ascii_uppercase().as_str() {
+            "POST" => Method::POST,
+            "PUT" => Method::PUT,
+            "PATCH" => Method::PATCH,
+            "DELETE" => Method::DELETE,
+            "GET" => Method::GET,
+            _ => {
+                return Err(format!(
+                    "http handler: method {:?} is not supported; use POST (the default), PUT, PATCH, DELETE or GET",
+                    config.method
+                ))
+            }
+        };
+        let mut headers = Vec::with_capacity(config.headers.len());
+        for (name, value) in &config.headers {
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| format!("http handler: header name {name:?} is not a valid HTTP header name"))?;
+            if name == IDEMPOTENCY_KEY || name == ATTEMPT {
+                return Err(format!(
+                    "http handler: header {name} is set by lote on every request; remove it"
+                ));
+            }
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("http handler: header {name} has a value with characters HTTP does not allow"))?;
+            headers.push((name, value));
+        }
+        let agent_config = Agent::config_builder()
+            // 4xx and 5xx come back as responses, to be mapped below.
+            .http_status_as_error(false)
+            .timeout_connect(Some(config.connect_timeout))
+            // See the module doc: a redirect is a config error.
+            .max_redirects(0)
+            .user_agent(concat!("lote/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let agents = Agents::new(agent_config);
+        Ok(HttpHandler {
+            config,
+            method,
+            uri,
+            headers,
+            agents: Arc::new(agents),
+        })
+    }
+
+    /// The settings this handler runs with.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+}
+
+impl Handler for HttpHandler {
+    fn handle(&self, ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure> {
+        let body = self.exchange(
+            ctx,
+            Outgoing {
+                body: &item.payload,
+                key: ctx.idempotency_key(),
+                content_type: None,
+                read_limit: self.config.output_limit,
+            },
+        )?;
+        Ok(String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_rejects_bad_urls_methods_and_headers() {
+        let err = |config: HttpConfig| HttpHandler::new(config).unwrap_err();
+        assert!(err(HttpConfig::new("ftp://x/")).contains("http:// or https://"));
+        assert!(
+            err(HttpConfig::new("http://")).contains("not a valid URL")
+                || err(HttpConfig::new("http://")).contains("no host")
+        );
+        let mut config = HttpConfig::new("http://127.0.0.1/");
+        config.method = "BREW".into();
+        assert!(err(config).contains("method \"BREW\""));
+        let mut config = HttpConfig::new("http://127.0.0.1/");
+        config.headers = vec![("Idempotency-Key".into(), "x".into())];
+        assert!(err(config).contains("set by lote"));
+        let mut config = HttpConfig::new("http://127.0.0.1/");
+        config.headers = vec![("Bad Name".into(), "x".into())];
+        assert!(err(config).contains("not a valid HTTP header name"));
+        let mut config = HttpConfig::new("https://example.com/items");
+        config.method = "put".into();
+        assert_eq!(HttpHandler::new(config).unwrap().method, Method::PUT);
+    }
+}
