@@ -38,8 +38,9 @@ impl Check<'_> {
         // default.
         let (sink, writer) = self.sink(raw.sink, &state_dir)?;
         let source = self.source(raw.source, &state_dir, every, &sink)?;
-        let (handler, policy, qos) = self.handler(raw.handler, &state_dir)?;
+        let (handler, policy, qos, batch) = self.handler(raw.handler, &state_dir)?;
         session.qos = qos;
+        session.batch = batch;
 
         let dead_letter = self.dead_letter(raw.dead_letter, &state_dir)?;
         if let Some(dead) = &dead_letter {
@@ -239,6 +240,7 @@ impl Check<'_> {
             pull_batch: d.pull_batch,
             poll_interval,
             qos: d.qos,
+            batch: None,
         };
         Ok((session, every))
     }

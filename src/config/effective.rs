@@ -6,7 +6,7 @@
 use serde_yaml::Value;
 
 use super::{Config, HttpConfig, SinkSpec};
-use crate::spec::effective::{dur, map, opt_dur, path, spelled};
+use crate::spec::effective::{bytes, dur, map, opt_dur, path, spelled};
 
 pub(super) fn to_yaml(c: &Config) -> String {
     let s = &c.session;
@@ -83,6 +83,16 @@ fn handler(c: &Config) -> Value {
             ]),
         ),
         ("breaker", breaker),
+        (
+            "batch",
+            c.session.batch.as_ref().map_or(Value::Null, |b| {
+                map([
+                    ("max_items", b.max_items.into()),
+                    ("max_bytes", bytes(b.max_bytes as u64)),
+                    ("max_wait", dur(b.max_wait)),
+                ])
+            }),
+        ),
     ];
     if let Value::Mapping(m) = &mut out {
         for (k, v) in common {

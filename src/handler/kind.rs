@@ -83,6 +83,8 @@ macro_rules! handler_keys {
                     retry: Option<$crate::policy::RetryKeys>,
                     /// Circuit breaker. Default none.
                     breaker: Option<$crate::policy::BreakerKeys>,
+                    /// Many items per call (SPEC §3.12). Default: one per call.
+                    batch: Option<$crate::policy::BatchKeys>,
                 }
                 let k = <Keys as serde::Deserialize>::deserialize(deserializer)?;
                 Ok($name {
@@ -92,6 +94,7 @@ macro_rules! handler_keys {
                         timeout: k.timeout,
                         retry: k.retry,
                         breaker: k.breaker,
+                        batch: k.batch,
                     },
                 })
             }

@@ -5,12 +5,20 @@
 //!
 //! Any `Fn(&CallContext, &Item) -> Result<String, Failure>` closure is a
 //! handler; so are the kinds in this folder, one file each.
+//!
+//! A handler may also take items in batches (SPEC §3.12): a
+//! [`BatchHandler`] answers one call for many items with a [`BatchReply`]
+//! (all done, or one result per item). The kinds here take both; a closure
+//! of `Fn(&CallContext, &[Item]) -> Result<BatchReply, Failure>` becomes a
+//! handler with [`batch_fn`].
 
+mod batch;
 pub mod exec;
 pub mod http;
 mod kind;
 mod noop;
 
+pub use batch::{batch_fn, batch_key, BatchFn, BatchHandler, BatchReply, ItemReply};
 pub use kind::{HandlerAt, HandlerKind, WithPolicy};
 pub use noop::{Noop, NoopConfig};
 
@@ -43,6 +51,12 @@ pub trait Handler: Send + Sync {
     /// handler kills its children's process groups) and start nothing more.
     /// Most handlers have nothing to stop.
     fn kill_running(&self) {}
+
+    /// The same handler taking batches, if it can (`handler.batch`). `None`
+    /// (the default): one item per call only.
+    fn as_batch(&self) -> Option<&dyn BatchHandler> {
+        None
+    }
 }
 
 impl<F> Handler for F
@@ -56,7 +70,9 @@ where
 
 /// What a handler knows about the call it is in.
 pub struct CallContext<'a> {
-    item: &'a Item,
+    /// The item's id, or a batch's key.
+    key: &'a str,
+    priority: Priority,
     attempt: u32,
     deadline: Option<Instant>,
     stop: &'a StopHandle,
@@ -66,26 +82,46 @@ impl<'a> CallContext<'a> {
     /// A context for `attempt` (1-based) of `item`, cut off at `deadline`.
     pub fn new(item: &'a Item, attempt: u32, deadline: Option<Instant>, stop: &'a StopHandle) -> Self {
         CallContext {
-            item,
+            key: &item.id,
+            priority: item.priority,
             attempt,
             deadline,
             stop,
         }
     }
 
-    /// The item's id.
+    /// A context for a batch call: `key` is the batch's [`batch_key`],
+    /// `priority` its most urgent item's.
+    pub fn for_batch(
+        key: &'a str,
+        priority: Priority,
+        attempt: u32,
+        deadline: Option<Instant>,
+        stop: &'a StopHandle,
+    ) -> Self {
+        CallContext {
+            key,
+            priority,
+            attempt,
+            deadline,
+            stop,
+        }
+    }
+
+    /// The item's id; in a batch call, the batch's key.
     pub fn item_id(&self) -> &str {
-        &self.item.id
+        self.key
     }
 
-    /// The key a downstream uses to recognise a repeat of this item (the id).
+    /// The key a downstream uses to recognise a repeat of this call: the
+    /// item's id, or for a batch a key of its set of ids ([`batch_key`]).
     pub fn idempotency_key(&self) -> &str {
-        &self.item.id
+        self.key
     }
 
-    /// The item's priority.
+    /// The item's priority; in a batch call, its most urgent item's.
     pub fn priority(&self) -> Priority {
-        self.item.priority
+        self.priority
     }
 
     /// Which attempt this is, from 1.

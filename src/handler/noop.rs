@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{handler_keys, CallContext, Failure, Handler, HandlerAt, HandlerKind};
+use super::{handler_keys, BatchHandler, BatchReply, CallContext, Failure, Handler, HandlerAt, HandlerKind};
 use crate::item::Item;
 use crate::spec::{self, Check};
 
@@ -13,6 +13,16 @@ pub struct Noop;
 impl Handler for Noop {
     fn handle(&self, _ctx: &CallContext<'_>, _item: &Item) -> Result<String, Failure> {
         Ok(String::new())
+    }
+
+    fn as_batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+impl BatchHandler for Noop {
+    fn handle_batch(&self, _ctx: &CallContext<'_>, _items: &[Item]) -> Result<BatchReply, Failure> {
+        Ok(BatchReply::AllDone)
     }
 }
 

@@ -14,10 +14,12 @@
 
 mod counter;
 mod histogram;
+mod sizes;
 
 pub(crate) use counter::counter_set;
 pub use counter::{Counter, Gauge};
 pub use histogram::{Histogram, HistogramSnapshot};
+pub use sizes::{Sizes, SizesSnapshot, SIZE_BOUNDS};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +64,10 @@ counter_set! {
         panics,
         /// Handler calls that ran past their timeout.
         timeouts,
+        /// Batch calls made (`handler.batch`), retries of a smaller batch included.
+        batch_calls,
+        /// Items sent in batch calls (an item retried is counted again).
+        batch_items,
         /// Times a breaker opened (or reopened after a failed probe).
         breaker_opens,
         /// Chunks the committer refused.
@@ -80,6 +86,8 @@ counter_set! {
         pub handler_time: Histogram,
         /// From pulled to outcome, retries included.
         pub end_to_end: Histogram,
+        /// Items per batch call.
+        pub batch_size: Sizes,
         /// The running session's queue, sampled by status and metrics writers.
         pub queue: QueueProbe,
     }
@@ -179,6 +187,30 @@ impl Metrics {
             human(cap),
             human(cap)
         );
+    }
+
+    /// A batch call of `items` items is about to be made.
+    pub fn batch_called(&self, items: usize) {
+        self.batch_calls.inc();
+        self.batch_items.add(items as u64);
+        self.batch_size.record(items as u64);
+    }
+
+    /// `items` items of a batch failed retryably in call `call`; they go
+    /// again, as a smaller batch, after `delay`. One retry per item.
+    pub fn batch_retry_scheduled(&self, items: usize, call: u32, delay: Duration) {
+        self.retries.add(items as u64);
+        if delay >= LONG_RETRY_WAIT {
+            log::info!(
+                "batch call {call}: {items} item(s) failed retryably; this worker waits {} before sending them again",
+                human(delay)
+            );
+        } else {
+            log::debug!(
+                "batch call {call}: {items} item(s) failed retryably; sending them again in {}ms",
+                delay.as_millis()
+            );
+        }
     }
 
     /// The handler panicked while running `id`.

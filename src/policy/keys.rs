@@ -1,11 +1,11 @@
 //! The keys every `handler:` section has, whatever its kind (`qos`,
-//! `timeout`, `retry`, `breaker`), as written; `config` builds the
+//! `timeout`, `retry`, `breaker`, `batch`), as written; `config` builds the
 //! [`super::CallPolicy`] parts from them.
 
 use serde::Deserialize;
 
 use super::{Qos, WhenOpen};
-use crate::spec::Dur;
+use crate::spec::{ByteSize, Dur};
 
 /// The keys every handler kind shares. Not `#[serde(flatten)]`: flattening
 /// buffers the section and cannot deny unknown keys, so each kind lists them
@@ -16,6 +16,19 @@ pub struct PolicyKeys {
     pub timeout: Option<Dur>,
     pub retry: Option<RetryKeys>,
     pub breaker: Option<BreakerKeys>,
+    pub batch: Option<BatchKeys>,
+}
+
+/// `handler.batch:` (SPEC §3.12).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchKeys {
+    /// Most items per call. Default 100.
+    pub max_items: Option<u64>,
+    /// Most payload bytes per call. Default 1MiB.
+    pub max_bytes: Option<ByteSize>,
+    /// How long a worker waits for a batch to fill. Default 200ms.
+    pub max_wait: Option<Dur>,
 }
 
 /// `handler.retry:`.

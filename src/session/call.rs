@@ -135,7 +135,7 @@ fn attempt(
 }
 
 /// Waits for the breaker to let a call through. `Ok(None)`: no breaker.
-fn admit<'p>(
+pub(super) fn admit<'p>(
     policy: &'p CallPolicy,
     stop: &StopHandle,
     metrics: &Metrics,
@@ -162,7 +162,7 @@ fn admit<'p>(
     }
 }
 
-fn note(policy: &CallPolicy, transition: Option<Transition>, metrics: &Metrics) {
+pub(super) fn note(policy: &CallPolicy, transition: Option<Transition>, metrics: &Metrics) {
     if let (Some(transition), Some(breaker)) = (transition, policy.breaker.as_deref()) {
         metrics.breaker_moved(transition, breaker.config().failures, breaker.config().open_for);
     }
@@ -171,7 +171,7 @@ fn note(policy: &CallPolicy, transition: Option<Transition>, metrics: &Metrics) 
 /// One wait of the call loop: `before_wait` first, then a sleep on the stop
 /// handle, counted in `waiting_workers` while it lasts. True if a stop cut
 /// it short.
-fn wait(stop: &StopHandle, metrics: &Metrics, delay: Duration, before_wait: &mut dyn FnMut()) -> bool {
+pub(super) fn wait(stop: &StopHandle, metrics: &Metrics, delay: Duration, before_wait: &mut dyn FnMut()) -> bool {
     before_wait();
     metrics.waiting_workers.inc();
     let stopped = stop.sleep(delay);
@@ -180,7 +180,7 @@ fn wait(stop: &StopHandle, metrics: &Metrics, delay: Duration, before_wait: &mut
 }
 
 /// The text of a panic payload (`panic!("...")` gives a `&str` or `String`).
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

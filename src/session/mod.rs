@@ -21,6 +21,7 @@
 //! commit, and exit; `run` then takes the work still queued and gives it back
 //! to the source untouched.
 
+mod batch;
 mod call;
 mod events;
 mod producer;
@@ -68,6 +69,33 @@ pub struct SessionConfig {
     /// How long the producer waits before polling an idle stream source.
     pub poll_interval: Duration,
     pub qos: Qos,
+    /// `handler.batch`: workers take many items per handler call. `None`:
+    /// one item per call.
+    pub batch: Option<BatchConfig>,
+}
+
+/// How a worker fills a batch (SPEC §3.12, `handler.batch`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most items per call (≥ 1).
+    pub max_items: usize,
+    /// Most payload bytes per call; a batch closes before the item that
+    /// would pass it (an item larger on its own goes alone).
+    pub max_bytes: usize,
+    /// How long a worker holding at least one item waits for the batch to
+    /// fill before it calls with what it has.
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    /// Seed 000's batches of 100, at most 1 MiB, filled for at most 200 ms.
+    fn default() -> Self {
+        BatchConfig {
+            max_items: 100,
+            max_bytes: 1024 * 1024,
+            max_wait: Duration::from_millis(200),
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -84,6 +112,7 @@ impl Default for SessionConfig {
             pull_batch: 64,
             poll_interval: Duration::from_secs(1),
             qos: Qos::AtLeastOnce,
+            batch: None,
         }
     }
 }
@@ -106,6 +135,14 @@ impl SessionConfig {
         }
         if self.deadline == Some(Duration::ZERO) {
             return bad("deadline is 0: omit it for no deadline, or give a positive duration");
+        }
+        if let Some(batch) = &self.batch {
+            if batch.max_items == 0 {
+                return bad("batch max_items is 0: a batch holds at least 1 item");
+            }
+            if batch.max_bytes == 0 {
+                return bad("batch max_bytes is 0: give a limit like 1MiB");
+            }
         }
         Ok(())
     }
@@ -199,6 +236,13 @@ impl Session {
     /// gives back what is still queued and sums up.
     pub fn run(&self) -> Result<SessionSummary, SessionError> {
         self.config.validate()?;
+        if self.config.batch.is_some() && self.handler.as_batch().is_none() {
+            return Err(SessionError::Config(
+                "batch is set, but this handler takes one item per call; \
+                 give a BatchHandler (handler::batch_fn) or leave batch unset"
+                    .to_string(),
+            ));
+        }
         let done = self.done_lookup()?;
         let policy = self.call_policy();
         let started = Instant::now();
@@ -304,6 +348,7 @@ impl Session {
                     events,
                     chunk: self.config.chunk,
                     chunk_wait: self.config.chunk_wait,
+                    batch: self.config.batch.as_ref().zip(self.handler.as_batch()),
                 };
                 workers.push(spawn(scope, &format!("lote-worker-{index}"), move || worker.run()).map_err(give_up)?);
             }

@@ -21,12 +21,10 @@
 //!   and `_sum` are exact.
 
 use std::fmt::{self, Write as _};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{DaemonState, Status};
-use crate::metrics::{HistogramSnapshot, Metrics};
-use crate::source::inbox::BATCH_BOUNDS;
+use crate::metrics::{HistogramSnapshot, Metrics, SizesSnapshot};
 use crate::source::IntakeStats;
 
 /// The breaker's states, as `lote_breaker_state{state=…}` lists them.
@@ -109,6 +107,16 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         "lote_handler_timeouts_total",
         "Handler calls that ran past their timeout.",
         c.timeouts,
+    );
+    out.counter(
+        "lote_batch_calls_total",
+        "Batch calls made (handler.batch), retries of a smaller batch included.",
+        c.batch_calls,
+    );
+    out.counter(
+        "lote_batch_items_total",
+        "Items sent in batch calls (an item retried counts again).",
+        c.batch_items,
     );
     out.counter(
         "lote_breaker_opens_total",
@@ -289,6 +297,11 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         "Time from pulled to outcome, retries included.",
         &metrics.end_to_end.snapshot(),
     );
+    out.sizes(
+        "lote_batch_size",
+        "Items per batch call (handler.batch).",
+        &metrics.batch_size.snapshot(),
+    );
     out.text
 }
 
@@ -296,24 +309,11 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
 /// commit), appended to [`render`]'s text by a daemon with an inbox.
 pub fn inbox_histograms(stats: &IntakeStats) -> String {
     let mut out = Exposition::default();
-    let name = "lote_inbox_commit_rows";
-    out.family(name, "histogram", "Rows per group commit of pushes.");
-    let mut cumulative = 0;
-    for (bound, count) in BATCH_BOUNDS.iter().zip(&stats.batch_rows) {
-        cumulative += count.load(Ordering::Relaxed);
-        out.sample(
-            &format!("{name}_bucket"),
-            &[("le", &bound.to_string())],
-            &cumulative.to_string(),
-        );
-    }
-    out.sample(&format!("{name}_bucket"), &[("le", "+Inf")], &cumulative.to_string());
-    out.sample(
-        &format!("{name}_sum"),
-        &[],
-        &stats.batch_rows_sum.load(Ordering::Relaxed).to_string(),
+    out.sizes(
+        "lote_inbox_commit_rows",
+        "Rows per group commit of pushes.",
+        &stats.batch_rows.snapshot(),
     );
-    out.sample(&format!("{name}_count"), &[], &cumulative.to_string());
     out.histogram(
         "lote_inbox_commit_seconds",
         "Time of one group commit of pushes, its fsync included.",
@@ -384,6 +384,18 @@ impl Exposition {
     }
 
     /// A histogram with the fixed [`BOUNDS`], from a snapshot.
+    /// A histogram of counts ([`Sizes`]).
+    fn sizes(&mut self, name: &str, help: &str, s: &SizesSnapshot) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for (bound, count) in &s.cumulative {
+            self.sample(&bucket, &[("le", &bound.to_string())], &count.to_string());
+        }
+        self.sample(&bucket, &[("le", "+Inf")], &s.count.to_string());
+        self.sample(&format!("{name}_sum"), &[], &s.sum.to_string());
+        self.sample(&format!("{name}_count"), &[], &s.count.to_string());
+    }
+
     fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
         self.family(name, "histogram", help);
         let bucket = format!("{name}_bucket");

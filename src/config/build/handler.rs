@@ -1,24 +1,29 @@
 //! Stage two for `handler:`: the handler's engine config and the call
-//! policy around it (`qos`, `timeout`, `retry`, `breaker`).
+//! policy around it (`qos`, `timeout`, `retry`, `breaker`), and `batch`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{ConfigError, HandlerSpec, PolicySpec};
 use crate::handler::{HandlerAt, HandlerKeys};
-use crate::policy::{BreakerConfig, PolicyKeys, Qos, RetryPolicy, WhenOpen};
+use crate::policy::{BatchKeys, BreakerConfig, PolicyKeys, Qos, RetryPolicy, WhenOpen};
+use crate::session::BatchConfig;
 use crate::spec::{Check, Result, MAX_DURATION, MAX_TRIES};
+
+/// Most items one batch call may carry: a bound on what a worker holds.
+const MAX_BATCH_ITEMS: u64 = 100_000;
 
 impl Check<'_> {
     pub(super) fn handler(
         &mut self,
         raw: Option<HandlerKeys>,
         state_dir: &Path,
-    ) -> Result<(HandlerSpec, PolicySpec, Qos)> {
+    ) -> Result<(HandlerSpec, PolicySpec, Qos, Option<BatchConfig>)> {
         let Some(raw) = raw else {
             return Err(self.doc.whole("`handler:` is missing").with_key("handler"));
         };
         let (policy, qos) = self.policy(raw.policy())?;
+        let batch = self.batch(raw.policy().batch.as_ref())?;
         let at = HandlerAt {
             state_dir,
             timeout: policy.timeout,
@@ -27,8 +32,42 @@ impl Check<'_> {
         // What `lote run` builds, built here too (it changes nothing): the
         // program resolved in PATH, the URL parsed, the method and headers
         // known to the client.
-        spec.start().map(drop).map_err(|why| self.start_error(&why))?;
-        Ok((spec, policy, qos))
+        let started = spec.start().map_err(|why| self.start_error(&why))?;
+        if batch.is_some() && started.as_batch().is_none() {
+            return self.err(
+                "handler.batch",
+                format!(
+                    "`kind: {}` takes one item per call; remove `batch` (http, exec and noop take batches)",
+                    spec.kind()
+                ),
+            );
+        }
+        Ok((spec, policy, qos, batch))
+    }
+
+    /// `handler.batch`: omitted = one item per call; `{}` = the defaults.
+    fn batch(&self, keys: Option<&BatchKeys>) -> Result<Option<BatchConfig>> {
+        let Some(keys) = keys else { return Ok(None) };
+        let d = BatchConfig::default();
+        let max_items = keys.max_items.unwrap_or(d.max_items as u64);
+        self.count("handler.batch.max_items", max_items, 1..=MAX_BATCH_ITEMS)?;
+        let max_bytes = match keys.max_bytes {
+            None => d.max_bytes,
+            Some(b) => self.usize_bytes("handler.batch.max_bytes", b.0)?,
+        };
+        if max_bytes == 0 {
+            return self.err("handler.batch.max_bytes", "is 0; expected a limit like 1MiB");
+        }
+        let max_wait = self.at_most(
+            "handler.batch.max_wait",
+            keys.max_wait.map_or(d.max_wait, |w| w.0),
+            MAX_DURATION,
+        )?;
+        Ok(Some(BatchConfig {
+            max_items: max_items as usize,
+            max_bytes,
+            max_wait,
+        }))
     }
 
     fn policy(&mut self, p: &PolicyKeys) -> Result<(PolicySpec, Qos)> {

@@ -73,7 +73,8 @@ mod pump;
 use group::{Groups, Running};
 use pump::{Cut, Pump};
 
-use super::{CallContext, Failure, Handler};
+use super::batch::{parse_reply, request_body};
+use super::{BatchHandler, BatchReply, CallContext, Failure, Handler};
 use crate::item::Item;
 use crate::sync::Mutex;
 
@@ -205,17 +206,15 @@ impl ExecHandler {
 
     /// Starts the child and registers its group. The returned guard kills and
     /// reaps the child if the call ends (or panics) before `finish`.
-    fn spawn(&self, ctx: &CallContext<'_>, item: &Item) -> Result<Running<'_>, Failure> {
+    fn spawn(&self, call: &ChildCall<'_>) -> Result<Running<'_>, Failure> {
         let mut command = Command::new(&self.program);
         command
             // `ps` shows the program as the user wrote it.
             .arg0(&self.config.command[0])
             .args(&self.config.command[1..])
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
-            .env("LOTE_ITEM_ID", &item.id)
-            .env("LOTE_ATTEMPT", ctx.attempt().to_string())
-            .env("LOTE_PRIORITY", ctx.priority().to_string())
-            .stdin(if item.payload.is_empty() {
+            .envs(call.env.iter().map(|(k, v)| (k, v)))
+            .stdin(if call.stdin.is_empty() {
                 Stdio::null()
             } else {
                 Stdio::piped()
@@ -250,23 +249,26 @@ impl ExecHandler {
     }
 }
 
-impl Handler for ExecHandler {
-    fn handle(&self, ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure> {
+/// What one child gets: its stdin, lote's variables, how much stdout to keep.
+struct ChildCall<'a> {
+    stdin: &'a [u8],
+    env: Vec<(&'static str, String)>,
+    read_limit: usize,
+}
+
+impl ExecHandler {
+    /// Runs the program once for `call`: its stdout (the first
+    /// `read_limit` bytes) on exit 0, else the failure the exit maps to.
+    fn run(&self, ctx: &CallContext<'_>, call: ChildCall<'_>) -> Result<Vec<u8>, Failure> {
         if ctx.is_cancelled() || self.is_closed() {
             return Err(Failure::retryable(CUT_SHORT));
         }
         if ctx.expired() {
             return Err(Failure::timed_out(Duration::ZERO));
         }
-        if item.id.contains('\0') {
-            return Err(Failure::fatal(
-                "item id contains a NUL byte; it cannot be passed in LOTE_ITEM_ID",
-            ));
-        }
-
         let started = Instant::now();
-        let mut running = self.spawn(ctx, item)?;
-        let mut pump = Pump::new(&mut running.child, &item.payload, self.config.output_limit)
+        let mut running = self.spawn(&call)?;
+        let mut pump = Pump::new(&mut running.child, call.stdin, call.read_limit)
             .map_err(|e| Failure::retryable(format!("cannot set up the child's pipes: {e}")))?;
         let cut = pump.run(running.pgid, ctx, started, self.config.kill_grace);
         // SIGKILL to the group: the leader if it outlived the grace, or
@@ -282,8 +284,7 @@ impl Handler for ExecHandler {
         let status =
             status.map_err(|e| Failure::retryable(format!("cannot wait for {}: {e}", self.program.display())))?;
         if status.success() {
-            let bytes = pump.out;
-            return Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()));
+            return Ok(pump.out);
         }
         let tail = pump.err_tail();
         let tail = String::from_utf8_lossy(&tail);
@@ -308,9 +309,60 @@ impl Handler for ExecHandler {
             (None, None) => Err(Failure::retryable(with_tail(format!("ended with {status}")))),
         }
     }
+}
+
+impl Handler for ExecHandler {
+    fn handle(&self, ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure> {
+        if item.id.contains('\0') {
+            return Err(Failure::fatal(
+                "item id contains a NUL byte; it cannot be passed in LOTE_ITEM_ID",
+            ));
+        }
+        let call = ChildCall {
+            stdin: &item.payload,
+            env: vec![
+                ("LOTE_ITEM_ID", item.id.clone()),
+                ("LOTE_ATTEMPT", ctx.attempt().to_string()),
+                ("LOTE_PRIORITY", ctx.priority().to_string()),
+            ],
+            read_limit: self.config.output_limit,
+        };
+        let out = self.run(ctx, call)?;
+        Ok(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
 
     fn kill_running(&self) {
         self.kill_all_running();
+    }
+
+    fn as_batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+/// Bytes of a reply line besides the item's output: its id, `ok`, quoting.
+const REPLY_LINE_EXTRA: usize = 256;
+
+/// The batch call (SPEC §3.12): the batch's NDJSON on stdin; exit 0 with an
+/// empty stdout is all done, with NDJSON lines per item; a non-zero exit
+/// fails the whole batch as it would one item. The child gets
+/// `LOTE_BATCH_KEY`, `LOTE_BATCH_SIZE`, `LOTE_ATTEMPT` and `LOTE_PRIORITY`
+/// (the most urgent item's), no `LOTE_ITEM_ID`.
+impl BatchHandler for ExecHandler {
+    fn handle_batch(&self, ctx: &CallContext<'_>, items: &[Item]) -> Result<BatchReply, Failure> {
+        let stdin = request_body(items);
+        let per_line = self.config.output_limit.saturating_add(REPLY_LINE_EXTRA);
+        let call = ChildCall {
+            stdin: &stdin,
+            env: vec![
+                ("LOTE_BATCH_KEY", ctx.idempotency_key().to_string()),
+                ("LOTE_BATCH_SIZE", items.len().to_string()),
+                ("LOTE_ATTEMPT", ctx.attempt().to_string()),
+                ("LOTE_PRIORITY", ctx.priority().to_string()),
+            ],
+            read_limit: per_line.saturating_mul(items.len()),
+        };
+        parse_reply(&self.run(ctx, call)?)
     }
 }
 

@@ -32,6 +32,7 @@
 //!
 //!   In `HTTP N: <body>` the body part is left out when the body is empty.
 
+mod batch;
 mod keys;
 mod send;
 
@@ -44,7 +45,7 @@ use ureq::http::header::{HeaderName, HeaderValue};
 use ureq::http::{Method, Uri};
 use ureq::Agent;
 
-use super::{CallContext, Failure, Handler};
+use super::{BatchHandler, CallContext, Failure, Handler};
 use crate::item::Item;
 use send::{Agents, Outgoing};
 
@@ -200,6 +201,10 @@ impl Handler for HttpHandler {
             },
         )?;
         Ok(String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
+
+    fn as_batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
     }
 }
 

@@ -25,7 +25,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::{depth, now_ms, open_db, InboxConfig};
 use crate::item::{JsonItem, DEFAULT_PRIORITY};
-use crate::metrics::Histogram;
+use crate::metrics::{Histogram, Sizes};
 use crate::source::Doorbell;
 use crate::sync::Mutex;
 
@@ -93,27 +93,17 @@ pub struct IntakeStats {
     /// Commits, and requests they carried.
     pub commits: AtomicU64,
     pub requests: AtomicU64,
-    /// Rows per commit: counts of commits with at most 1, 2, 4, … 8192 rows
-    /// (the bounds of [`BATCH_BOUNDS`]), and the sum of rows.
-    pub batch_rows: [AtomicU64; BATCH_BOUNDS.len()],
-    pub batch_rows_sum: AtomicU64,
+    /// Rows per commit.
+    pub batch_rows: Sizes,
     /// How long each commit took (its transaction, fsync included).
     pub commit_time: Histogram,
 }
-
-/// The upper bounds of the rows-per-commit histogram.
-pub const BATCH_BOUNDS: [u64; 14] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192];
 
 impl IntakeStats {
     fn committed(&self, rows: usize, requests: usize, took: std::time::Duration) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(requests as u64, Ordering::Relaxed);
-        self.batch_rows_sum.fetch_add(rows as u64, Ordering::Relaxed);
-        let bucket = BATCH_BOUNDS
-            .iter()
-            .position(|&bound| rows as u64 <= bound)
-            .unwrap_or(BATCH_BOUNDS.len() - 1);
-        self.batch_rows[bucket].fetch_add(1, Ordering::Relaxed);
+        self.batch_rows.record(rows as u64);
         self.commit_time.record(took);
     }
 }

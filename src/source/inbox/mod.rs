@@ -35,7 +35,7 @@
 mod intake;
 mod kind;
 
-pub use intake::{Admitted, Intake, IntakeStats, Refused, BATCH_BOUNDS};
+pub use intake::{Admitted, Intake, IntakeStats, Refused};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

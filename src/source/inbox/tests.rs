@@ -283,12 +283,10 @@ fn concurrent_pushes_all_commit_and_each_answer_counts_its_own_items() {
     assert_eq!(intake.depth().unwrap(), 2000);
     let stats = intake.stats();
     assert_eq!(stats.requests.load(Ordering::Relaxed), 200);
-    assert_eq!(stats.batch_rows_sum.load(Ordering::Relaxed), 2000);
+    let rows = stats.batch_rows.snapshot();
+    assert_eq!(rows.sum, 2000);
     let commits = stats.commits.load(Ordering::Relaxed);
-    assert_eq!(
-        stats.batch_rows.iter().map(|b| b.load(Ordering::Relaxed)).sum::<u64>(),
-        commits
-    );
+    assert_eq!(rows.count, commits);
     assert_eq!(stats.commit_time.snapshot().count, commits);
 }
 

@@ -39,189 +39,9 @@ use std::time::{Duration, Instant};
 use crate::item::Priority;
 use crate::sync::{wait_maybe_until, Condvar, Mutex, MutexGuard};
 
-/// What a worker pops.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Message<T> {
-    /// Stop now, cleanly: finish nothing more, commit, exit.
-    Stop,
-    /// One work item.
-    Work(T),
-    /// Nothing is left: commit, exit.
-    EndOfData,
-}
+mod types;
 
-/// What a push does when the queue already holds `capacity` work items
-/// (SPEC §3.1, `queue.when_full`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// The producer waits for room, up to `block_timeout` if one is set.
-    #[default]
-    Block,
-    /// Evict the earliest-arrived queued item to make room.
-    DropOldest,
-    /// Evict the latest-arrived queued item to make room.
-    DropNewest,
-    /// Discard the incoming item.
-    DropWrite,
-    /// Refuse the incoming item (an HTTP ingest answers 503 + Retry-After).
-    Reject,
-}
-
-impl WhenFull {
-    /// The config spelling (`drop_oldest`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WhenFull::Block => "block",
-            WhenFull::DropOldest => "drop_oldest",
-            WhenFull::DropNewest => "drop_newest",
-            WhenFull::DropWrite => "drop_write",
-            WhenFull::Reject => "reject",
-        }
-    }
-}
-
-/// How a queue is sized and what it does when full.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueConfig {
-    /// Most work items queued at once (control messages do not count). ≥ 1.
-    pub capacity: usize,
-    pub when_full: WhenFull,
-    /// With `Block`: how long a push may wait for room; `None` = forever (or
-    /// until the queue is closed).
-    pub block_timeout: Option<Duration>,
-}
-
-impl QueueConfig {
-    /// A blocking queue of `capacity` work items with no timeout.
-    pub fn new(capacity: usize) -> Self {
-        QueueConfig {
-            capacity,
-            when_full: WhenFull::Block,
-            block_timeout: None,
-        }
-    }
-
-    /// The same config with another full mode.
-    pub fn when_full(mut self, when_full: WhenFull) -> Self {
-        self.when_full = when_full;
-        self
-    }
-
-    /// The same config with a block timeout.
-    pub fn block_timeout(mut self, timeout: Duration) -> Self {
-        self.block_timeout = Some(timeout);
-        self
-    }
-}
-
-impl Default for QueueConfig {
-    /// SPEC §4: capacity 1024, `block`, no timeout.
-    fn default() -> Self {
-        QueueConfig::new(1024)
-    }
-}
-
-/// Why a work item was not queued. Every variant hands the item back.
-#[derive(PartialEq, Eq)]
-pub enum PushError<T> {
-    /// `reject`: the queue is full.
-    Rejected(T),
-    /// `drop_write`: the queue is full and the incoming item was discarded.
-    Dropped(T),
-    /// `block` with a timeout: no room came in time.
-    TimedOut(T),
-    /// The queue is closed to work (a stop is under way).
-    Closed(T),
-}
-
-impl<T> PushError<T> {
-    /// The item that was not queued.
-    pub fn into_inner(self) -> T {
-        match self {
-            PushError::Rejected(item)
-            | PushError::Dropped(item)
-            | PushError::TimedOut(item)
-            | PushError::Closed(item) => item,
-        }
-    }
-
-    /// A short name for logs and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            PushError::Rejected(_) => "queue full (reject)",
-            PushError::Dropped(_) => "queue full (drop_write)",
-            PushError::TimedOut(_) => "queue full (block timeout)",
-            PushError::Closed(_) => "queue closed",
-        }
-    }
-}
-
-impl<T> fmt::Debug for PushError<T> {
-    // Like crossbeam's TrySendError: do not require `T: Debug`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PushError({})", self.reason())
-    }
-}
-
-impl<T> fmt::Display for PushError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.reason())
-    }
-}
-
-impl<T> std::error::Error for PushError<T> {}
-
-/// What a batch push did with the items it could not simply queue.
-#[derive(Debug)]
-pub struct BatchPush<T> {
-    /// How many of the batch's items were queued.
-    pub queued: usize,
-    /// Queued items evicted to make room (`drop_oldest`, `drop_newest`).
-    pub evicted: Vec<T>,
-    /// Batch items that were not queued, each with the reason.
-    pub refused: Vec<PushError<T>>,
-}
-
-impl<T> BatchPush<T> {
-    fn new() -> Self {
-        BatchPush {
-            queued: 0,
-            evicted: Vec::new(),
-            refused: Vec::new(),
-        }
-    }
-
-    /// True if every item was queued and nothing was evicted.
-    pub fn is_clean(&self) -> bool {
-        self.evicted.is_empty() && self.refused.is_empty()
-    }
-}
-
-/// A snapshot of the queue's state and lifetime counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueStats {
-    /// Work items queued now.
-    pub len: usize,
-    pub capacity: usize,
-    /// True if a work push would be accepted without waiting or dropping.
-    pub can_push: bool,
-    pub closed: bool,
-    /// Control messages waiting (stops + ends).
-    pub control: usize,
-    /// Work items ever queued.
-    pub pushed: u64,
-    /// Work items ever popped.
-    pub popped: u64,
-    /// Items dropped by `drop_oldest`, `drop_newest` or `drop_write`.
-    pub dropped: u64,
-    /// Items refused by `reject`.
-    pub rejected: u64,
-    /// Items refused because a blocking push timed out.
-    pub timed_out: u64,
-    /// Most work items ever queued at once.
-    pub high_water: usize,
-}
+pub use types::{BatchPush, Message, PushError, QueueConfig, QueueStats, WhenFull};
 
 /// The bounded priority queue. `Sync`: share it by reference or `Arc`.
 pub struct WorkQueue<T> {
@@ -320,6 +140,12 @@ impl<T> State<T> {
         }
         self.len -= 1;
         Some(entry.item)
+    }
+
+    /// The work item `pop_work` would take, left in place.
+    fn peek_work(&self) -> Option<&T> {
+        let (_, level) = self.levels.first_key_value()?;
+        level.front().map(|entry| &entry.item)
     }
 
     /// Removes the queued item that arrived first (`oldest`) or last,
@@ -641,6 +467,75 @@ impl<T> WorkQueue<T> {
         }
     }
 
+    /// Fills a batch: appends to `out` the next work items, most urgent
+    /// first, while `out` holds fewer than `max` and `fits` accepts the next
+    /// one, waiting for more until `deadline`. Returns `None` once the batch
+    /// is full, the next item does not fit (it stays queued) or the deadline
+    /// has passed; or the control message that ended the wait, taken: a
+    /// `Stop` (it overtakes: no work is taken while one is pending) or, once
+    /// no work is left, an `EndOfData`. A batch never spans either.
+    pub fn pop_more_until(
+        &self,
+        deadline: Instant,
+        max: usize,
+        out: &mut Vec<T>,
+        mut fits: impl FnMut(&T) -> bool,
+    ) -> Option<Message<T>> {
+        let mut state = self.state.lock();
+        loop {
+            if state.stops > 0 {
+                state.stops -= 1;
+                return Some(Message::Stop);
+            }
+            if self.take_fitting(&mut state, max, out, &mut fits) {
+                return None;
+            }
+            if state.len == 0 && state.ends > 0 {
+                state.ends -= 1;
+                return Some(Message::EndOfData);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Woken by any push (see `readable`); after the deadline, one
+            // more look above takes what came with it.
+            state.waiting_consumers += 1;
+            (state, _) = self.readable.wait_until(state, deadline);
+            state.waiting_consumers -= 1;
+        }
+    }
+
+    /// Moves work into `out` while it holds fewer than `max` and `fits`
+    /// accepts the next item. True if the batch is full (or the next item
+    /// does not fit).
+    fn take_fitting(
+        &self,
+        state: &mut MutexGuard<'_, State<T>>,
+        max: usize,
+        out: &mut Vec<T>,
+        fits: &mut impl FnMut(&T) -> bool,
+    ) -> bool {
+        let mut taken = 0u64;
+        let mut full = out.len() >= max;
+        while !full {
+            let Some(next) = state.peek_work() else { break };
+            if !fits(next) {
+                full = true;
+                break;
+            }
+            out.push(state.pop_work().expect("peeked above"));
+            taken += 1;
+            full = out.len() >= max;
+        }
+        if taken > 0 {
+            state.popped += taken;
+            if state.waiting_producers > 0 && state.len <= self.low_water {
+                self.writable.notify_all();
+            }
+        }
+        full
+    }
+
     /// Closes the queue to work: later work pushes fail with `Closed`, and
     /// producers waiting for room wake and get their items back. Control
     /// messages are still accepted; queued work can still be popped.
@@ -784,329 +679,4 @@ impl<T> fmt::Debug for WorkQueue<T> {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use std::sync::Arc;
-    use std::thread;
-
-    fn queue(capacity: usize, when_full: WhenFull) -> WorkQueue<u32> {
-        WorkQueue::new(QueueConfig::new(capacity).when_full(when_full))
-    }
-
-    fn drain(q: &WorkQueue<u32>) -> Vec<Message<u32>> {
-        std::iter::from_fn(|| q.try_pop()).collect()
-    }
-
-    #[test]
-    fn lower_priority_number_leaves_first_and_ties_keep_arrival_order() {
-        let q = queue(16, WhenFull::Block);
-        for (priority, id) in [(5, 1), (1, 2), (5, 3), (2, 4), (1, 5)] {
-            q.push(priority, id).unwrap();
-        }
-        let order: Vec<_> = drain(&q);
-        assert_eq!(
-            order,
-            vec![
-                Message::Work(2),
-                Message::Work(5),
-                Message::Work(4),
-                Message::Work(1),
-                Message::Work(3)
-            ]
-        );
-    }
-
-    #[test]
-    fn stop_overtakes_work_and_end_of_data_waits_for_it() {
-        let q = queue(4, WhenFull::Block);
-        q.push_end_of_data(1);
-        q.push(1, 10).unwrap();
-        q.push_stop(1);
-        q.push(0, 11).unwrap();
-        assert_eq!(
-            drain(&q),
-            vec![Message::Stop, Message::Work(11), Message::Work(10), Message::EndOfData]
-        );
-    }
-
-    #[test]
-    fn control_messages_are_accepted_when_full_or_closed() {
-        let q = queue(1, WhenFull::Reject);
-        q.push(0, 1).unwrap();
-        q.close();
-        q.push_stop(2);
-        q.push_end_of_data(2);
-        assert_eq!(q.stats().control, 4);
-        assert_eq!(q.len(), 1);
-        assert!(matches!(q.push(0, 2), Err(PushError::Closed(2))));
-    }
-
-    #[test]
-    fn each_full_mode_hands_back_the_right_item() {
-        let q = queue(2, WhenFull::DropOldest);
-        q.push(9, 1).unwrap();
-        q.push(0, 2).unwrap();
-        assert_eq!(
-            q.push(5, 3).unwrap(),
-            Some(1),
-            "drop_oldest evicts the earliest arrival"
-        );
-
-        let q = queue(2, WhenFull::DropNewest);
-        q.push(9, 1).unwrap();
-        q.push(0, 2).unwrap();
-        assert_eq!(q.push(5, 3).unwrap(), Some(2), "drop_newest evicts the latest arrival");
-        assert_eq!(drain(&q), vec![Message::Work(3), Message::Work(1)]);
-
-        let q = queue(1, WhenFull::DropWrite);
-        q.push(0, 1).unwrap();
-        assert!(matches!(q.push(0, 2), Err(PushError::Dropped(2))));
-        assert_eq!(q.stats().dropped, 1);
-
-        let q = queue(1, WhenFull::Reject);
-        q.push(0, 1).unwrap();
-        assert!(matches!(q.push(0, 2), Err(PushError::Rejected(2))));
-        assert_eq!(q.stats().rejected, 1);
-
-        let q = WorkQueue::new(QueueConfig::new(1).block_timeout(Duration::from_millis(20)));
-        q.push(0, 1).unwrap();
-        assert!(matches!(q.push(0, 2), Err(PushError::TimedOut(2))));
-        assert_eq!(q.stats().timed_out, 1);
-    }
-
-    #[test]
-    fn blocked_push_resumes_when_a_consumer_makes_room() {
-        let q = Arc::new(queue(1, WhenFull::Block));
-        q.push(0, 1).unwrap();
-        let producer = {
-            let q = Arc::clone(&q);
-            thread::spawn(move || q.push(0, 2))
-        };
-        thread::sleep(Duration::from_millis(20));
-        assert_eq!(q.pop(), Message::Work(1));
-        assert!(producer.join().unwrap().is_ok());
-        assert_eq!(q.pop(), Message::Work(2));
-    }
-
-    #[test]
-    fn close_wakes_a_blocked_producer_with_its_item() {
-        let q = Arc::new(queue(1, WhenFull::Block));
-        q.push(0, 1).unwrap();
-        let producer = {
-            let q = Arc::clone(&q);
-            thread::spawn(move || q.push(0, 2))
-        };
-        thread::sleep(Duration::from_millis(20));
-        q.close();
-        assert!(matches!(producer.join().unwrap(), Err(PushError::Closed(2))));
-    }
-
-    #[test]
-    fn batch_push_blocks_for_room_and_keeps_order() {
-        let q = Arc::new(queue(2, WhenFull::Block));
-        let consumer = {
-            let q = Arc::clone(&q);
-            thread::spawn(move || {
-                let mut got = Vec::new();
-                loop {
-                    match q.pop() {
-                        Message::Work(x) => got.push(x),
-                        _ => return got,
-                    }
-                }
-            })
-        };
-        let mut batch: Vec<(Priority, u32)> = (0..100).map(|i| (0, i)).collect();
-        let result = q.push_batch(&mut batch);
-        assert!(result.is_clean());
-        assert_eq!(result.queued, 100);
-        q.push_end_of_data(1);
-        assert_eq!(consumer.join().unwrap(), (0..100).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn batch_push_in_reject_mode_hands_back_the_overflow() {
-        let q = queue(3, WhenFull::Reject);
-        let mut batch: Vec<(Priority, u32)> = (0..5).map(|i| (0, i)).collect();
-        let result = q.push_batch(&mut batch);
-        assert_eq!(result.queued, 3);
-        let refused: Vec<u32> = result.refused.into_iter().map(PushError::into_inner).collect();
-        assert_eq!(refused, vec![3, 4]);
-    }
-
-    #[test]
-    fn pop_batch_returns_one_control_message_or_work_in_order() {
-        let q = queue(16, WhenFull::Block);
-        for i in 0..5 {
-            q.push(0, i).unwrap();
-        }
-        let mut out = Vec::new();
-        q.pop_batch(3, &mut out);
-        assert_eq!(out, vec![Message::Work(0), Message::Work(1), Message::Work(2)]);
-        q.push_stop(1);
-        out.clear();
-        q.pop_batch(3, &mut out);
-        assert_eq!(out, vec![Message::Stop]);
-        q.push_end_of_data(1);
-        out.clear();
-        q.pop_batch(8, &mut out);
-        assert_eq!(out, vec![Message::Work(3), Message::Work(4)]);
-        out.clear();
-        q.pop_batch(8, &mut out);
-        assert_eq!(out, vec![Message::EndOfData]);
-    }
-
-    #[test]
-    fn take_work_returns_everything_most_urgent_first() {
-        let q = queue(8, WhenFull::Block);
-        for (p, id) in [(3, 30), (1, 10), (2, 20), (1, 11)] {
-            q.push(p, id).unwrap();
-        }
-        q.push_stop(1);
-        assert_eq!(q.take_work(), vec![10, 11, 20, 30]);
-        assert_eq!(q.pop(), Message::Stop);
-    }
-
-    #[test]
-    fn stats_count_and_remember_the_high_water_mark() {
-        let q = queue(4, WhenFull::Block);
-        for i in 0..3 {
-            q.push(0, i).unwrap();
-        }
-        q.pop();
-        let stats = q.stats();
-        assert_eq!((stats.len, stats.pushed, stats.popped, stats.high_water), (2, 3, 1, 3));
-        assert!(stats.can_push);
-    }
-
-    #[test]
-    fn pop_before_parking_takes_what_is_there_and_never_waits_for_more() {
-        let q = queue(4, WhenFull::Block);
-        assert_eq!(q.pop_before_parking(), None);
-        q.push(0, 7).unwrap();
-        q.push_end_of_data(1);
-        assert_eq!(q.pop_before_parking(), Some(Message::Work(7)));
-        assert_eq!(q.pop_before_parking(), Some(Message::EndOfData));
-        assert_eq!(q.pop_before_parking(), None);
-    }
-
-    #[test]
-    fn a_huge_capacity_allocates_nothing_up_front() {
-        // Nothing is sized by the configured capacity: this would abort if it were.
-        let q = queue(usize::MAX, WhenFull::Block);
-        let mut batch: Vec<(Priority, u32)> = (0..3).map(|i| (0, i)).collect();
-        assert!(q.push_batch(&mut batch).is_clean());
-        assert_eq!(drain(&q), vec![Message::Work(0), Message::Work(1), Message::Work(2)]);
-    }
-
-    #[test]
-    fn pop_until_gives_up_at_the_deadline() {
-        let q = queue(4, WhenFull::Block);
-        assert_eq!(q.pop_until(Instant::now() + Duration::from_millis(10)), None);
-    }
-
-    /// One operation of the property test.
-    #[derive(Clone, Debug)]
-    enum Op {
-        Push(Priority),
-        Stop,
-        End,
-        Pop,
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            6 => (0..4i32).prop_map(Op::Push),
-            1 => Just(Op::Stop),
-            1 => Just(Op::End),
-            4 => Just(Op::Pop),
-        ]
-    }
-
-    fn mode() -> impl Strategy<Value = WhenFull> {
-        prop_oneof![
-            Just(WhenFull::DropOldest),
-            Just(WhenFull::DropNewest),
-            Just(WhenFull::DropWrite),
-            Just(WhenFull::Reject),
-        ]
-    }
-
-    /// The obviously-correct model: a list of (priority, arrival) searched
-    /// linearly, and two control counters.
-    #[derive(Default)]
-    struct Model {
-        work: Vec<(Priority, u32)>,
-        stops: usize,
-        ends: usize,
-    }
-
-    impl Model {
-        fn pop(&mut self) -> Option<Message<u32>> {
-            if self.stops > 0 {
-                self.stops -= 1;
-                return Some(Message::Stop);
-            }
-            if let Some(i) = (0..self.work.len()).min_by_key(|&i| self.work[i]) {
-                return Some(Message::Work(self.work.remove(i).1));
-            }
-            if self.ends > 0 {
-                self.ends -= 1;
-                return Some(Message::EndOfData);
-            }
-            None
-        }
-
-        /// What pushing `id` at `priority` does when `capacity` is reached.
-        fn push(&mut self, capacity: usize, mode: WhenFull, priority: Priority, id: u32) -> Result<Option<u32>, u32> {
-            if self.work.len() < capacity {
-                self.work.push((priority, id));
-                return Ok(None);
-            }
-            // Ids are handed out in arrival order, so the smallest id queued
-            // is the oldest arrival and the largest the newest.
-            let by_arrival = |w: &Vec<(Priority, u32)>, oldest: bool| {
-                let ids = w.iter().enumerate().map(|(i, (_, id))| (*id, i));
-                if oldest { ids.min() } else { ids.max() }.map(|(_, i)| i)
-            };
-            match mode {
-                WhenFull::DropOldest | WhenFull::DropNewest => {
-                    let i = by_arrival(&self.work, mode == WhenFull::DropOldest).unwrap();
-                    let evicted = self.work.remove(i).1;
-                    self.work.push((priority, id));
-                    Ok(Some(evicted))
-                }
-                _ => Err(id),
-            }
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn pops_follow_class_priority_arrival_and_full_modes_follow_their_rule(
-            ops in proptest::collection::vec(op(), 1..200),
-            capacity in 1usize..6,
-            mode in mode(),
-        ) {
-            let q = queue(capacity, mode);
-            let mut model = Model::default();
-            let mut next_id = 0u32;
-            for op in ops {
-                match op {
-                    Op::Push(priority) => {
-                        let id = next_id;
-                        next_id += 1;
-                        let real = q.push(priority, id).map_err(PushError::into_inner);
-                        prop_assert_eq!(real, model.push(capacity, mode, priority, id));
-                    }
-                    Op::Stop => { q.push_stop(1); model.stops += 1; }
-                    Op::End => { q.push_end_of_data(1); model.ends += 1; }
-                    Op::Pop => prop_assert_eq!(q.try_pop(), model.pop()),
-                }
-                prop_assert!(q.len() <= capacity);
-            }
-            prop_assert_eq!(drain(&q), std::iter::from_fn(|| model.pop()).collect::<Vec<_>>());
-        }
-    }
-}
+mod tests;
