@@ -121,8 +121,10 @@ mod sync;
 pub mod writer;
 
 pub use commit::Committer;
-pub use handler::{CallContext, Failure, FailureKind, Handler};
+pub use handler::{batch_fn, BatchHandler, BatchReply, CallContext, Failure, FailureKind, Handler, ItemReply};
 pub use item::{Item, JsonItem, Outcome, Priority, Status};
 pub use queue::{Message, PushError, QueueConfig, WhenFull, WorkQueue};
-pub use session::{EndReason, Qos, Session, SessionConfig, SessionSummary, StopHandle, StopLevel, StopReason};
+pub use session::{
+    BatchConfig, EndReason, Qos, Session, SessionConfig, SessionSummary, StopHandle, StopLevel, StopReason,
+};
 pub use source::Source;

@@ -292,6 +292,20 @@ const CASES: &[Case] = &[
         expected: &["expected at least 1"],
     },
     Case {
+        name: "batch of 0 items",
+        yaml: "source: {kind: lines, path: x}\nhandler:\n  kind: noop\n  batch:\n    max_items: 0\n",
+        at: Some("max_items: 0"),
+        key: Some("handler.batch.max_items"),
+        expected: &["expected a whole number from 1 to 100000"],
+    },
+    Case {
+        name: "batch with an unknown key",
+        yaml: "source: {kind: lines, path: x}\nhandler:\n  kind: noop\n  batch: { size: 10 }\n",
+        at: Some("size: 10"),
+        key: None,
+        expected: &["unknown field `size`", "max_items"],
+    },
+    Case {
         name: "backoff longer than max_backoff",
         yaml: "source: {kind: lines, path: x}\nhandler:\n  kind: noop\n  retry:\n    backoff: 2m\n",
         at: Some("backoff: 2m"),
