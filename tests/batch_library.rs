@@ -10,6 +10,9 @@ use lote::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use lote::source::VecSource;
 use lote::{batch_fn, BatchConfig, BatchReply, CallContext, Failure, Item, ItemReply, Session, SessionConfig, Status};
 
+/// One call a batch closure saw: its attempt and its items' ids.
+type Call = (u32, Vec<String>);
+
 fn config(max_items: usize) -> SessionConfig {
     SessionConfig {
         threads: 1,
@@ -27,8 +30,7 @@ fn a_batch_closure_gives_each_item_its_own_attempts_and_outcome() {
     let items: Vec<Item> = (0..10).map(|i| Item::new(format!("i{i}"), format!("{i}"))).collect();
     let source = Arc::new(VecSource::new(items));
     let committer = Arc::new(MemoryCommitter::acking(source.clone()));
-    // (attempt, ids) of every call.
-    let calls: Arc<Mutex<Vec<(u32, Vec<String>)>>> = Arc::default();
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
     let handler = {
         let calls = Arc::clone(&calls);
         batch_fn(move |ctx: &CallContext<'_>, items: &[Item]| {
