@@ -14,7 +14,6 @@
 //! Run: `cargo bench --bench batch` (`LOTE_BENCH_ITEMS` overrides the
 //! 200 000 items of the batched runs; the one-per-call run is 400 items).
 
-use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
