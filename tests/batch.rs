@@ -411,3 +411,46 @@ fn a_stop_during_a_batch_call_loses_nothing_and_exactly_once_sends_nothing_twice
     sent.dedup();
     assert_eq!(sent.len(), 20);
 }
+
+#[test]
+fn the_readme_example_receiver_takes_a_batch_and_answers_per_item() {
+    let setup = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/batch-receiver.py");
+    let mut receiver = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .current_dir(setup.dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs the README's example receiver (install python3)");
+    wait_for("the example receiver", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    fs::write(
+        setup.path("items.ndjson"),
+        "{\"id\":\"r1\",\"payload\":{\"celsius\":21.5}}\n\
+         {\"id\":\"r2\",\"payload\":\"not a reading\"}\n\
+         {\"id\":\"r3\",\"payload\":{\"celsius\":19}}\n",
+    )
+    .unwrap();
+    let config = lines_config(
+        &setup,
+        &format!("handler:\n  kind: http\n  url: http://127.0.0.1:{port}/\n  batch: {{max_wait: 300ms}}"),
+    );
+    let out = setup.run(&["run", "--once", "-c", config.to_str().unwrap()]);
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert_eq!(out.status.code(), Some(3), "r2 fails: {}", text(&out));
+    let got = outcomes(&setup);
+    assert_eq!(got["r1"], ("done".into(), 1, "stored".into(), String::new()));
+    assert_eq!(got["r3"], ("done".into(), 1, "stored".into(), String::new()));
+    assert_eq!((got["r2"].0.as_str(), got["r2"].1), ("failed", 1));
+    let stored = fs::read_to_string(setup.path("readings.ndjson")).unwrap();
+    assert_eq!(stored.lines().count(), 2, "{stored}");
+    assert!(stored.contains("\"celsius\": 21.5"), "{stored}");
+}
