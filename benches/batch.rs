@@ -14,7 +14,7 @@
 //! Run: `cargo bench --bench batch` (`LOTE_BENCH_ITEMS` overrides the
 //! 200 000 items of the batched runs; the one-per-call run is 400 items).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -22,51 +22,17 @@ use std::time::{Duration, Instant};
 use lote::handler::http::{HttpConfig, HttpHandler};
 use lote::session::BatchConfig;
 use lote::sink::{Role, SqliteConfig, SqliteSink};
-use lote::source::{Pull, ReturnReason, Source, SourceError};
 use lote::writer::{Writer, WriterConfig};
-use lote::{Item, Outcome, QueueConfig, Session, SessionConfig};
+use lote::{Item, QueueConfig, Session, SessionConfig};
+
+mod common;
+
+use common::Generated;
 
 const DEFAULT_ITEMS: usize = 200_000;
 const ONE_PER_CALL_ITEMS: usize = 400;
 const THREADS: usize = 4;
 const LATENCY: Duration = Duration::from_millis(50);
-
-/// Readings made on the fly; counts acknowledgements.
-struct Readings {
-    next: AtomicUsize,
-    total: usize,
-    acked: AtomicU64,
-}
-
-impl Source for Readings {
-    fn describe(&self) -> String {
-        "readings".into()
-    }
-    fn pull(&self, max: usize) -> Result<Pull, SourceError> {
-        let start = self.next.fetch_add(max, Ordering::Relaxed).min(self.total);
-        let end = (start + max).min(self.total);
-        if start >= end {
-            return Ok(Pull::Exhausted);
-        }
-        Ok(Pull::Items(
-            (start..end)
-                .map(|i| {
-                    Item::new(
-                        format!("r-{i}"),
-                        format!("{{\"sensor\":\"t-{}\",\"celsius\":21.5}}", i % 64),
-                    )
-                })
-                .collect(),
-        ))
-    }
-    fn give_back(&self, _: Vec<Item>, _: ReturnReason) -> Result<(), SourceError> {
-        Ok(())
-    }
-    fn ack(&self, outcomes: &[Outcome]) -> Result<(), SourceError> {
-        self.acked.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 /// An upstream on 127.0.0.1 that answers every request with an empty 200
 /// after `latency`, on 16 threads; counts the requests.
@@ -122,11 +88,12 @@ impl Upstream {
 /// (batched with `batch`) into a SQLite sink.
 fn run(upstream: &Upstream, items: usize, batch: Option<BatchConfig>) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let source = Arc::new(Readings {
-        next: AtomicUsize::new(0),
-        total: items,
-        acked: AtomicU64::new(0),
-    });
+    let source = Arc::new(Generated::new(items, |i| {
+        Item::new(
+            format!("r-{i}"),
+            format!("{{\"sensor\":\"t-{}\",\"celsius\":21.5}}", i % 64),
+        )
+    }));
     let calls_before = upstream.requests.load(Ordering::Relaxed);
     let started = Instant::now();
     let sink = SqliteSink::open(SqliteConfig::new(dir.path().join("outcomes.db"), Role::Outcomes)).unwrap();

@@ -16,55 +16,22 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use lote::handler::Noop;
 use lote::sink::{JsonlConfig, JsonlSink, Record, Role, Sink, SqliteConfig, SqliteSink};
-use lote::source::{Pull, ReturnReason, Source, SourceError};
 use lote::writer::{Writer, WriterConfig};
 use lote::{Item, Outcome, QueueConfig, Session, SessionConfig, Status};
 
+mod common;
+
+use common::Generated;
+
 const DEFAULT_ITEMS: usize = 1_000_000;
 
-/// Makes items on the fly and counts acknowledgements: no bookkeeping that
-/// would be measured instead of lote.
-struct Generated {
-    next: AtomicUsize,
-    total: usize,
-    acked: AtomicU64,
-}
-
-impl Source for Generated {
-    fn describe(&self) -> String {
-        "generated".into()
-    }
-    fn pull(&self, max: usize) -> Result<Pull, SourceError> {
-        let start = self.next.fetch_add(max, Ordering::Relaxed).min(self.total);
-        let end = (start + max).min(self.total);
-        if start >= end {
-            return Ok(Pull::Exhausted);
-        }
-        Ok(Pull::Items(
-            (start..end).map(|i| Item::new(i.to_string(), Vec::new())).collect(),
-        ))
-    }
-    fn give_back(&self, _: Vec<Item>, _: ReturnReason) -> Result<(), SourceError> {
-        Ok(())
-    }
-    fn ack(&self, outcomes: &[Outcome]) -> Result<(), SourceError> {
-        self.acked.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 fn lote_end_to_end(items: usize, sink: Box<dyn Sink>) -> Duration {
-    let source = Arc::new(Generated {
-        next: AtomicUsize::new(0),
-        total: items,
-        acked: AtomicU64::new(0),
-    });
+    let source = Arc::new(Generated::new(items, |i| Item::new(i.to_string(), Vec::new())));
     let started = Instant::now();
     let writer = Arc::new(
         Writer::start(
@@ -93,11 +60,7 @@ fn lote_end_to_end(items: usize, sink: Box<dyn Sink>) -> Duration {
     let elapsed = started.elapsed();
     assert_eq!(summary.counts.done as usize, items);
     assert_eq!(report.unwritten, 0);
-    assert_eq!(
-        source.acked.load(Ordering::Relaxed) as usize,
-        items,
-        "every outcome durable and acked"
-    );
+    assert_eq!(source.acked(), items, "every outcome durable and acked");
     elapsed
 }
 
