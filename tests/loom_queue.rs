@@ -91,3 +91,25 @@ fn loom_close_and_stop_release_a_blocked_producer_and_consumers() {
         assert!(left.len() <= 2);
     });
 }
+
+#[test]
+fn loom_a_stop_ends_the_wait_for_a_batch_to_fill_and_loses_no_work() {
+    loom::model(|| {
+        let queue = Arc::new(WorkQueue::<u32>::new(QueueConfig::new(4)));
+        let consumer = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let mut batch = Vec::new();
+                let far = std::time::Instant::now() + std::time::Duration::from_secs(600);
+                let end = queue.pop_more_until(far, 4, &mut batch, |_| true);
+                (end, batch)
+            })
+        };
+        queue.push(0, 1).unwrap();
+        queue.push_stop(1);
+        let (end, batch) = consumer.join().unwrap();
+        assert_eq!(end, Some(Message::Stop));
+        // The item is in the batch or still queued: never both, never lost.
+        assert_eq!(batch.len() + queue.len(), 1);
+    });
+}
