@@ -571,6 +571,18 @@ impl fmt::Display for Status {
                 c.retries, c.panics, c.timeouts, c.breaker_opens, c.commit_errors, c.source_errors
             ),
         )?;
+        if c.batch_calls > 0 {
+            line(
+                f,
+                "batches",
+                format_args!(
+                    "{} calls, {} items ({:.1} per call)",
+                    c.batch_calls,
+                    c.batch_items,
+                    c.batch_items as f64 / c.batch_calls as f64
+                ),
+            )?;
+        }
         let l = &self.latency;
         line(
             f,
