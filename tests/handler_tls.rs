@@ -754,3 +754,110 @@ fn https_with_mutual_tls_goes_end_to_end_through_the_proxy() {
     let outcomes = std::fs::read_to_string(setup.path("outcomes.jsonl")).unwrap();
     assert!(outcomes.contains("\"done\""), "{outcomes}");
 }
+
+#[test]
+fn the_uplink_keys_resolve_against_state_dir_and_the_effective_config_loads_back() {
+    use lote::config::{Config, HandlerSpec};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(pki.path("ca.pem"), dir.path().join("ca.pem")).unwrap();
+    std::fs::copy(pki.path("client.key"), dir.path().join("box.key")).unwrap();
+    std::fs::write(dir.path().join("uplink.token"), "t0ken\n").unwrap();
+    let yaml = format!(
+        "state_dir: {}\nsource: {{kind: lines, path: x}}\nhandler:\n  kind: http\n  url: https://up.example/items\n  tls: {{ca_file: ca.pem, cert_file: {}, key_file: box.key}}\n  token_file: uplink.token\n  compress: gzip\n",
+        dir.path().display(),
+        pki.path("client.pem").display()
+    );
+    let config = Config::from_yaml(&yaml, Path::new("uplink.yaml")).unwrap();
+    let HandlerSpec::Http(http) = &config.handler else {
+        panic!("{:?}", config.handler)
+    };
+    assert_eq!(http.tls.ca_file.as_deref(), Some(&*dir.path().join("ca.pem")));
+    assert_eq!(http.tls.cert_file, Some(pki.path("client.pem")));
+    assert_eq!(http.token_file.as_deref(), Some(&*dir.path().join("uplink.token")));
+    assert_eq!(http.compress, Compress::Gzip);
+    let effective = config.effective_yaml();
+    let again = Config::from_yaml(&effective, Path::new("effective.yaml")).unwrap();
+    assert_eq!(again, config, "{effective}");
+
+    // Unknown keys and values are refused at their place.
+    for (bad, expect) in [
+        ("  tls: {ca: x}\n", "ca"),
+        ("  compress: brotli\n", "gzip"),
+        ("  tls: {key_file: k}\n", "handler.tls.key_file"),
+        (
+            "  headers: {Content-Encoding: br}\n  compress: gzip\n",
+            "Content-Encoding",
+        ),
+    ] {
+        let yaml = format!(
+            "state_dir: {}\nsource: {{kind: lines, path: x}}\nhandler:\n  kind: http\n  url: https://up.example/items\n{bad}",
+            dir.path().display()
+        );
+        let e = Config::from_yaml(&yaml, Path::new("uplink.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{bad}: {e}");
+    }
+}
+
+/// A reload starts the handler again (`Parts::build` calls
+/// `HandlerSpec::start`), so it reads the token file again.
+#[test]
+fn a_reload_reads_the_token_file_again() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let setup = Setup::new();
+    let server = Server::start(None);
+    let spool = setup.path("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::create_dir_all(setup.path("state")).unwrap();
+    let token = setup.path("state/uplink.token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let config = setup.config(&format!(
+        "source: {{kind: spool, path: {}}}\nhandler:\n  kind: http\n  url: {}\n  token_file: uplink.token\nsink: {{kind: jsonl, path: outcomes.jsonl, rotate_bytes: 0}}\n",
+        spool.display(),
+        server.url
+    ));
+    let log = setup.path("lote.log");
+    let mut child = setup
+        .lote(&["run", "-c", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let drop_in = |name: &str| {
+        let staged = setup.path(name);
+        std::fs::write(&staged, name).unwrap();
+        std::fs::rename(&staged, spool.join(name)).unwrap();
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop_in("one");
+        assert_eq!(server.next_seen().header("authorization"), Some("Bearer first-token"));
+        std::fs::write(&token, "second-token\n").unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("config reloaded")
+        {
+            assert!(started.elapsed() < Duration::from_secs(10), "no reload");
+            thread::sleep(Duration::from_millis(20));
+        }
+        drop_in("two");
+        assert_eq!(server.next_seen().header("authorization"), Some("Bearer second-token"));
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !logged.contains("first-token") && !logged.contains("second-token"),
+            "{logged}"
+        );
+    }));
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let status = child.wait().unwrap();
+    if let Err(panic) = result {
+        eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(status.code(), Some(0));
+}

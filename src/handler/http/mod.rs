@@ -277,7 +277,7 @@ impl HttpHandler {
 /// name the file, never its contents.
 fn read_token(path: &Path) -> Result<HeaderValue, String> {
     use std::io::Read;
-    let at = format!("http handler: token_file {}", path.display());
+    let at = format!("handler.token_file {}", path.display());
     let mut text = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_TOKEN_BYTES).read_to_end(&mut text))
@@ -291,9 +291,15 @@ fn read_token(path: &Path) -> Result<HeaderValue, String> {
             "{at}: its first line is empty; expected the bearer token on the first line"
         ));
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        format!("{at}: the token holds characters an HTTP header cannot carry; expected printable ASCII")
-    })?;
+    let cannot_carry = || {
+        format!("{at}: the token holds characters an HTTP header cannot carry; expected printable ASCII without spaces")
+    };
+    // RFC 6750's b64token is printable ASCII; HeaderValue alone would let
+    // bytes above 0x7f through.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(cannot_carry());
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| cannot_carry())?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -337,5 +343,51 @@ mod tests {
         let mut config = HttpConfig::new("https://example.com/items");
         config.method = "put".into();
         assert_eq!(HttpHandler::new(config).unwrap().method, Method::PUT);
+    }
+
+    #[test]
+    fn new_reads_the_token_and_refuses_what_would_clash_with_it_or_with_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let with_token = |headers: Vec<(String, String)>| HttpConfig {
+            token_file: Some(token.clone()),
+            headers,
+            ..HttpConfig::new("http://127.0.0.1/")
+        };
+        std::fs::write(&token, "  abc.def  \nnext\n").unwrap();
+        let handler = HttpHandler::new(with_token(Vec::new())).unwrap();
+        let value = handler.authorization.as_ref().unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer abc.def");
+        assert!(value.is_sensitive());
+        assert!(!format!("{handler:?}").contains("abc.def"));
+
+        let err = HttpHandler::new(with_token(vec![("authorization".into(), "Basic x".into())])).unwrap_err();
+        assert!(err.contains("Authorization and token_file"), "{err}");
+        let cases: [(&[u8], &str); 5] = [
+            (b"", "first line is empty"),
+            (b" \r\nsecond", "first line is empty"),
+            (b"\x7ftok\n", "cannot carry"),
+            ("t\u{ff}k".as_bytes(), "cannot carry"),
+            (b"t\xffk", "not UTF-8"),
+        ];
+        for (text, expect) in cases {
+            std::fs::write(&token, text).unwrap();
+            let err = HttpHandler::new(with_token(Vec::new())).unwrap_err();
+            assert!(err.contains("handler.token_file") && err.contains(expect), "{err}");
+            assert!(!err.contains("tok\n") && !err.contains("t\u{ff}k"), "{err}");
+        }
+        std::fs::remove_file(&token).unwrap();
+        assert!(HttpHandler::new(with_token(Vec::new()))
+            .unwrap_err()
+            .contains("cannot read it"));
+
+        let gzip = HttpConfig {
+            compress: Compress::Gzip,
+            headers: vec![("Content-Encoding".into(), "br".into())],
+            ..HttpConfig::new("http://127.0.0.1/")
+        };
+        assert!(HttpHandler::new(gzip)
+            .unwrap_err()
+            .contains("Content-Encoding and compress"));
     }
 }
