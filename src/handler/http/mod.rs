@@ -233,8 +233,6 @@ impl HttpHandler {
             headers.push((name, value));
         }
         let authorization = config.token_file.as_deref().map(read_token).transpose()?;
-        let https = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("https"));
-        let tls = tls::tls_config(&config.tls, https, SystemTime::now())?;
         let proxy = proxy::from_env(&uri, |name| std::env::var(name).ok())
             .map_err(|e| format!("http handler: {e}"))?
             .map(|(proxy, described)| {
@@ -244,6 +242,13 @@ impl HttpHandler {
                 );
                 proxy
             });
+        // TLS is spoken to an https:// URL, and to an https:// proxy (with
+        // the same trust: ureq has one TLS setting per agent).
+        let https = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("https"))
+            || proxy
+                .as_ref()
+                .is_some_and(|p| p.protocol() == ureq::ProxyProtocol::Https);
+        let tls = tls::tls_config(&config.tls, https, SystemTime::now())?;
         let agent_config = Agent::config_builder()
             // 4xx and 5xx come back as responses, to be mapped below.
             .http_status_as_error(false)
