@@ -675,6 +675,8 @@ fn run_once(setup: &Setup, url: &str, id: &str, env: &[(&str, &str)]) -> std::pr
         "ALL_PROXY",
         "no_proxy",
         "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
     ] {
         command.env_remove(name);
     }
@@ -860,4 +862,30 @@ fn a_reload_reads_the_token_file_again() {
         std::panic::resume_unwind(panic);
     }
     assert_eq!(status.code(), Some(0));
+}
+
+/// With no `ca_file`, lote trusts the system's store: here the one
+/// `SSL_CERT_FILE` names (as OpenSSL would), holding the test CA.
+#[test]
+fn by_default_the_system_trust_store_is_trusted() {
+    let pki = Pki::new();
+    let setup = Setup::new();
+    let server = Server::start(Some(tls_server_config(&pki, None)));
+    let ca = pki.path("ca.pem").display().to_string();
+
+    let output = run_once(&setup, &server.url, "trusted", &[("SSL_CERT_FILE", &ca)]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(server.next_seen().body, b"p");
+    let outcomes = std::fs::read_to_string(setup.path("outcomes-trusted.jsonl")).unwrap();
+    assert!(outcomes.contains("\"done\""), "{outcomes}");
+
+    // A store without the test CA: the item fails, saying why.
+    let other = pki.path("other_ca.pem").display().to_string();
+    let output = run_once(&setup, &server.url, "untrusted", &[("SSL_CERT_FILE", &other)]);
+    let outcomes = std::fs::read_to_string(setup.path("outcomes-untrusted.jsonl")).unwrap_or_default();
+    assert!(
+        outcomes.contains("not signed by a CA lote trusts"),
+        "{outcomes}\n{}",
+        text(&output)
+    );
 }
