@@ -180,12 +180,17 @@ struct Server {
 /// The server side of TLS: `server.pem`, and with `client_ca` a client
 /// certificate signed by it is required.
 fn tls_server_config(pki: &Pki, client_ca: Option<&str>) -> Arc<rustls::ServerConfig> {
+    tls_server_config_as(pki, "server", client_ca)
+}
+
+/// The same, presenting `<name>.pem`.
+fn tls_server_config_as(pki: &Pki, name: &str, client_ca: Option<&str>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("server.pem"))
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path(&format!("{name}.pem")))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{name}.key"))).unwrap();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap();
@@ -887,5 +892,37 @@ fn by_default_the_system_trust_store_is_trusted() {
         outcomes.contains("not signed by a CA lote trusts"),
         "{outcomes}\n{}",
         text(&output)
+    );
+}
+
+#[test]
+fn an_expired_ca_in_a_ca_bundle_is_left_out_and_the_others_trusted() {
+    let pki = Pki::new();
+    pki.ca("old_ca", -1);
+    pki.leaf(
+        "old_server",
+        "old_ca",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        30,
+    );
+    let bundle = pki.path("bundle.pem");
+    let text = [pki.path("old_ca.pem"), pki.path("ca.pem")].map(|p| std::fs::read_to_string(p).unwrap());
+    std::fs::write(&bundle, text.concat()).unwrap();
+    let files = TlsFiles {
+        ca_file: Some(bundle),
+        ..TlsFiles::default()
+    };
+
+    let current = Server::start(Some(tls_server_config(&pki, None)));
+    let handler = HttpHandler::new(config(&current.url, files.clone())).unwrap();
+    assert_eq!(call(&handler, "x").unwrap(), "ok");
+
+    // A server whose chain ends at the expired CA is refused.
+    let stale = Server::start(Some(tls_server_config_as(&pki, "old_server", None)));
+    let handler = HttpHandler::new(config(&stale.url, files)).unwrap();
+    let failure = call(&handler, "x").unwrap_err();
+    assert!(
+        failure.message.contains("not signed by a CA lote trusts"),
+        "{failure:?}"
     );
 }

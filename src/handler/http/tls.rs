@@ -17,8 +17,8 @@
 //!   holding both (`cat /etc/ssl/certs/ca-certificates.crt private-ca.pem`).
 //! - **Expiry at start**: the client certificate must not have expired. A
 //!   `ca_file` must hold at least one certificate that has not; expired
-//!   ones beside it are logged, not refused (a bundle may carry an old
-//!   root that harms nothing). `notBefore` is not checked: a box without a
+//!   ones beside it are left out with a warning, not refused (a bundle may
+//!   carry an old root that harms nothing). `notBefore` is not checked: a box without a
 //!   real-time clock may boot in 1970, and the call's own failure says so.
 //! - **At call time every TLS failure is retryable**: an untrusted server,
 //!   a name mismatch or a refused client certificate is a configuration
@@ -76,10 +76,12 @@ fn ca_roots(path: &Path, now: SystemTime) -> Result<RootCerts, String> {
     if certs.is_empty() {
         return Err(no_certificate(key, path));
     }
-    let mut expired = Vec::new();
+    let (mut expired, mut valid) = (Vec::new(), Vec::new());
     for (n, cert) in certs.iter().enumerate() {
-        if let Some(not_after) = not_after(cert.der()).filter(|t| *t < now) {
-            expired.push((n + 1, not_after));
+        match not_after(cert.der()).filter(|t| *t < now) {
+            Some(not_after) => expired.push((n + 1, not_after)),
+            // A date lote cannot read: rustls judges the certificate.
+            None => valid.push(cert.clone()),
         }
     }
     if expired.len() == certs.len() {
@@ -97,13 +99,15 @@ fn ca_roots(path: &Path, now: SystemTime) -> Result<RootCerts, String> {
     }
     for (n, at) in expired {
         log::warn!(
-            "{key} {}: certificate {n} of {} expired on {}; it is ignored, the others are trusted",
+            "{key} {}: certificate {n} of {} expired on {}; it is left out, the others are trusted",
             path.display(),
             certs.len(),
             humantime::format_rfc3339_seconds(at)
         );
     }
-    Ok(RootCerts::new_with_certs(&certs))
+    // webpki does not look at a trust anchor's dates: an expired CA would
+    // still be trusted if it were passed on.
+    Ok(RootCerts::new_with_certs(&valid))
 }
 
 /// The system's trust store, or the built-in Mozilla roots when it is empty.
