@@ -2,12 +2,28 @@
 //! [`HttpConfig`], printed and started.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{HttpConfig, HttpHandler};
+use serde_yaml::Value;
+
+use super::{Compress, HttpConfig, HttpHandler, TlsFiles};
 use crate::handler::{handler_keys, Handler, HandlerAt, HandlerKind};
-use crate::spec::effective::{bytes, dur, map, pairs};
-use crate::spec::{self, ByteSize, Check, Dur, MAX_DURATION};
+use crate::spec::effective::{bytes, dur, map, pairs, path, spelled};
+use crate::spec::{self, absolute, ByteSize, Check, Dur, MAX_DURATION};
+
+/// `handler.tls` as written; paths relative to `state_dir`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsKeys {
+    /// PEM: the CA(s) that sign the server's certificate, trusted instead
+    /// of the system's store. Default: the system's store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM: the box's certificate chain, for mutual TLS. Needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM: `cert_file`'s private key. Needs `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
 
 handler_keys! {
     /// `handler: {kind: http}` — sends each payload to a URL.
@@ -22,6 +38,12 @@ handler_keys! {
         connect_timeout: Option<Dur>,
         /// Most bytes of the response body kept as the output. Default 64KiB.
         output_limit: Option<ByteSize>,
+        /// https trust and identity. Default: the system's trust store.
+        tls: Option<TlsKeys>,
+        /// `Authorization: Bearer <first line>`, read at start and reload.
+        token_file: Option<PathBuf>,
+        /// `none` or `gzip` request bodies. Default none.
+        compress: Option<Compress>,
     }
 }
 
@@ -54,7 +76,20 @@ impl HandlerKind for HttpConfig {
             );
         }
         let headers: Vec<(String, String)> = h.headers.map_or(d.headers, |m| m.into_iter().collect());
+        let compress = h.compress.unwrap_or(d.compress);
         for (name, value) in &headers {
+            if name.eq_ignore_ascii_case("authorization") && h.token_file.is_some() {
+                return check.err(
+                    &format!("handler.headers.{name}"),
+                    "is set together with handler.token_file; keep one (token_file sends Authorization: Bearer <token>)",
+                );
+            }
+            if name.eq_ignore_ascii_case("content-encoding") && compress != Compress::None {
+                return check.err(
+                    &format!("handler.headers.{name}"),
+                    "is set together with handler.compress; lote sets Content-Encoding itself when it compresses, remove the header",
+                );
+            }
             let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
             if name.is_empty() || !name.chars().all(token) || value.contains(['\r', '\n']) {
                 return check.err(
@@ -71,6 +106,36 @@ impl HandlerKind for HttpConfig {
         if connect_timeout.is_zero() {
             return check.err("handler.connect_timeout", "is 0; expected a limit like 5s");
         }
+        let file = |key: &str, p: Option<PathBuf>| -> spec::Result<Option<PathBuf>> {
+            match p {
+                Some(p) => {
+                    check.path(key, &p)?;
+                    Ok(Some(absolute(at.state_dir, &p)))
+                }
+                None => Ok(None),
+            }
+        };
+        let t = h.tls.unwrap_or_default();
+        let tls = TlsFiles {
+            ca_file: file("handler.tls.ca_file", t.ca_file)?,
+            cert_file: file("handler.tls.cert_file", t.cert_file)?,
+            key_file: file("handler.tls.key_file", t.key_file)?,
+        };
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return check.err(
+                    "handler.tls.cert_file",
+                    "is set without handler.tls.key_file; mutual TLS needs both (the certificate chain and its private key)",
+                )
+            }
+            (None, Some(_)) => {
+                return check.err(
+                    "handler.tls.key_file",
+                    "is set without handler.tls.cert_file; mutual TLS needs both (the certificate chain and its private key)",
+                )
+            }
+            _ => {}
+        }
         Ok(HttpConfig {
             url,
             method,
@@ -81,6 +146,9 @@ impl HandlerKind for HttpConfig {
                 None => d.output_limit,
                 Some(b) => check.usize_bytes("handler.output_limit", b.0)?,
             },
+            tls,
+            token_file: file("handler.token_file", h.token_file)?,
+            compress,
         })
     }
 
@@ -92,10 +160,25 @@ impl HandlerKind for HttpConfig {
             ("headers", pairs(&self.headers)),
             ("connect_timeout", dur(self.connect_timeout)),
             ("output_limit", bytes(self.output_limit as u64)),
+            (
+                "tls",
+                map([
+                    ("ca_file", opt_path(self.tls.ca_file.as_deref())),
+                    ("cert_file", opt_path(self.tls.cert_file.as_deref())),
+                    ("key_file", opt_path(self.tls.key_file.as_deref())),
+                ]),
+            ),
+            // The path only: the token itself is read at start, never printed.
+            ("token_file", opt_path(self.token_file.as_deref())),
+            ("compress", spelled(&self.compress)),
         ])
     }
 
     fn start(&self) -> Result<Arc<dyn Handler>, String> {
         Ok(Arc::new(HttpHandler::new(self.clone())?))
     }
+}
+
+fn opt_path(p: Option<&Path>) -> Value {
+    p.map_or(Value::Null, path)
 }

@@ -2,17 +2,18 @@
 //! a hurry), the time limits, and the mapping of every answer that is not a
 //! 2xx to a [`Failure`] (the rules are in the module doc of `http`). The
 //! one-item call and the batch call differ only in the body they send and in
-//! what they make of a 2xx body.
+//! what they make of a 2xx body. What every call adds is here too: the
+//! bearer token and the gzip of `compress`.
 
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ureq::http::header::{HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use ureq::http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use ureq::http::Request;
 use ureq::{Agent, Timeout};
 
-use super::{HttpHandler, ATTEMPT, CUT_SHORT, ERROR_BODY_QUOTE, IDEMPOTENCY_KEY};
+use super::{tls, Compress, HttpHandler, ATTEMPT, CUT_SHORT, ERROR_BODY_QUOTE, IDEMPOTENCY_KEY};
 use crate::handler::{CallContext, Failure};
 use crate::stop::StopLevel;
 use crate::sync::Mutex;
@@ -76,7 +77,13 @@ impl Agents {
 }
 
 impl HttpHandler {
-    fn request<'p>(&self, ctx: &CallContext<'_>, out: &Outgoing<'p>) -> Result<Request<&'p [u8]>, Failure> {
+    /// The request for `out`, carrying `body` (`out.body`, compressed or not).
+    fn request<'b>(
+        &self,
+        ctx: &CallContext<'_>,
+        out: &Outgoing<'_>,
+        body: &'b [u8],
+    ) -> Result<Request<&'b [u8]>, Failure> {
         let key = HeaderValue::from_bytes(out.key.as_bytes()).map_err(|_| {
             Failure::fatal("item id has characters HTTP does not allow in a header; it cannot be an Idempotency-Key")
         })?;
@@ -89,10 +96,16 @@ impl HttpHandler {
                 request = request.header(CONTENT_TYPE, content_type);
             }
         }
+        if let Some(token) = &self.authorization {
+            request = request.header(AUTHORIZATION, token);
+        }
+        if self.config.compress == Compress::Gzip {
+            request = request.header(CONTENT_ENCODING, "gzip");
+        }
         request
             .header(IDEMPOTENCY_KEY, key)
             .header(ATTEMPT, ctx.attempt())
-            .body(out.body)
+            .body(body)
             .map_err(|e| Failure::fatal(format!("cannot build the request: {e}")))
     }
 
@@ -109,7 +122,15 @@ impl HttpHandler {
         if timeout.is_zero() {
             return Err(Failure::timed_out(Duration::ZERO));
         }
-        let request = self.request(ctx, &out)?;
+        let compressed;
+        let body = match self.config.compress {
+            Compress::None => out.body,
+            Compress::Gzip => {
+                compressed = gzip(out.body);
+                &compressed[..]
+            }
+        };
+        let request = self.request(ctx, &out, body)?;
 
         let (generation, agent) = self.agents.current();
         // A hurry shuts this call's agent down, which fails the request at
@@ -131,6 +152,12 @@ impl HttpHandler {
                 Failure::retryable(CUT_SHORT)
             } else if matches!(e, ureq::Error::Timeout(Timeout::Global)) {
                 Failure::timed_out(started.elapsed())
+            } else if let Some(what) = tls::tls_failure(
+                &e,
+                self.uri.host().unwrap_or_default(),
+                self.config.tls.cert_file.is_some(),
+            ) {
+                Failure::retryable(what)
             } else {
                 Failure::retryable(format!("transport error: {e}"))
             }
@@ -186,6 +213,17 @@ impl HttpHandler {
     }
 }
 
+/// `body` gzipped at flate2's default level: NDJSON and JSON shrink to a
+/// fraction, which is what a slow uplink is short of.
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    encoder.write_all(body).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
+}
+
 /// A `Retry-After` value as a wait from `now`: delta-seconds, or an
 /// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`; a past date is zero).
 /// `None` for anything else, including the obsolete date forms.
@@ -219,6 +257,20 @@ fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read;
+        let body = b"{\"id\":\"a\",\"payload\":\"x\"}\n".repeat(100);
+        let packed = gzip(&body);
+        assert!(packed.len() < body.len() / 10);
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_end(&mut unpacked)
+            .unwrap();
+        assert_eq!(unpacked, body);
+        assert!(!gzip(b"").is_empty());
+    }
 
     #[test]
     fn retry_after_takes_seconds_and_imf_dates() {
