@@ -446,16 +446,35 @@ fn bad_tls_files_are_start_errors_naming_the_file_and_what_is_wrong() {
         "{e}"
     );
 
-    // An expired client certificate, and a ca_file whose only CA expired.
+    // An expired client certificate, and a ca_file whose only CA expired:
+    // warnings (below), not refusals — lote keeps taking in work.
     pki.leaf("old", "ca", "extendedKeyUsage=clientAuth", -1);
-    let e = show(identity(&pki, "old"));
-    assert!(e.contains("expired on") && e.contains(&s(&pki.path("old.pem"))), "{e}");
+    assert!(HttpHandler::new(config(url, identity(&pki, "old"))).is_ok());
     pki.ca("old_ca", -1);
-    let e = show(TlsFiles {
+    let old_ca = TlsFiles {
         ca_file: Some(pki.path("old_ca.pem")),
         ..TlsFiles::default()
-    });
-    assert!(e.contains("expired") && e.contains(&s(&pki.path("old_ca.pem"))), "{e}");
+    };
+    assert!(HttpHandler::new(config(url, old_ca)).is_ok());
+    let setup = Setup::new();
+    let checked = setup.config(&format!(
+        "source: {{kind: lines, path: x}}\nhandler:\n  kind: http\n  url: {url}\n  \
+         tls: {{ca_file: {}, cert_file: {}, key_file: {}}}\n",
+        pki.path("old_ca.pem").display(),
+        pki.path("old.pem").display(),
+        pki.path("old.key").display()
+    ));
+    let output = setup.run(&["check", "-c", checked.to_str().unwrap()]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("expired on") && all.contains(&s(&pki.path("old.pem"))),
+        "{all}"
+    );
+    assert!(
+        all.contains("still trusts it") && all.contains(&s(&pki.path("old_ca.pem"))),
+        "{all}"
+    );
 
     // A ca_file with no certificate in it (a key), a key_file with no key.
     let e = show(TlsFiles {

@@ -32,6 +32,11 @@ pub trait HandlerKind: Sized {
     /// What `lote run` calls items with. `lote check` starts it too and
     /// drops it, so what would refuse to start is a config error.
     fn start(&self) -> Result<Arc<dyn Handler>, String>;
+    /// Things that start but are probably not meant (an expired
+    /// certificate), for `lote check` and the daemon's log. Default none.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A handler section's policy keys, whatever its kind (`handler_keys!`
@@ -164,6 +169,12 @@ macro_rules! handler_kinds {
             pub fn start(&self) -> Result<std::sync::Arc<dyn Handler>, String> {
                 match self {
                     $(HandlerSpec::$Variant(c) => HandlerKind::start(c),)*
+                }
+            }
+
+            pub fn warnings(&self) -> Vec<String> {
+                match self {
+                    $(HandlerSpec::$Variant(c) => HandlerKind::warnings(c),)*
                 }
             }
         }

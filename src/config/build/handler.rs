@@ -33,6 +33,7 @@ impl Check<'_> {
         // program resolved in PATH, the URL parsed, the method and headers
         // known to the client.
         let started = spec.start().map_err(|why| self.start_error(&why))?;
+        self.warnings.extend(spec.warnings());
         if batch.is_some() && started.as_batch().is_none() {
             return self.err(
                 "handler.batch",

@@ -174,6 +174,10 @@ impl HandlerKind for HttpConfig {
         ])
     }
 
+    fn warnings(&self) -> Vec<String> {
+        super::tls::expiry_warnings(&self.tls, std::time::SystemTime::now())
+    }
+
     fn start(&self) -> Result<Arc<dyn Handler>, String> {
         Ok(Arc::new(HttpHandler::new(self.clone())?))
     }

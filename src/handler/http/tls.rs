@@ -15,10 +15,12 @@
 //!   uplink pinned to a private CA must not also accept any public CA's
 //!   certificate for its host. To trust both, point `ca_file` at a bundle
 //!   holding both (`cat /etc/ssl/certs/ca-certificates.crt private-ca.pem`).
-//! - **Expiry at start**: the client certificate must not have expired. A
-//!   `ca_file` must hold at least one certificate that has not; expired
-//!   ones beside it are left out with a warning, not refused (a bundle may
-//!   carry an old root that harms nothing). `notBefore` is not checked: a box without a
+//! - **Expiry at start is a warning, never a refusal**: refusing to start
+//!   would stop the box taking in data too. An expired client certificate
+//!   is used (the server's refusal is then a retryable failure, and the
+//!   breaker holds the backlog). In a `ca_file`, expired certificates
+//!   beside a valid one are left out (a bundle may carry an old root); if
+//!   every one has expired, they are all trusted, with the warning. `notBefore` is not checked: a box without a
 //!   real-time clock may boot in 1970, and the call's own failure says so.
 //! - **At call time every TLS failure is retryable**: an untrusted server,
 //!   a name mismatch or a refused client certificate is a configuration
@@ -52,7 +54,7 @@ pub(super) fn tls_config(files: &TlsFiles, https: bool, now: SystemTime) -> Resu
     };
     let client_cert = match (&files.cert_file, &files.key_file) {
         (None, None) => None,
-        (Some(cert_file), Some(key_file)) => Some(client_cert(cert_file, key_file, now)?),
+        (Some(cert_file), Some(key_file)) => Some(client_cert(cert_file, key_file)?),
         (Some(_), None) => {
             return Err(
                 "handler.tls.cert_file is set without handler.tls.key_file; mutual TLS needs both (the certificate chain and its private key)"
@@ -76,35 +78,18 @@ fn ca_roots(path: &Path, now: SystemTime) -> Result<RootCerts, String> {
     if certs.is_empty() {
         return Err(no_certificate(key, path));
     }
-    let (mut expired, mut valid) = (Vec::new(), Vec::new());
-    for (n, cert) in certs.iter().enumerate() {
-        match not_after(cert.der()).filter(|t| *t < now) {
-            Some(not_after) => expired.push((n + 1, not_after)),
-            // A date lote cannot read: rustls judges the certificate.
-            None => valid.push(cert.clone()),
-        }
+    // A date lote cannot read counts as valid: rustls judges it.
+    let valid: Vec<_> = certs
+        .iter()
+        .filter(|cert| not_after(cert.der()).is_none_or(|t| t >= now))
+        .cloned()
+        .collect();
+    if valid.is_empty() {
+        // Every one expired: trusted anyway (webpki does not judge an
+        // anchor's dates), and `expiry_warnings` says so.
+        return Ok(RootCerts::new_with_certs(&certs));
     }
-    if expired.len() == certs.len() {
-        let (_, last) = expired.iter().max_by_key(|(_, t)| *t).copied().unwrap_or((0, now));
-        return Err(format!(
-            "{key} {}: {} expired (the last on {}); put the CA's current certificate there (or check the box's clock)",
-            path.display(),
-            if certs.len() == 1 {
-                "its certificate has".to_string()
-            } else {
-                format!("all {} certificates in it have", certs.len())
-            },
-            humantime::format_rfc3339_seconds(last)
-        ));
-    }
-    for (n, at) in expired {
-        log::warn!(
-            "{key} {}: certificate {n} of {} expired on {}; it is left out, the others are trusted",
-            path.display(),
-            certs.len(),
-            humantime::format_rfc3339_seconds(at)
-        );
-    }
+    // Expired ones beside a valid one are left out (`expiry_warnings`).
     // webpki does not look at a trust anchor's dates: an expired CA would
     // still be trusted if it were passed on.
     Ok(RootCerts::new_with_certs(&valid))
@@ -133,21 +118,14 @@ fn system_roots() -> RootCerts {
         .into()
 }
 
-/// `cert_file` + `key_file`: a chain whose first certificate has not
-/// expired, and the private key of that certificate.
-fn client_cert(cert_file: &Path, key_file: &Path, now: SystemTime) -> Result<ClientCert, String> {
+/// `cert_file` + `key_file`: a chain of at least one certificate, and the
+/// private key of its first (its expiry is a warning: `expiry_warnings`).
+fn client_cert(cert_file: &Path, key_file: &Path) -> Result<ClientCert, String> {
     let cert_key = "handler.tls.cert_file";
     let key_key = "handler.tls.key_file";
     let (chain, ..) = read_pem(cert_key, cert_file)?;
-    let Some(leaf) = chain.first() else {
+    if chain.is_empty() {
         return Err(no_certificate(cert_key, cert_file));
-    };
-    if let Some(not_after) = not_after(leaf.der()).filter(|t| *t < now) {
-        return Err(format!(
-            "{cert_key} {}: the certificate expired on {}; renew it, then reload lote (or check the box's clock)",
-            cert_file.display(),
-            humantime::format_rfc3339_seconds(not_after)
-        ));
     }
     let (_, key, text) = read_pem(key_key, key_file)?;
     // The same first key again, as rustls takes it (ureq's key kind is
@@ -187,6 +165,64 @@ fn client_cert(cert_file: &Path, key_file: &Path, now: SystemTime) -> Result<Cli
         ),
     })?;
     Ok(ClientCert::new_with_certs(&chain, key))
+}
+
+/// What has expired in `files` at `now`, as warnings (`lote check` prints
+/// them, the daemon logs them): never a refusal to start, which would stop
+/// the box taking in data too. An expired client certificate is still sent
+/// (the server's refusal is a retryable failure, and the breaker holds the
+/// backlog); in a `ca_file`, expired certificates beside a valid one are
+/// left out, and if all have expired, all are trusted. A file that cannot
+/// be read gives no warning here: starting the handler refuses it.
+pub(super) fn expiry_warnings(files: &TlsFiles, now: SystemTime) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let when = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    if let Some(path) = &files.ca_file {
+        let key = "handler.tls.ca_file";
+        if let Ok((certs, ..)) = read_pem(key, path) {
+            let expired: Vec<(usize, SystemTime)> = certs
+                .iter()
+                .enumerate()
+                .filter_map(|(n, cert)| not_after(cert.der()).filter(|t| *t < now).map(|t| (n + 1, t)))
+                .collect();
+            if !certs.is_empty() && expired.len() == certs.len() {
+                let last = expired.iter().map(|(_, t)| *t).max().unwrap_or(now);
+                warnings.push(format!(
+                    "{key} {}: {} expired (the last on {}); lote still trusts it so the uplink keeps working, but put the CA's current certificate there (or check the box's clock)",
+                    path.display(),
+                    if certs.len() == 1 {
+                        "its certificate has".to_string()
+                    } else {
+                        format!("all {} certificates in it have", certs.len())
+                    },
+                    when(last)
+                ));
+            } else {
+                for (n, at) in expired {
+                    warnings.push(format!(
+                        "{key} {}: certificate {n} of {} expired on {}; it is left out, the others are trusted",
+                        path.display(),
+                        certs.len(),
+                        when(at)
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(path) = &files.cert_file {
+        let key = "handler.tls.cert_file";
+        let leaf_expiry = read_pem(key, path)
+            .ok()
+            .and_then(|(chain, ..)| chain.first().and_then(|leaf| not_after(leaf.der())));
+        if let Some(at) = leaf_expiry.filter(|t| *t < now) {
+            warnings.push(format!(
+                "{key} {}: the certificate expired on {}; the uplink will likely refuse it (calls fail and are retried): renew it, then reload lote (or check the box's clock)",
+                path.display(),
+                when(at)
+            ));
+        }
+    }
+    warnings
 }
 
 /// The certificates and the first private key in a PEM file, and its text.
