@@ -132,3 +132,48 @@ fn a_batch_config_needs_a_handler_that_takes_batches() {
         .to_string();
     assert!(err.contains("takes one item per call"), "{err}");
 }
+
+#[test]
+fn a_retry_of_a_batch_waits_for_the_longest_retry_after_of_its_items() {
+    let source = Arc::new(VecSource::numbered(3));
+    let committer = Arc::new(MemoryCommitter::acking(source.clone()));
+    let calls: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let handler = {
+        let calls = Arc::clone(&calls);
+        batch_fn(move |ctx: &CallContext<'_>, items: &[Item]| {
+            calls.lock().unwrap().push(std::time::Instant::now());
+            if ctx.attempt() > 1 {
+                return Ok(BatchReply::AllDone);
+            }
+            let hint = |ms| Failure::retryable("slow down").with_retry_after(Duration::from_millis(ms));
+            Ok(BatchReply::Each(
+                items
+                    .iter()
+                    .zip([50, 400, 100])
+                    .map(|(item, ms)| ItemReply {
+                        id: item.id.clone(),
+                        result: Err(hint(ms)),
+                    })
+                    .collect(),
+            ))
+        })
+    };
+    let policy = CallPolicy {
+        retry: RetryPolicy {
+            attempts: 2,
+            backoff: Duration::from_millis(10),
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        ..CallPolicy::plain()
+    };
+    let summary = Session::new(config(10), source, Arc::new(handler), committer)
+        .policy(policy)
+        .run()
+        .unwrap();
+    assert_eq!(summary.counts.done, 3);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    let waited = calls[1] - calls[0];
+    assert!(waited >= Duration::from_millis(400), "waited {waited:?}");
+}
