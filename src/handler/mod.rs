@@ -13,6 +13,7 @@
 //! handler with [`batch_fn`].
 
 mod batch;
+pub mod compose;
 pub mod exec;
 pub mod http;
 mod kind;
