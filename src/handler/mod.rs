@@ -13,6 +13,7 @@
 //! handler with [`batch_fn`].
 
 mod batch;
+mod bulkhead;
 pub mod compose;
 pub mod exec;
 pub mod http;
@@ -20,6 +21,7 @@ mod kind;
 mod noop;
 
 pub use batch::{batch_fn, batch_key, BatchFn, BatchHandler, BatchReply, ItemReply};
+pub use bulkhead::Bulkhead;
 pub use kind::{HandlerAt, HandlerKind, WithPolicy};
 pub use noop::{Noop, NoopConfig};
 
