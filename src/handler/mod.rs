@@ -14,6 +14,7 @@
 
 mod batch;
 mod bulkhead;
+pub mod cache;
 pub mod compose;
 pub mod exec;
 pub mod http;
