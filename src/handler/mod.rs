@@ -17,14 +17,18 @@ mod bulkhead;
 pub mod cache;
 pub mod compose;
 pub mod exec;
+mod fallback;
 pub mod http;
 mod kind;
 mod noop;
+mod walk_away;
 
 pub use batch::{batch_fn, batch_key, BatchFn, BatchHandler, BatchReply, ItemReply};
 pub use bulkhead::Bulkhead;
+pub use fallback::{Fallback, FallbackTo};
 pub use kind::{HandlerAt, HandlerKind, WithPolicy};
 pub use noop::{Noop, NoopConfig};
+pub use walk_away::WalkAway;
 
 use exec::ExecConfig;
 use http::HttpConfig;
