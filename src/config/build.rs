@@ -40,6 +40,7 @@ impl Check<'_> {
         let source = self.source(raw.source, &state_dir, every, &sink)?;
         let (handler, policy, qos) = self.handler(raw.handler, &state_dir)?;
         session.qos = qos;
+        self.claim_outlasts_calls(&source, &policy)?;
 
         let dead_letter = self.dead_letter(raw.dead_letter, &state_dir)?;
         if let Some(dead) = &dead_letter {
