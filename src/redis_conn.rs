@@ -245,9 +245,19 @@ impl Link {
     }
 }
 
-/// True for an error the server answered (the connection still works).
+/// True for an error the server answered for good (the connection still
+/// works, and asking again would get the same answer). A server that is
+/// still loading its data after a restart (LOADING), or a replica or
+/// cluster in transition (TRYAGAIN, MASTERDOWN, CLUSTERDOWN), answers
+/// "not now": that is treated as a lost connection, tried again after the
+/// back-off.
 fn is_answer(e: &RedisError) -> bool {
-    matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) && !e.is_io_error()
+    use redis::ServerErrorKind as S;
+    match e.kind() {
+        ErrorKind::Server(S::BusyLoading | S::TryAgain | S::MasterDown | S::ClusterDown) => false,
+        ErrorKind::Server(_) | ErrorKind::Extension => !e.is_io_error(),
+        _ => false,
+    }
 }
 
 /// The wait after `failures` failures in a row: doubling, ± 20 % jitter so

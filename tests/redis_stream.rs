@@ -134,6 +134,30 @@ impl RedisServer {
         }
     }
 
+    /// (consumer, deliveries) of every pending entry.
+    fn pending_rows(&self, stream: &str) -> Vec<(String, i64)> {
+        let rows: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg("lote")
+            .arg("-")
+            .arg("+")
+            .arg(100)
+            .query(&mut self.conn())
+            .unwrap_or(Value::Nil);
+        let Value::Array(rows) = rows else { return Vec::new() };
+        rows.into_iter()
+            .filter_map(|row| match row {
+                Value::Array(f) => match (f.get(1), f.get(3)) {
+                    (Some(Value::BulkString(c)), Some(Value::Int(n))) => {
+                        Some((String::from_utf8_lossy(c).into_owned(), *n))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every entry of `stream` as field maps.
     fn entries(&self, stream: &str) -> Vec<HashMap<String, String>> {
         let reply: Value = redis::cmd("XRANGE")
@@ -291,7 +315,8 @@ fn work(n: usize, prefix: &str) -> Vec<(String, String)> {
 
 const EXEC_CAT: &str =
     "handler:\n  kind: exec\n  command: [\"/bin/sh\", \"-c\", \"cat >/dev/null\"]\n  timeout: 1s\n  \
-                        retry: {attempts: 1}\nsession:\n  threads: 2\nqueue:\n  capacity: 16\n";
+                        retry: {attempts: 1}\nsession:\n  threads: 2\nqueue:\n  capacity: 16\n\
+                        metrics:\n  every: 200ms\n  textfile: lote.prom\n";
 
 #[test]
 fn three_instances_share_the_work_and_take_over_a_killed_ones_entries() {
@@ -333,6 +358,26 @@ fn three_instances_share_the_work_and_take_over_a_killed_ones_entries() {
     });
     let want: HashSet<String> = ids.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(done_union(&fleet), want);
+    // The survivors' metrics: what they took over, acked, and 0 pending.
+    let metric = |i: &Instance, name: &str| -> u64 {
+        let text = std::fs::read_to_string(i.setup.path("state/lote.prom")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for("the metrics to show the end", Duration::from_secs(5), &refs, || {
+        fleet[1..]
+            .iter()
+            .all(|i| metric(i, "lote_redis_pending") == 0 && metric(i, "lote_redis_acked_total") > 0)
+    });
+    let reclaimed: u64 = fleet[1..].iter().map(|i| metric(i, "lote_redis_reclaimed_total")).sum();
+    assert!(
+        reclaimed >= stranded as u64,
+        "reclaimed {reclaimed} < stranded {stranded}"
+    );
+    let acked: u64 = fleet.iter().map(|i| metric(i, "lote_redis_acked_total")).sum();
+    assert!(acked >= 3000 - 300, "acked {acked}");
+    common::promtool_check_metrics(&fleet[1].setup.path("state/lote.prom"));
     assert!(
         fleet[1].log().contains("took over") || fleet[2].log().contains("took over"),
         "nobody said it took over entries"
@@ -475,7 +520,16 @@ fn a_long_item_is_not_taken_over_while_it_runs() {
         redis.pending_of("lote:work", "box-a") == 1
     });
     b.start();
+    // While it runs, box-a holds it and it was delivered once: neither box-b
+    // nor box-a's own XAUTOCLAIM took it (either would count a delivery).
     wait_for("the long item done", Duration::from_secs(20), &[&a, &b], || {
+        for (consumer, deliveries) in redis.pending_rows("lote:work") {
+            assert_eq!(
+                (consumer.as_str(), deliveries),
+                ("box-a", 1),
+                "the long item was claimed again"
+            );
+        }
         a.outcomes().len() == 1 && redis.pending("lote:work") == 0
     });
     // b had 3 s with the item pending; it took none.

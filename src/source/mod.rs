@@ -208,4 +208,10 @@ pub trait Source: Send + Sync {
     fn needs_resume(&self) -> bool {
         false
     }
+
+    /// A redis_stream source's counters (claimed, acked, reclaimed…), for
+    /// the status and `/metrics`; `None` for every other kind.
+    fn redis_stats(&self) -> Option<Arc<RedisStats>> {
+        None
+    }
 }

@@ -88,7 +88,7 @@ pub struct RedisStats {
 }
 
 /// A point-in-time copy of [`RedisStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RedisSnapshot {
     pub claimed: u64,
     pub resumed: u64,
@@ -507,6 +507,10 @@ impl Source for RedisStreamSource {
 
     fn doorbell(&self) -> Option<Arc<Doorbell>> {
         Some(self.shared.bell.clone())
+    }
+
+    fn redis_stats(&self) -> Option<Arc<RedisStats>> {
+        Some(self.stats())
     }
 }
 
