@@ -19,7 +19,10 @@
 //!   table in a SQLite file), [`source::spool::SpoolSource`] (a directory,
 //!   one file per item), [`source::lines::LinesSource`] (a file or stdin)
 //!   and [`source::InboxSource`] (lote's own durable queue, filled through
-//!   an [`source::Intake`] by the HTTP listener and `lote push`).
+//!   an [`source::Intake`] by the HTTP listener and `lote push`) and
+//!   [`source::RedisStreamSource`] (a fleet's share of a Redis stream).
+//! - [`redis_conn`]: the connection to redis-server the redis_stream source
+//!   and sink share: URL and password file, reconnects with back-off.
 //! - [`queue`]: [`WorkQueue`], the bounded priority queue and its messages
 //!   (`Stop < Work(priority, seq) < EndOfData`), with the five `when_full`
 //!   modes. Nothing else lives there.
@@ -110,6 +113,7 @@ pub mod notify;
 pub mod policy;
 pub mod push;
 pub mod queue;
+pub mod redis_conn;
 pub mod session;
 pub mod sink;
 pub mod source;

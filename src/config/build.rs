@@ -41,6 +41,7 @@ impl Check<'_> {
         let (handler, policy, qos, batch) = self.handler(raw.handler, &state_dir)?;
         session.qos = qos;
         session.batch = batch;
+        self.claim_outlasts_calls(&source, &policy)?;
 
         let dead_letter = self.dead_letter(raw.dead_letter, &state_dir)?;
         if let Some(dead) = &dead_letter {

@@ -47,6 +47,8 @@ pub(super) struct Inputs {
     pub(super) retired: WriterCounters,
     pub(super) breaker: Option<Arc<crate::policy::Breaker>>,
     pub(super) intake: Option<Arc<crate::source::Intake>>,
+    /// A redis_stream source's counters.
+    pub(super) redis: Option<Arc<crate::source::RedisStats>>,
     pub(super) threads: usize,
     pub(super) status_file: PathBuf,
     pub(super) textfile: Option<PathBuf>,
@@ -88,6 +90,7 @@ impl Shared {
         if let Some(writer) = status.writer.as_mut() {
             writer.counters = writer.counters.plus(&inputs.retired);
         }
+        status.redis = inputs.redis.as_ref().map(|stats| stats.snapshot());
         status
     }
 
@@ -165,6 +168,7 @@ pub(super) fn inputs_of(parts: &Parts) -> Inputs {
         retired: WriterCounters::default(),
         breaker: parts.policy.breaker.clone(),
         intake: parts.intake.clone(),
+        redis: parts.source.redis_stats(),
         threads: config.session.threads,
         status_file: config.state_dir.join("status.json"),
         textfile: config.metrics.textfile.clone(),

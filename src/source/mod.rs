@@ -14,6 +14,7 @@ pub mod inbox;
 mod kind;
 pub mod lines;
 mod memory;
+pub mod redis_stream;
 pub mod spool;
 mod sqlite;
 mod watch;
@@ -22,6 +23,7 @@ pub use doorbell::{Doorbell, SAFETY_NET};
 pub use inbox::{Admitted, InboxConfig, InboxSource, Intake, IntakeStats, Refused};
 pub use kind::{Run, SourceAt, SourceKind};
 pub use memory::VecSource;
+pub use redis_stream::{RedisSnapshot, RedisStats, RedisStreamConfig, RedisStreamSource};
 pub use sqlite::{SqliteSource, SqliteSourceConfig};
 
 use kind::source_kinds;
@@ -34,6 +36,7 @@ source_kinds! {
     Lines(LinesConfig),
     Sqlite(SqliteSourceConfig),
     Inbox(InboxConfig),
+    RedisStream(RedisStreamConfig),
 }
 
 /// The warning `lote check` gives for a source file that does not exist yet.
@@ -204,5 +207,11 @@ pub trait Source: Send + Sync {
     /// skips them, whatever the QoS (`--resume`).
     fn needs_resume(&self) -> bool {
         false
+    }
+
+    /// A redis_stream source's counters (claimed, acked, reclaimed…), for
+    /// the status and `/metrics`; `None` for every other kind.
+    fn redis_stats(&self) -> Option<Arc<RedisStats>> {
+        None
     }
 }

@@ -39,7 +39,7 @@ use crate::policy::{Breaker, BreakerState};
 pub use crate::session::SessionCounts;
 use crate::session::SessionSummary;
 use crate::sink::timestamp;
-use crate::source::Intake;
+use crate::source::{Intake, RedisSnapshot};
 pub use crate::writer::WriterCounters;
 use crate::writer::WriterMetrics;
 
@@ -72,6 +72,11 @@ pub struct Status {
     /// status); `None` otherwise.
     #[serde(default)]
     pub inbox: Option<InboxStatus>,
+    /// A redis_stream source's counters (SPEC §3.14); `None` for other
+    /// kinds. Not read by [`Status::capture`]: the daemon fills it in from
+    /// its source.
+    #[serde(default)]
+    pub redis: Option<RedisSnapshot>,
     /// Cumulative since the daemon started.
     pub counters: Counters,
     /// Cumulative since the daemon started.
@@ -389,6 +394,8 @@ impl Status {
             }),
             writer: sources.writer.map(WriterStatus::from),
             inbox: sources.inbox.map(|intake| InboxStatus::of(intake, sources.stopping)),
+            // Set by the daemon, which holds the source (`Status::redis`).
+            redis: None,
             counters: metrics.snapshot(),
             latency: Latencies {
                 queue_wait: Latency::from(&metrics.queue_wait.snapshot()),
@@ -710,6 +717,7 @@ mod tests {
                 ..WriterStatus::default()
             }),
             inbox: None,
+            redis: None,
             counters: Counters {
                 done: 1200,
                 failed: 3,

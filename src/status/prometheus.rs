@@ -282,6 +282,54 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         );
     }
 
+    if let Some(redis) = &status.redis {
+        let counters = [
+            (
+                "lote_redis_claimed_total",
+                "New stream entries this instance read (XREADGROUP >).",
+                redis.claimed,
+            ),
+            (
+                "lote_redis_resumed_total",
+                "Own pending entries read again after a restart or reconnect.",
+                redis.resumed,
+            ),
+            (
+                "lote_redis_reclaimed_total",
+                "Entries taken over from other consumers (XAUTOCLAIM).",
+                redis.reclaimed,
+            ),
+            (
+                "lote_redis_acked_total",
+                "Entries acknowledged (XACK) once their outcomes were durable.",
+                redis.acked,
+            ),
+            (
+                "lote_redis_dead_lettered_total",
+                "Entries added to <stream>:dead (failed or past max_deliveries).",
+                redis.dead_lettered,
+            ),
+            (
+                "lote_redis_reconnects_total",
+                "Connections to redis-server made again after a loss.",
+                redis.reconnects,
+            ),
+        ];
+        for (name, help, value) in counters {
+            out.counter(name, help, value);
+        }
+        out.gauge(
+            "lote_redis_pending",
+            "The consumer group's pending entries, all instances (XPENDING), at the last renewal round.",
+            redis.pending,
+        );
+        out.gauge(
+            "lote_redis_connected",
+            "1 while the reading connection to redis-server is up; else 0.",
+            u64::from(redis.connected),
+        );
+    }
+
     out.histogram(
         "lote_queue_wait_seconds",
         "Time from queued to taken by a worker.",
