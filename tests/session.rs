@@ -379,8 +379,15 @@ fn an_open_breaker_with_skip_returns_items_and_never_fails_them() {
         |_: &CallContext<'_>, _: &Item| Err(Failure::retryable("503")),
     );
     assert_eq!(run.summary.counts.failed, 3, "only the calls that opened it failed");
-    assert_eq!(run.summary.counts.returned, 17, "the rest were not attempted");
-    assert_eq!(run.source.pending().len(), 17);
+    // The rest were not attempted: each went back to the source. A
+    // VecSource takes a returned item back at once, so the producer may
+    // pull it again in this session (and it goes back again): at least 17.
+    assert!(
+        run.summary.counts.returned >= 17,
+        "the rest were not attempted: {}",
+        run.summary.counts.returned
+    );
+    assert_eq!(run.source.pending().len(), 17, "all of them are back in the source");
     assert_accounted(&run, 20);
 }
 
