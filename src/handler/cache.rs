@@ -139,7 +139,9 @@ struct Entry {
 /// One call in progress for a key, and its result once known.
 #[derive(Default)]
 struct Flight {
+    /// Protects: the result, set once when the call lands (`None` until then).
     result: Mutex<Option<Result<String, Failure>>>,
+    /// The callers waiting on the result wait here; notified when it lands.
     landed: Condvar,
 }
 
