@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use lote::handler::http::{HttpConfig, HttpHandler};
 use lote::session::BatchConfig;
 use lote::sink::{Role, SqliteConfig, SqliteSink};
-use lote::writer::{Writer, WriterConfig};
 use lote::{Item, QueueConfig, Session, SessionConfig};
 
 mod common;
@@ -97,19 +96,7 @@ fn run(upstream: &Upstream, items: usize, batch: Option<BatchConfig>) -> (f64, u
     let calls_before = upstream.requests.load(Ordering::Relaxed);
     let started = Instant::now();
     let sink = SqliteSink::open(SqliteConfig::new(dir.path().join("outcomes.db"), Role::Outcomes)).unwrap();
-    let writer = Arc::new(
-        Writer::start(
-            WriterConfig {
-                batch: 1000,
-                channel_chunks: 256,
-                ..WriterConfig::default()
-            },
-            Box::new(sink),
-            None,
-            source.clone(),
-        )
-        .unwrap(),
-    );
+    let writer = Arc::new(common::writer(Box::new(sink), source.clone()));
     let config = SessionConfig {
         threads: THREADS,
         chunk: 500,

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lote::handler::Noop;
 use lote::sink::{JsonlConfig, JsonlSink, Record, Role, Sink, SqliteConfig, SqliteSink};
-use lote::writer::{Writer, WriterConfig};
 use lote::{Item, Outcome, QueueConfig, Session, SessionConfig, Status};
 
 mod common;
@@ -33,19 +32,7 @@ const DEFAULT_ITEMS: usize = 1_000_000;
 fn lote_end_to_end(items: usize, sink: Box<dyn Sink>) -> Duration {
     let source = Arc::new(Generated::new(items, |i| Item::new(i.to_string(), Vec::new())));
     let started = Instant::now();
-    let writer = Arc::new(
-        Writer::start(
-            WriterConfig {
-                batch: 1000,
-                channel_chunks: 256,
-                ..WriterConfig::default()
-            },
-            sink,
-            None,
-            source.clone(),
-        )
-        .unwrap(),
-    );
+    let writer = Arc::new(common::writer(sink, source.clone()));
     let config = SessionConfig {
         threads: 2,
         chunk: 100,

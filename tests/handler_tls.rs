@@ -79,20 +79,7 @@ impl Pki {
             "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
         )
         .unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN=lote test {name}"),
-        ]);
+        self.key_and_csr(name, &format!("lote test {name}"));
         self.openssl(&[
             "x509",
             "-req",
@@ -109,10 +96,8 @@ impl Pki {
         ]);
     }
 
-    /// `<name>.pem` + `<name>.key`: a certificate signed by `ca`.
-    fn leaf(&self, name: &str, ca: &str, extensions: &str, days: i32) {
-        let ext = self.path(&format!("{name}.ext"));
-        std::fs::write(&ext, format!("basicConstraints=CA:FALSE\n{extensions}\n")).unwrap();
+    /// `<name>.key` (P-256) and `<name>.csr` for the subject `CN=<cn>`.
+    fn key_and_csr(&self, name: &str, cn: &str) {
         self.openssl(&[
             "req",
             "-newkey",
@@ -125,8 +110,15 @@ impl Pki {
             "-out",
             &format!("{name}.csr"),
             "-subj",
-            &format!("/CN={name}"),
+            &format!("/CN={cn}"),
         ]);
+    }
+
+    /// `<name>.pem` + `<name>.key`: a certificate signed by `ca`.
+    fn leaf(&self, name: &str, ca: &str, extensions: &str, days: i32) {
+        let ext = self.path(&format!("{name}.ext"));
+        std::fs::write(&ext, format!("basicConstraints=CA:FALSE\n{extensions}\n")).unwrap();
+        self.key_and_csr(name, name);
         self.openssl(&[
             "x509",
             "-req",

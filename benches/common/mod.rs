@@ -4,9 +4,23 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use lote::sink::Sink;
 use lote::source::{Pull, ReturnReason, Source, SourceError};
+use lote::writer::{Writer, WriterConfig};
 use lote::{Item, Outcome};
+
+/// The write-behind thread the end-to-end benches run with: batches of
+/// 1000 outcomes, a deep channel, no dead-letter sink.
+pub fn writer(sink: Box<dyn Sink>, source: Arc<Generated>) -> Writer {
+    let config = WriterConfig {
+        batch: 1000,
+        channel_chunks: 256,
+        ..WriterConfig::default()
+    };
+    Writer::start(config, sink, None, source).expect("the writer starts")
+}
 
 /// `total` items, the `i`th made by `make(i)`.
 pub struct Generated {
