@@ -62,6 +62,16 @@ fn run(command: Command) -> Result<u8, String> {
                 return Ok(0);
             }
             print!("{}", loaded.effective_yaml());
+            let tree = loaded.handler_tree();
+            if tree.len() > 1 {
+                eprintln!(
+                    "{}: handler tree (outermost policy first: fallback, cache, retry, bulkhead, breaker, timeout):",
+                    path.display()
+                );
+                for node in tree {
+                    eprintln!("  {node}");
+                }
+            }
             for warning in &loaded.warnings {
                 eprintln!("{}: warning: {warning}", path.display());
             }

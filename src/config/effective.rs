@@ -6,7 +6,7 @@
 use serde_yaml::Value;
 
 use super::{Config, HttpConfig, SinkSpec};
-use crate::spec::effective::{bytes, dur, map, opt_dur, path, spelled};
+use crate::spec::effective::{bytes, dur, map, opt_dur, path};
 
 pub(super) fn to_yaml(c: &Config) -> String {
     let s = &c.session;
@@ -58,46 +58,18 @@ pub(super) fn to_yaml(c: &Config) -> String {
 }
 
 fn handler(c: &Config) -> Value {
-    let p = &c.policy;
     let mut out = c.handler.effective();
-    let breaker = match &p.breaker {
-        None => Value::Null,
-        Some(b) => map([
-            ("failures", b.failures.into()),
-            ("open_for", dur(b.open_for)),
-            ("half_open_probes", b.half_open_probes.into()),
-            ("when_open", spelled(&p.when_open)),
-        ]),
-    };
-    let common = [
-        ("qos", Value::from(c.session.qos.as_str())),
-        ("timeout", opt_dur(p.timeout)),
-        (
-            "retry",
-            map([
-                ("attempts", p.retry.attempts.into()),
-                ("backoff", dur(p.retry.backoff)),
-                ("max_backoff", dur(p.retry.max_backoff)),
-                ("jitter", p.retry.jitter.into()),
-                ("max_retry_after", dur(p.retry.max_retry_after)),
-            ]),
-        ),
-        ("breaker", breaker),
-        (
-            "batch",
-            c.session.batch.as_ref().map_or(Value::Null, |b| {
-                map([
-                    ("max_items", b.max_items.into()),
-                    ("max_bytes", bytes(b.max_bytes as u64)),
-                    ("max_wait", dur(b.max_wait)),
-                ])
-            }),
-        ),
-    ];
     if let Value::Mapping(m) = &mut out {
-        for (k, v) in common {
-            m.insert(k.into(), v);
-        }
+        m.insert("qos".into(), c.session.qos.as_str().into());
+        c.policy.effective_into(m, true);
+        let batch = c.session.batch.as_ref().map_or(Value::Null, |b| {
+            map([
+                ("max_items", b.max_items.into()),
+                ("max_bytes", bytes(b.max_bytes as u64)),
+                ("max_wait", dur(b.max_wait)),
+            ])
+        });
+        m.insert("batch".into(), batch);
     }
     out
 }

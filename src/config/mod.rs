@@ -59,14 +59,12 @@ pub use arg::level_filter;
 pub use text::MAX_FILE_BYTES;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeSeed;
 
 pub use crate::handler::HandlerSpec;
 pub use crate::ingest::HttpConfig;
-use crate::policy::{Breaker, BreakerConfig, CallPolicy, RetryPolicy, WhenOpen};
 use crate::session::SessionConfig;
 pub use crate::sink::SinkSpec;
 pub use crate::source::SourceSpec;
@@ -117,31 +115,9 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// Where items come from (`source:`). The daemon sets `stream` on spool and
-/// sqlite sources that it polls; loading leaves it `false`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PolicySpec {
-    pub retry: RetryPolicy,
-    /// `None`: no breaker.
-    pub breaker: Option<BreakerConfig>,
-    pub when_open: WhenOpen,
-    /// Per-call (per-attempt) deadline.
-    pub timeout: Option<Duration>,
-}
-
-impl PolicySpec {
-    /// The engine's policy, with a new (closed) breaker. The daemon builds
-    /// it once and shares it by every session; a reload keeps the running
-    /// breaker when nothing it guards changed.
-    pub fn call_policy(&self) -> CallPolicy {
-        CallPolicy {
-            retry: self.retry.clone(),
-            breaker: self.breaker.clone().map(|b| Arc::new(Breaker::new(b))),
-            when_open: self.when_open,
-            timeout: self.timeout,
-        }
-    }
-}
+/// The top handler's policies (`handler.retry`, `breaker`, `timeout`,
+/// `bulkhead`, `fallback`, `cache`, `timeout_mode`): a node's.
+pub use crate::handler::node::NodePolicy as PolicySpec;
 
 /// `metrics:`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +181,17 @@ impl Config {
 
     /// The effective config, every default filled in, in `config.yaml`'s
     /// layout (for `lote check`). It loads again into an equal `Config`.
+    /// The handler tree, one line per node with the policies it carries,
+    /// children indented under their parent (`lote check`).
+    pub fn handler_tree(&self) -> Vec<String> {
+        let mut out = vec![format!("handler ({}{})", self.handler.kind(), self.policy.brief(false))];
+        self.handler.tree(1, &mut out);
+        if let Some(crate::handler::node::FallbackSpec::Node(node)) = &self.policy.fallback {
+            node.tree(1, &mut out);
+        }
+        out
+    }
+
     pub fn effective_yaml(&self) -> String {
         effective::to_yaml(self)
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, SinkSpec, SourceSpec};
 use crate::dead_letter::Requeued;
+use crate::handler::node::{self, Nodes};
 use crate::handler::Handler;
 use crate::policy::{BreakerState, CallPolicy};
 use crate::session::Qos;
@@ -32,6 +33,8 @@ pub(super) struct Parts {
     /// `POST /items` and the status's inbox reading.
     pub(super) intake: Option<Arc<Intake>>,
     pub(super) handler: Arc<dyn Handler>,
+    /// The counters of every node of the handler tree.
+    pub(super) nodes: Nodes,
     /// `config.policy` built: its breaker is shared by every session.
     pub(super) policy: CallPolicy,
     pub(super) writer: Arc<Writer>,
@@ -80,9 +83,8 @@ impl Parts {
             Some(live) => live,
             None => open_for(&config, &opened, resume)?,
         };
-        let handler = config
-            .handler
-            .start()
+        let mut nodes = Nodes::new();
+        let handler = node::start_top(&config.handler, &config.policy, &mut nodes)
             .map_err(|e| build(&format!("the {} handler", config.handler.kind()), &e))?;
         let sink = open_sink(&config.sink, table_ack.clone())?;
         let dead_letter = match &config.dead_letter {
@@ -106,6 +108,7 @@ impl Parts {
             table_ack,
             intake,
             handler,
+            nodes,
             writer: Arc::new(writer),
         })
     }

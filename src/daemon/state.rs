@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::notify::Bounds;
 use crate::session::{SessionSummary, StopHandle};
 use crate::status::prometheus;
-use crate::status::{DaemonState, Status, StatusSources};
+use crate::status::{DaemonState, NodeStatus, Status, StatusSources};
 use crate::sync::{Condvar, Mutex};
 use crate::writer::{Writer, WriterCounters, WriterMetrics};
 
@@ -49,6 +49,8 @@ pub(super) struct Inputs {
     pub(super) intake: Option<Arc<crate::source::Intake>>,
     /// A redis_stream source's counters.
     pub(super) redis: Option<Arc<crate::source::RedisStats>>,
+    /// The handler tree's per-node counters.
+    pub(super) nodes: crate::handler::node::Nodes,
     pub(super) threads: usize,
     pub(super) status_file: PathBuf,
     pub(super) textfile: Option<PathBuf>,
@@ -91,6 +93,7 @@ impl Shared {
             writer.counters = writer.counters.plus(&inputs.retired);
         }
         status.redis = inputs.redis.as_ref().map(|stats| stats.snapshot());
+        status.nodes = NodeStatus::all(&inputs.nodes);
         status
     }
 
@@ -169,6 +172,7 @@ pub(super) fn inputs_of(parts: &Parts) -> Inputs {
         breaker: parts.policy.breaker.clone(),
         intake: parts.intake.clone(),
         redis: parts.source.redis_stats(),
+        nodes: parts.nodes.clone(),
         threads: config.session.threads,
         status_file: config.state_dir.join("status.json"),
         textfile: config.metrics.textfile.clone(),

@@ -34,6 +34,9 @@ use std::thread;
 
 use serde_json::value::RawValue;
 
+mod kinds;
+pub use kinds::{FanOutConfig, ParallelConfig, SequenceConfig};
+
 use super::{CallContext, Failure, FailureKind, Handler};
 use crate::item::Item;
 

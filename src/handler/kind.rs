@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
+use super::node::Nodes;
 use super::Handler;
 use crate::policy::PolicyKeys;
 use crate::spec::{self, Check};
@@ -24,14 +25,17 @@ pub trait HandlerKind: Sized {
     /// which adds `kind` and the policy keys every handler has).
     type Keys: serde::de::DeserializeOwned + Default + std::fmt::Debug + WithPolicy;
 
-    /// Defaults applied, every value checked (errors name `handler.<key>`).
-    fn build(keys: Self::Keys, at: &HandlerAt, check: &Check) -> spec::Result<Self>;
+    /// Defaults applied, every value checked (errors name `at.key(..)`).
+    fn build(keys: Self::Keys, at: &HandlerAt, check: &mut Check) -> spec::Result<Self>;
     /// Its section of the effective config (`lote check`), `kind` first;
     /// the policy keys follow.
     fn effective(&self) -> Value;
     /// What `lote run` calls items with. `lote check` starts it too and
     /// drops it, so what would refuse to start is a config error.
-    fn start(&self) -> Result<Arc<dyn Handler>, String>;
+    /// A composite starts its children into `nodes` (their counters).
+    fn start(&self, nodes: &mut Nodes) -> Result<Arc<dyn Handler>, String>;
+    /// A composite's children for `lote check`'s tree, each a line at `depth`.
+    fn tree(&self, _depth: usize, _out: &mut Vec<String>) {}
     /// Things that start but are probably not meant (an expired
     /// certificate), for `lote check` and the daemon's log. Default none.
     fn warnings(&self) -> Vec<String> {
@@ -49,8 +53,17 @@ pub trait WithPolicy {
 pub struct HandlerAt<'a> {
     /// Relative paths resolve against it.
     pub state_dir: &'a Path,
-    /// `handler.timeout`, already checked.
+    /// The node's `timeout`, already checked.
     pub timeout: Option<Duration>,
+    /// The node's dotted path: `handler`, `handler.branches.sales`, …
+    pub path: &'a str,
+}
+
+impl HandlerAt<'_> {
+    /// The dotted name of the node's key `rest` (`handler.url`).
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}.{rest}", self.path)
+    }
 }
 
 /// A handler kind's keys: the struct, with `kind:` accepted and the policy
@@ -90,6 +103,15 @@ macro_rules! handler_keys {
                     breaker: Option<$crate::policy::BreakerKeys>,
                     /// Many items per call (SPEC §3.12). Default: one per call.
                     batch: Option<$crate::policy::BatchKeys>,
+                    /// `cooperative` (default) or `walk_away`.
+                    timeout_mode: Option<$crate::policy::TimeoutMode>,
+                    /// Walk-away: most abandoned calls at once. Default 8.
+                    max_abandoned: Option<u64>,
+                    bulkhead: Option<$crate::policy::BulkheadKeys>,
+                    fallback: Option<$crate::policy::FallbackKeys>,
+                    cache: Option<$crate::policy::CacheKeys>,
+                    /// A parallel branch only: a failure gives null.
+                    optional: Option<bool>,
                 }
                 let k = <Keys as serde::Deserialize>::deserialize(deserializer)?;
                 Ok($name {
@@ -100,6 +122,12 @@ macro_rules! handler_keys {
                         retry: k.retry,
                         breaker: k.breaker,
                         batch: k.batch,
+                        timeout_mode: k.timeout_mode,
+                        max_abandoned: k.max_abandoned,
+                        bulkhead: k.bulkhead,
+                        fallback: k.fallback,
+                        cache: k.cache,
+                        optional: k.optional,
                     },
                 })
             }
@@ -114,7 +142,7 @@ pub(crate) use handler_keys;
 macro_rules! handler_kinds {
     ($($Variant:ident($Config:ty)),* $(,)?) => {
         /// A handler as the config holds it: one kind's checked config.
-        #[derive(Clone, Debug, PartialEq, Eq)]
+        #[derive(Clone, Debug, PartialEq)]
         pub enum HandlerSpec {
             $($Variant($Config),)*
         }
@@ -148,7 +176,7 @@ macro_rules! handler_kinds {
 
         impl HandlerSpec {
             /// Checks a section into its kind's config.
-            pub fn build(keys: HandlerKeys, at: &HandlerAt, check: &$crate::spec::Check) -> $crate::spec::Result<Self> {
+            pub fn build(keys: HandlerKeys, at: &HandlerAt, check: &mut $crate::spec::Check) -> $crate::spec::Result<Self> {
                 match keys {
                     $(HandlerKeys::$Variant(k) => <$Config as HandlerKind>::build(k, at, check).map(HandlerSpec::$Variant),)*
                 }
@@ -166,9 +194,15 @@ macro_rules! handler_kinds {
                 }
             }
 
-            pub fn start(&self) -> Result<std::sync::Arc<dyn Handler>, String> {
+            pub fn start(&self, nodes: &mut $crate::handler::node::Nodes) -> Result<std::sync::Arc<dyn Handler>, String> {
                 match self {
-                    $(HandlerSpec::$Variant(c) => HandlerKind::start(c),)*
+                    $(HandlerSpec::$Variant(c) => HandlerKind::start(c, nodes),)*
+                }
+            }
+
+            pub fn tree(&self, depth: usize, out: &mut Vec<String>) {
+                match self {
+                    $(HandlerSpec::$Variant(c) => HandlerKind::tree(c, depth, out),)*
                 }
             }
 

@@ -20,6 +20,7 @@ pub mod exec;
 mod fallback;
 pub mod http;
 mod kind;
+pub mod node;
 mod noop;
 mod walk_away;
 
@@ -30,6 +31,7 @@ pub use kind::{HandlerAt, HandlerKind, WithPolicy};
 pub use noop::{Noop, NoopConfig};
 pub use walk_away::WalkAway;
 
+use compose::{FanOutConfig, ParallelConfig, SequenceConfig};
 use exec::ExecConfig;
 use http::HttpConfig;
 use kind::{handler_keys, handler_kinds};
@@ -39,6 +41,9 @@ handler_kinds! {
     Exec(ExecConfig),
     Http(HttpConfig),
     Noop(NoopConfig),
+    Parallel(ParallelConfig),
+    Sequence(SequenceConfig),
+    FanOut(FanOutConfig),
 }
 // Defined beside the item (metrics counts them without knowing handlers).
 pub use crate::item::{Failure, FailureKind};
@@ -113,6 +118,21 @@ impl<'a> CallContext<'a> {
             attempt,
             deadline,
             stop,
+        }
+    }
+
+    /// The same call seen by a node inside it: `attempt` of that node, cut
+    /// off at `deadline` or at this call's own deadline, whichever is first.
+    pub fn narrowed(&self, attempt: u32, deadline: Option<Instant>) -> CallContext<'a> {
+        CallContext {
+            key: self.key,
+            priority: self.priority,
+            attempt,
+            deadline: match (self.deadline, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            stop: self.stop,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::node::Nodes;
 use super::{handler_keys, BatchHandler, BatchReply, CallContext, Failure, Handler, HandlerAt, HandlerKind};
 use crate::item::Item;
 use crate::spec::{self, Check};
@@ -39,7 +40,7 @@ impl HandlerKind for NoopConfig {
     const NAME: &'static str = "noop";
     type Keys = NoopKeys;
 
-    fn build(_keys: NoopKeys, _at: &HandlerAt, _check: &Check) -> spec::Result<Self> {
+    fn build(_keys: NoopKeys, _at: &HandlerAt, _check: &mut Check) -> spec::Result<Self> {
         Ok(NoopConfig)
     }
 
@@ -47,7 +48,7 @@ impl HandlerKind for NoopConfig {
         crate::spec::effective::map([("kind", Self::NAME.into())])
     }
 
-    fn start(&self) -> Result<Arc<dyn Handler>, String> {
+    fn start(&self, _nodes: &mut Nodes) -> Result<Arc<dyn Handler>, String> {
         Ok(Arc::new(Noop))
     }
 }

@@ -1,6 +1,6 @@
-//! The keys every `handler:` section has, whatever its kind (`qos`,
-//! `timeout`, `retry`, `breaker`, `batch`), as written; `config` builds the
-//! [`super::CallPolicy`] parts from them.
+//! The keys every handler node has, whatever its kind (`qos`, `timeout`,
+//! `timeout_mode`, `retry`, `breaker`, `batch`, `bulkhead`, `fallback`,
+//! `cache`, `optional`), as written; `handler::node` checks them.
 
 use serde::Deserialize;
 
@@ -17,6 +17,58 @@ pub struct PolicyKeys {
     pub retry: Option<RetryKeys>,
     pub breaker: Option<BreakerKeys>,
     pub batch: Option<BatchKeys>,
+    pub timeout_mode: Option<TimeoutMode>,
+    pub max_abandoned: Option<u64>,
+    pub bulkhead: Option<BulkheadKeys>,
+    pub fallback: Option<FallbackKeys>,
+    pub cache: Option<CacheKeys>,
+    pub optional: Option<bool>,
+}
+
+/// `timeout_mode:` how a node's `timeout` cuts a call (SPEC §3.13).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutMode {
+    /// The call sees its deadline and stops itself (exec and http always do).
+    #[default]
+    Cooperative,
+    /// The call runs on a helper thread, abandoned at the deadline (for
+    /// library closures that never look at their deadline).
+    WalkAway,
+}
+
+/// `bulkhead:` (SPEC §3.5).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkheadKeys {
+    /// Calls of the node at once. Default 4.
+    pub max_parallel: Option<u64>,
+    /// Calls waiting for a turn; beyond, rejected as retryable. Default 8.
+    pub max_queued: Option<u64>,
+}
+
+/// `fallback:` — one of the two (SPEC §3.13).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackKeys {
+    /// A fixed output (a string as is; anything else as its JSON).
+    pub value: Option<serde_yaml::Value>,
+    /// A handler node whose answer replaces the failure.
+    pub handler: Option<serde_yaml::Value>,
+}
+
+/// `cache:` (SPEC §3.13).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheKeys {
+    /// How long an output is served. Default 60s.
+    pub ttl: Option<Dur>,
+    /// `{payload}`, `{id}`, `{/json/pointer}` and text. Default: a hash of the payload.
+    pub key: Option<String>,
+    /// Most outputs kept; the least recently used goes first. Default 1000.
+    pub max_entries: Option<u64>,
+    /// Refresh in the background once an entry is this fraction of its TTL old.
+    pub refresh_ahead: Option<f64>,
 }
 
 /// `handler.batch:` (SPEC §3.12).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState, Permit, Rejected, Transition};
-pub use keys::{BatchKeys, BreakerKeys, PolicyKeys, RetryKeys};
+pub use keys::{BatchKeys, BreakerKeys, BulkheadKeys, CacheKeys, FallbackKeys, PolicyKeys, RetryKeys, TimeoutMode};
 pub use retry::{doubled, RetryPolicy};
 
 /// What a worker does with an item while the breaker is open.

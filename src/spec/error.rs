@@ -95,6 +95,37 @@ impl Doc<'_> {
         }
     }
 
+    /// A serde_yaml error met while reading one node of a handler tree
+    /// (`node` is its dotted path, the error's own path is inside it), at
+    /// the key's place in the whole file.
+    pub fn node_error(&self, node: &str, err: &serde_yaml::Error) -> ConfigError {
+        let mut text = err.to_string();
+        if let Some(l) = err.location() {
+            text = text.replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1);
+        }
+        let (inner, body) = match text.split_once(": ") {
+            Some((path, body)) if !path.is_empty() && !path.contains(char::is_whitespace) => (Some(path), body),
+            _ => (None, text.as_str()),
+        };
+        // serde_yaml writes `steps[0].retry`; the key path is dotted.
+        let base = match inner {
+            Some(inner) => format!("{node}.{}", inner.replace('[', ".").replace(']', "")),
+            None => node.to_string(),
+        };
+        let mut key = base.clone();
+        let mut message = readable(body);
+        if let Some(field) = quoted_after(body, "unknown field `", '`') {
+            key = format!("{base}.{field}");
+            message.push_str(&did_you_mean(&field, body));
+        } else if let Some(variant) = quoted_after(body, "unknown variant `", '`') {
+            message.push_str(&did_you_mean(&variant, body));
+        } else if let Some(field) = quoted_after(body, "missing field `", '`') {
+            key = format!("{base}.{field}");
+        }
+        let at = locate(self.text, &key, false).or_else(|| locate_parent(self.text, &key));
+        self.make(Some(key), at, message)
+    }
+
     /// A serde_yaml error (syntax, type, unknown key …) as a [`ConfigError`].
     pub fn yaml_error(&self, err: &serde_yaml::Error) -> ConfigError {
         let mut text = err.to_string();
@@ -227,13 +258,7 @@ fn readable(message: &str) -> String {
     out
 }
 
-/// Keys SPEC §4 names that this build does not have yet.
-const NOT_BUILT: &[(&str, &str)] = &[("handler", "bulkhead"), ("handler", "fallback"), ("handler", "cache")];
-
 fn hint_for_unknown(section: &str, field: &str, serde_message: &str) -> String {
-    if NOT_BUILT.contains(&(section, field)) {
-        return format!("; `{field}` is specified in SPEC §4 but not implemented in this build of lote");
-    }
     if section.is_empty() || section == "." {
         // Keys that belong one level down.
         for (parent, keys) in [

@@ -20,7 +20,10 @@
 //! - **Durations are milliseconds as `f64`** (microsecond resolution), so a
 //!   sub-millisecond queue wait does not read as 0.
 
+mod nodes;
 pub mod prometheus;
+
+pub use nodes::NodeStatus;
 
 use std::fmt;
 use std::fs;
@@ -77,6 +80,10 @@ pub struct Status {
     /// its source.
     #[serde(default)]
     pub redis: Option<RedisSnapshot>,
+    /// Each node of the handler tree (SPEC §3.13), the top one first. Not
+    /// read by [`Status::capture`]: the daemon fills it in from its handler.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
     /// Cumulative since the daemon started.
     pub counters: Counters,
     /// Cumulative since the daemon started.
@@ -396,6 +403,7 @@ impl Status {
             inbox: sources.inbox.map(|intake| InboxStatus::of(intake, sources.stopping)),
             // Set by the daemon, which holds the source (`Status::redis`).
             redis: None,
+            nodes: Vec::new(),
             counters: metrics.snapshot(),
             latency: Latencies {
                 queue_wait: Latency::from(&metrics.queue_wait.snapshot()),
@@ -590,6 +598,13 @@ impl fmt::Display for Status {
                 ),
             )?;
         }
+        // One line per node when the handler is more than one plain call.
+        let plain = |n: &NodeStatus| n.cache_hits.is_none() && n.bulkhead_rejected.is_none() && n.fallbacks.is_none();
+        if self.nodes.len() > 1 || self.nodes.iter().any(|n| !plain(n)) {
+            for node in &self.nodes {
+                line(f, "node", format_args!("{}", node.summary()))?;
+            }
+        }
         let l = &self.latency;
         line(
             f,
@@ -718,6 +733,7 @@ mod tests {
             }),
             inbox: None,
             redis: None,
+            nodes: Vec::new(),
             counters: Counters {
                 done: 1200,
                 failed: 3,

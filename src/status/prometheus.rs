@@ -23,7 +23,7 @@
 use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{DaemonState, Status};
+use super::{DaemonState, NodeStatus, Status};
 use crate::metrics::{HistogramSnapshot, Metrics, SizesSnapshot};
 use crate::source::IntakeStats;
 
@@ -330,6 +330,8 @@ pub fn render(status: &Status, metrics: &Metrics) -> String {
         );
     }
 
+    nodes(&mut out, &status.nodes);
+
     out.histogram(
         "lote_queue_wait_seconds",
         "Time from queued to taken by a worker.",
@@ -368,6 +370,79 @@ pub fn inbox_histograms(stats: &IntakeStats) -> String {
         &stats.commit_time.snapshot(),
     );
     out.text
+}
+
+/// The handler tree's per-node families, one sample per node labelled by
+/// its path (`node="handler.branches.sales"`); a policy's family only for
+/// the nodes that carry it, and only if one does.
+fn nodes(out: &mut Exposition, nodes: &[NodeStatus]) {
+    type Read = fn(&NodeStatus) -> Option<f64>;
+    let families: [(&str, &str, &str, Read); 9] = [
+        (
+            "lote_node_calls_total",
+            "counter",
+            "Calls of a handler node's kind (each attempt is one).",
+            |n| Some(n.calls as f64),
+        ),
+        (
+            "lote_node_failures_total",
+            "counter",
+            "Failed calls of a handler node.",
+            |n| Some(n.failures as f64),
+        ),
+        (
+            "lote_node_seconds_total",
+            "counter",
+            "Seconds spent in a handler node's calls.",
+            |n| Some(n.latency_sum_seconds),
+        ),
+        (
+            "lote_node_seconds_p99",
+            "gauge",
+            "A handler node's p99 call time in seconds.",
+            |n| Some(n.latency.p99_ms / 1000.0),
+        ),
+        (
+            "lote_node_cache_hits_total",
+            "counter",
+            "Calls a node's cache answered.",
+            |n| n.cache_hits.map(|v| v as f64),
+        ),
+        (
+            "lote_node_cache_misses_total",
+            "counter",
+            "Calls a node's cache did not hold.",
+            |n| n.cache_misses.map(|v| v as f64),
+        ),
+        (
+            "lote_node_bulkhead_rejected_total",
+            "counter",
+            "Calls a node's bulkhead turned away (full), as retryable failures.",
+            |n| n.bulkhead_rejected.map(|v| v as f64),
+        ),
+        (
+            "lote_node_fallbacks_total",
+            "counter",
+            "Calls a node's fallback answered.",
+            |n| n.fallbacks.map(|v| v as f64),
+        ),
+        (
+            "lote_node_walked_away_total",
+            "counter",
+            "Calls abandoned at their deadline (timeout_mode: walk_away).",
+            |n| n.walked_away.map(|v| v as f64),
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        let samples: Vec<(&str, f64)> = nodes.iter().filter_map(|n| Some((n.path.as_str(), read(n)?))).collect();
+        if samples.is_empty() {
+            continue;
+        }
+        out.family(name, kind, help);
+        for (path, value) in samples {
+            out.sample(name, &[("node", path)], &float(value));
+        }
+    }
 }
 
 /// The text being built; one method per kind of family.

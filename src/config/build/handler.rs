@@ -1,14 +1,14 @@
-//! Stage two for `handler:`: the handler's engine config and the call
-//! policy around it (`qos`, `timeout`, `retry`, `breaker`), and `batch`.
+//! Stage two for `handler:`: the top node of the handler tree (its kind
+//! and policies, checked by `handler::node`), `qos` and `batch`.
 
 use std::path::Path;
-use std::time::Duration;
 
-use crate::config::{ConfigError, HandlerSpec, PolicySpec};
+use crate::config::{HandlerSpec, PolicySpec};
+use crate::handler::node::{self, Nodes};
 use crate::handler::{HandlerAt, HandlerKeys};
-use crate::policy::{BatchKeys, BreakerConfig, PolicyKeys, Qos, RetryPolicy, WhenOpen};
+use crate::policy::{BatchKeys, Qos, RetryPolicy};
 use crate::session::BatchConfig;
-use crate::spec::{Check, Result, MAX_DURATION, MAX_TRIES};
+use crate::spec::{Check, Result, MAX_DURATION};
 
 /// Most items one batch call may carry: a bound on what a worker holds.
 const MAX_BATCH_ITEMS: u64 = 100_000;
@@ -22,17 +22,43 @@ impl Check<'_> {
         let Some(raw) = raw else {
             return Err(self.doc.whole("`handler:` is missing").with_key("handler"));
         };
-        let (policy, qos) = self.policy(raw.policy())?;
-        let batch = self.batch(raw.policy().batch.as_ref())?;
+        let p = raw.policy();
+        if p.optional.is_some() {
+            return self.err(
+                "handler.optional",
+                "only a branch of `kind: parallel` can be optional; remove it here",
+            );
+        }
+        let qos = p.qos.unwrap_or_default();
+        let mut policy = node::policy(self, "handler", p, state_dir, true)?;
+        if qos == Qos::AtMostOnce && p.retry.as_ref().is_some_and(|r| r.attempts.is_some_and(|a| a > 1)) {
+            self.warnings.push(
+                "handler.retry: `qos: at_most_once` never retries, so `retry.attempts` has no effect".to_string(),
+            );
+        }
+        if qos == Qos::AtMostOnce {
+            // The node retries itself when it has a fallback: not at most once.
+            policy.retry = RetryPolicy::none();
+        }
+        if policy.fallback.is_some() && p.breaker.as_ref().is_some_and(|b| b.when_open.is_some()) {
+            self.warnings.push(
+                "handler.breaker.when_open: with a fallback the fallback answers while the breaker is open, \
+                 so `when_open` has no effect"
+                    .to_string(),
+            );
+        }
+        let batch = self.batch(p.batch.as_ref())?;
         let at = HandlerAt {
             state_dir,
             timeout: policy.timeout,
+            path: "handler",
         };
         let spec = HandlerSpec::build(raw, &at, self)?;
         // What `lote run` builds, built here too (it changes nothing): the
         // program resolved in PATH, the URL parsed, the method and headers
-        // known to the client.
-        let started = spec.start().map_err(|why| self.start_error(&why))?;
+        // known to the client, every node of a tree.
+        let started = node::start_top(&spec, &policy, &mut Nodes::new())
+            .map_err(|why| node::start_error(self, "handler", &why))?;
         self.warnings.extend(spec.warnings());
         if batch.is_some() && started.as_batch().is_none() {
             return self.err(
@@ -69,98 +95,5 @@ impl Check<'_> {
             max_bytes,
             max_wait,
         }))
-    }
-
-    fn policy(&mut self, p: &PolicyKeys) -> Result<(PolicySpec, Qos)> {
-        let qos = p.qos.unwrap_or_default();
-        let timeout = self.opt_at_most("handler.timeout", p.timeout.map(|t| t.0), MAX_DURATION)?;
-        if timeout == Some(Duration::ZERO) {
-            return self.err(
-                "handler.timeout",
-                "is 0; expected a per-call limit like 30s, or omit it for none",
-            );
-        }
-        let d = RetryPolicy::default();
-        let retry = match &p.retry {
-            None => d,
-            Some(r) => RetryPolicy {
-                attempts: r.attempts.unwrap_or(d.attempts),
-                backoff: r.backoff.map_or(d.backoff, |b| b.0),
-                max_backoff: r.max_backoff.map_or(d.max_backoff, |b| b.0),
-                jitter: r.jitter.unwrap_or(d.jitter),
-                max_retry_after: r.max_retry_after.map_or(d.max_retry_after, |m| m.0),
-            },
-        };
-        // The engine's checks and words; the key is the field its message names.
-        retry
-            .validate()
-            .map_err(|why| self.engine_error("handler.retry", &why))?;
-        self.count("handler.retry.attempts", u64::from(retry.attempts), 1..=MAX_TRIES)?;
-        self.at_most("handler.retry.backoff", retry.backoff, MAX_DURATION)?;
-        self.at_most("handler.retry.max_backoff", retry.max_backoff, MAX_DURATION)?;
-        self.at_most("handler.retry.max_retry_after", retry.max_retry_after, MAX_DURATION)?;
-        if qos == Qos::AtMostOnce && p.retry.as_ref().is_some_and(|r| r.attempts.is_some_and(|a| a > 1)) {
-            self.warnings.push(
-                "handler.retry: `qos: at_most_once` never retries, so `retry.attempts` has no effect".to_string(),
-            );
-        }
-        let (breaker, when_open) = match &p.breaker {
-            None => (None, WhenOpen::default()),
-            Some(b) => {
-                let d = BreakerConfig::default();
-                let config = BreakerConfig {
-                    failures: b.failures.unwrap_or(d.failures),
-                    open_for: b.open_for.map_or(d.open_for, |t| t.0),
-                    half_open_probes: b.half_open_probes.unwrap_or(d.half_open_probes),
-                };
-                config
-                    .validate()
-                    .map_err(|why| self.engine_error("handler.breaker", &why))?;
-                self.at_most("handler.breaker.open_for", config.open_for, MAX_DURATION)?;
-                let when_open = b.when_open.unwrap_or_default();
-                (Some(config), when_open)
-            }
-        };
-        Ok((
-            PolicySpec {
-                retry,
-                breaker,
-                when_open,
-                timeout,
-            },
-            qos,
-        ))
-    }
-
-    /// An engine validation message ("retry attempts is 0; expected …") as
-    /// an error on `section.<field>`, the field being its second word.
-    fn engine_error(&self, section: &str, why: &str) -> ConfigError {
-        let field = why.split_whitespace().nth(1).unwrap_or_default();
-        let key = format!("{section}.{field}");
-        self.doc.error_at(&key, &[&key, section], why)
-    }
-
-    /// A handler's own refusal ("exec handler: program x is not in PATH …")
-    /// as an error on the key its first word names.
-    fn start_error(&self, why: &str) -> ConfigError {
-        let why = why.split_once("handler: ").map_or(why, |(_, rest)| rest);
-        let word = why
-            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-            .find(|w| !w.is_empty())
-            .unwrap_or_default();
-        let key = match word {
-            "program" | "command" => "handler.command",
-            "env" => "handler.env",
-            "workdir" => "handler.workdir",
-            "url" => "handler.url",
-            "method" => "handler.method",
-            "header" => "handler.headers",
-            _ => "handler",
-        };
-        self.doc.error_at(
-            key,
-            &[key, "handler"],
-            format!("{why}; expected a handler `lote run` can start"),
-        )
     }
 }

@@ -57,7 +57,7 @@ pub fn handler_section() -> Section {
     Section {
         key: "handler",
         kinds: crate::handler::KINDS.to_vec(),
-        later: &["parallel", "sequence", "fan_out"],
+        later: &[],
     }
 }
 pub fn sink_section() -> Section {

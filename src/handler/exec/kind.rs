@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_yaml::Value;
 
 use super::{ExecConfig, ExecHandler};
+use crate::handler::node::Nodes;
 use crate::handler::{handler_keys, Handler, HandlerAt, HandlerKind};
 use crate::spec::effective::{bytes, dur, map, pairs, path};
 use crate::spec::{self, absolute, Argv, ByteSize, Check, Dur, MAX_DURATION};
@@ -33,12 +34,12 @@ impl HandlerKind for ExecConfig {
     const NAME: &'static str = "exec";
     type Keys = ExecKeys;
 
-    fn build(e: ExecKeys, at: &HandlerAt, check: &Check) -> spec::Result<Self> {
+    fn build(e: ExecKeys, at: &HandlerAt, check: &mut Check) -> spec::Result<Self> {
         let state_dir = at.state_dir;
         let d = ExecConfig::default();
         let Some(command) = e.command else {
             return check.err(
-                "handler.command",
+                &at.key("command"),
                 format!(
                     "is missing; expected the program and its arguments: {}",
                     crate::spec::ARGV_EXPECTED
@@ -48,21 +49,21 @@ impl HandlerKind for ExecConfig {
         let command = command.0;
         let Some(program) = command.first() else {
             return check.err(
-                "handler.command",
+                &at.key("command"),
                 "is empty; expected the program and its arguments, e.g. [\"/usr/bin/foo\", \"--flag\"]",
             );
         };
         if program.is_empty() {
             return check.err(
-                "handler.command",
+                &at.key("command"),
                 "starts with an empty program name; expected e.g. \"/usr/bin/foo\"",
             );
         }
-        check_program(check, program)?;
+        check_program(check, &at.key("command"), program)?;
         let fatal_exit_codes = e.fatal_exit_codes.unwrap_or(d.fatal_exit_codes);
         if let Some(bad) = fatal_exit_codes.iter().find(|c| !(1..=255).contains(*c)) {
             return check.err(
-                "handler.fatal_exit_codes",
+                &at.key("fatal_exit_codes"),
                 format!("contains {bad}; expected exit codes from 1 to 255 (0 means success)"),
             );
         }
@@ -70,7 +71,7 @@ impl HandlerKind for ExecConfig {
         for (name, value) in &env {
             if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
                 return check.err(
-                    &format!("handler.env.{name}"),
+                    &at.key(&format!("env.{name}")),
                     "is not a valid environment variable; expected a name without `=` and values without NUL bytes",
                 );
             }
@@ -80,17 +81,17 @@ impl HandlerKind for ExecConfig {
             fatal_exit_codes,
             output_limit: match e.output_limit {
                 None => d.output_limit,
-                Some(b) => check.usize_bytes("handler.output_limit", b.0)?,
+                Some(b) => check.usize_bytes(&at.key("output_limit"), b.0)?,
             },
             kill_grace: check.at_most(
-                "handler.kill_grace",
+                &at.key("kill_grace"),
                 e.kill_grace.map_or(d.kill_grace, |t| t.0),
                 MAX_DURATION,
             )?,
             env,
             workdir: match e.workdir {
                 Some(w) => {
-                    check.path("handler.workdir", &w)?;
+                    check.path(&at.key("workdir"), &w)?;
                     Some(absolute(state_dir, &w))
                 }
                 None => None,
@@ -116,18 +117,18 @@ impl HandlerKind for ExecConfig {
         ])
     }
 
-    fn start(&self) -> Result<Arc<dyn Handler>, String> {
+    fn start(&self, _nodes: &mut Nodes) -> Result<Arc<dyn Handler>, String> {
         Ok(Arc::new(ExecHandler::new(self.clone())?))
     }
 }
 
-fn check_program(check: &Check, program: &str) -> spec::Result<()> {
+fn check_program(check: &Check, key: &str, program: &str) -> spec::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     let path = Path::new(program);
     if path.is_absolute() && !executable(path) {
         return check.err(
-            "handler.command",
+            key,
             format!("the program {program} is not an executable file; expected the full path of a program"),
         );
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_yaml::Value;
 
 use super::{Compress, HttpConfig, HttpHandler, TlsFiles};
+use crate::handler::node::Nodes;
 use crate::handler::{handler_keys, Handler, HandlerAt, HandlerKind};
 use crate::spec::effective::{bytes, dur, map, pairs, path, spelled};
 use crate::spec::{self, absolute, ByteSize, Check, Dur, MAX_DURATION};
@@ -51,12 +52,12 @@ impl HandlerKind for HttpConfig {
     const NAME: &'static str = "http";
     type Keys = HttpKeys;
 
-    fn build(h: HttpKeys, at: &HandlerAt, check: &Check) -> spec::Result<Self> {
+    fn build(h: HttpKeys, at: &HandlerAt, check: &mut Check) -> spec::Result<Self> {
         let timeout = at.timeout;
         let d = HttpConfig::default();
         let Some(url) = h.url else {
             return check.err(
-                "handler.url",
+                &at.key("url"),
                 "is missing; expected the URL to send items to, e.g. https://example.com/items",
             );
         };
@@ -64,14 +65,14 @@ impl HandlerKind for HttpConfig {
         let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
         if host.is_none_or(str::is_empty) || url.contains(char::is_whitespace) {
             return check.err(
-                "handler.url",
+                &at.key("url"),
                 format!("`{url}` is not an http(s) URL; expected http://host[:port]/path or https://…"),
             );
         }
         let method = h.method.unwrap_or(d.method).to_ascii_uppercase();
         if method.is_empty() || !method.chars().all(|c| c.is_ascii_alphabetic()) {
             return check.err(
-                "handler.method",
+                &at.key("method"),
                 format!("`{method}` is not an HTTP method; expected e.g. POST or PUT"),
             );
         }
@@ -80,31 +81,31 @@ impl HandlerKind for HttpConfig {
         for (name, value) in &headers {
             if name.eq_ignore_ascii_case("authorization") && h.token_file.is_some() {
                 return check.err(
-                    &format!("handler.headers.{name}"),
-                    "is set together with handler.token_file; keep one (token_file sends Authorization: Bearer <token>)",
+                    &at.key(&format!("headers.{name}")),
+                    "is set together with `token_file`; keep one (token_file sends Authorization: Bearer <token>)",
                 );
             }
             if name.eq_ignore_ascii_case("content-encoding") && compress != Compress::None {
                 return check.err(
-                    &format!("handler.headers.{name}"),
-                    "is set together with handler.compress; lote sets Content-Encoding itself when it compresses, remove the header",
+                    &at.key(&format!("headers.{name}")),
+                    "is set together with `compress`; lote sets Content-Encoding itself when it compresses, remove the header",
                 );
             }
             let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
             if name.is_empty() || !name.chars().all(token) || value.contains(['\r', '\n']) {
                 return check.err(
-                    &format!("handler.headers.{name}"),
+                    &at.key(&format!("headers.{name}")),
                     "is not a valid header; expected a name of letters, digits and -, and a one-line value",
                 );
             }
         }
         let connect_timeout = check.at_most(
-            "handler.connect_timeout",
+            &at.key("connect_timeout"),
             h.connect_timeout.map_or(d.connect_timeout, |t| t.0),
             MAX_DURATION,
         )?;
         if connect_timeout.is_zero() {
-            return check.err("handler.connect_timeout", "is 0; expected a limit like 5s");
+            return check.err(&at.key("connect_timeout"), "is 0; expected a limit like 5s");
         }
         let file = |key: &str, p: Option<PathBuf>| -> spec::Result<Option<PathBuf>> {
             match p {
@@ -117,21 +118,21 @@ impl HandlerKind for HttpConfig {
         };
         let t = h.tls.unwrap_or_default();
         let tls = TlsFiles {
-            ca_file: file("handler.tls.ca_file", t.ca_file)?,
-            cert_file: file("handler.tls.cert_file", t.cert_file)?,
-            key_file: file("handler.tls.key_file", t.key_file)?,
+            ca_file: file(&at.key("tls.ca_file"), t.ca_file)?,
+            cert_file: file(&at.key("tls.cert_file"), t.cert_file)?,
+            key_file: file(&at.key("tls.key_file"), t.key_file)?,
         };
         match (&tls.cert_file, &tls.key_file) {
             (Some(_), None) => {
                 return check.err(
-                    "handler.tls.cert_file",
-                    "is set without handler.tls.key_file; mutual TLS needs both (the certificate chain and its private key)",
+                    &at.key("tls.cert_file"),
+                    "is set without `tls.key_file`; mutual TLS needs both (the certificate chain and its private key)",
                 )
             }
             (None, Some(_)) => {
                 return check.err(
-                    "handler.tls.key_file",
-                    "is set without handler.tls.cert_file; mutual TLS needs both (the certificate chain and its private key)",
+                    &at.key("tls.key_file"),
+                    "is set without `tls.cert_file`; mutual TLS needs both (the certificate chain and its private key)",
                 )
             }
             _ => {}
@@ -144,10 +145,10 @@ impl HandlerKind for HttpConfig {
             timeout: timeout.unwrap_or(d.timeout),
             output_limit: match h.output_limit {
                 None => d.output_limit,
-                Some(b) => check.usize_bytes("handler.output_limit", b.0)?,
+                Some(b) => check.usize_bytes(&at.key("output_limit"), b.0)?,
             },
             tls,
-            token_file: file("handler.token_file", h.token_file)?,
+            token_file: file(&at.key("token_file"), h.token_file)?,
             compress,
         })
     }
@@ -178,7 +179,7 @@ impl HandlerKind for HttpConfig {
         super::tls::expiry_warnings(&self.tls, std::time::SystemTime::now())
     }
 
-    fn start(&self) -> Result<Arc<dyn Handler>, String> {
+    fn start(&self, _nodes: &mut Nodes) -> Result<Arc<dyn Handler>, String> {
         Ok(Arc::new(HttpHandler::new(self.clone())?))
     }
 }
