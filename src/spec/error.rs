@@ -358,11 +358,37 @@ fn key_of(body: &str) -> Option<(&str, &str)> {
 /// Never panics; `None` when the key is not written.
 pub fn locate(text: &str, key: &str, last: bool) -> Option<(usize, usize)> {
     let segments: Vec<&str> = key.split('.').collect();
-    let lines = significant_lines(text);
+    let mut lines = significant_lines(text);
     let mut range = 0..lines.len();
     let mut parent_indent: Option<usize> = None;
     for (depth, segment) in segments.iter().enumerate() {
         let indent = lines.get(range.start)?.indent;
+        let item = |l: &Line| l.body == "-" || l.body.starts_with("- ");
+        // A number names an entry of a block list (`steps.1`): its `- `
+        // line, whose keys continue past the dash.
+        if let (Ok(n), true) = (segment.parse::<usize>(), item(&lines[range.start])) {
+            let found = range
+                .clone()
+                .filter(|&i| lines[i].indent == indent && item(&lines[i]))
+                .nth(n)?;
+            if depth + 1 == segments.len() {
+                return Some((lines[found].number, indent + 1));
+            }
+            let end = (found + 1..range.end)
+                .find(|&j| lines[j].indent <= indent)
+                .unwrap_or(range.end);
+            let rest = lines[found].body[1..].trim_start_matches(' ');
+            let column = lines[found].indent + lines[found].body.len() - rest.len();
+            if rest.starts_with('{') {
+                let number = lines[found].number;
+                return locate_in_flow(rest, &segments[depth + 1..]).map(|col| (number, column + col));
+            }
+            lines[found].indent = column;
+            lines[found].body = rest;
+            range = found..end;
+            parent_indent = Some(indent);
+            continue;
+        }
         if parent_indent.is_some_and(|parent| indent <= parent) {
             return None;
         }

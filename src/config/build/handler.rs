@@ -26,7 +26,7 @@ impl Check<'_> {
         if p.optional.is_some() {
             return self.err(
                 "handler.optional",
-                "only a branch of `kind: parallel` can be optional; remove it here",
+                "only a branch of `kind: parallel` can be optional; expected no `optional` here",
             );
         }
         let qos = p.qos.unwrap_or_default();

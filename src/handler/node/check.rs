@@ -60,7 +60,7 @@ pub fn build_node(
     if p.optional.is_some() && !may_be_optional {
         return check.err(
             &format!("{path}.optional"),
-            "only a branch of `kind: parallel` can be optional; remove it here",
+            "only a branch of `kind: parallel` can be optional; expected no `optional` here",
         );
     }
     for (key, set) in [("qos", p.qos.is_some()), ("batch", p.batch.is_some())] {
