@@ -37,6 +37,7 @@ use serde_json::value::RawValue;
 mod kinds;
 pub use kinds::{FanOutConfig, ParallelConfig, SequenceConfig};
 
+use super::progress::NodeProgress;
 use super::{CallContext, Failure, FailureKind, Handler};
 use crate::item::Item;
 
@@ -68,6 +69,8 @@ impl Branch {
 /// Runs every branch at once; the output is `{"<name>": <output>, …}`.
 pub struct Parallel {
     branches: Vec<Branch>,
+    /// Answers already given, per item (`qos: exactly_once`).
+    progress: Option<NodeProgress>,
 }
 
 impl Parallel {
@@ -82,26 +85,54 @@ impl Parallel {
                 return Err(format!("parallel: branch name {:?} appears twice", branch.name));
             }
         }
-        Ok(Parallel { branches })
+        Ok(Parallel {
+            branches,
+            progress: None,
+        })
+    }
+
+    /// The same node, recording each branch's answer in `progress` so that
+    /// a retry of a failed item calls only the branches that did not answer.
+    pub fn with_progress(self, progress: NodeProgress) -> Self {
+        Parallel {
+            progress: Some(progress),
+            ..self
+        }
     }
 }
 
 impl Handler for Parallel {
     fn handle(&self, ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure> {
+        let progress = self.progress.as_ref();
+        let recalled: Vec<Option<String>> = self
+            .branches
+            .iter()
+            .map(|b| progress.and_then(|p| p.store.recall(&item.id, &p.node, &b.name)))
+            .collect();
         let results = thread::scope(|scope| {
             let running: Vec<_> = self
                 .branches
                 .iter()
-                .map(|branch| {
-                    thread::Builder::new()
+                .zip(&recalled)
+                .map(|(branch, recalled)| match recalled {
+                    Some(output) => Ok(Ok(output.clone())),
+                    None => thread::Builder::new()
                         .name("lote-branch".to_string())
-                        .spawn_scoped(scope, move || guarded(branch.handler.as_ref(), ctx, item))
+                        .spawn_scoped(scope, move || {
+                            let result = guarded(branch.handler.as_ref(), ctx, item);
+                            if let (Some(p), Ok(output)) = (progress, &result) {
+                                p.store.record(&item.id, &p.node, &branch.name, output);
+                            }
+                            result
+                        })
+                        .map(Err),
                 })
                 .collect();
             running
                 .into_iter()
                 .map(|spawned| match spawned {
-                    Ok(handle) => handle
+                    Ok(Ok(recalled)) => Ok(recalled),
+                    Ok(Err(handle)) => handle
                         .join()
                         .unwrap_or_else(|_| Err(Failure::fatal("the branch's thread panicked"))),
                     Err(e) => Err(Failure::retryable(format!("cannot start a thread for it: {e}"))),
@@ -129,6 +160,9 @@ impl Handler for Parallel {
             merged.push((branch.name.as_str(), value));
         }
         failures.into_result()?;
+        if let Some(p) = progress {
+            p.store.forget(&item.id, &p.node);
+        }
         let mut out = String::from("{");
         for (i, (name, value)) in merged.iter().enumerate() {
             if i > 0 {
@@ -213,6 +247,8 @@ pub struct FanOut {
     on_element_failure: OnElementFailure,
     /// More elements than this: the item fails for good, with the count.
     max_elements: usize,
+    /// Answers already given, per item (`qos: exactly_once`).
+    progress: Option<NodeProgress>,
 }
 
 impl FanOut {
@@ -240,7 +276,17 @@ impl FanOut {
             max_parallel,
             on_element_failure,
             max_elements,
+            progress: None,
         })
+    }
+
+    /// The same node, recording each element's answer in `progress` so that
+    /// a retry of a failed item calls only the elements that did not answer.
+    pub fn with_progress(self, progress: NodeProgress) -> Self {
+        FanOut {
+            progress: Some(progress),
+            ..self
+        }
     }
 
     /// The elements of the array at `split`, each as its own item.
@@ -277,22 +323,35 @@ impl FanOut {
 impl Handler for FanOut {
     fn handle(&self, ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure> {
         let elements = self.elements(item)?;
-        let mut results: Vec<Option<Result<String, Failure>>> = Vec::new();
-        results.resize_with(elements.len(), || None);
+        let progress = self.progress.as_ref();
+        let mut results: Vec<Option<Result<String, Failure>>> = (0..elements.len())
+            .map(|i| {
+                progress
+                    .and_then(|p| p.store.recall(&item.id, &p.node, &i.to_string()))
+                    .map(Ok)
+            })
+            .collect();
+        let to_call: Vec<usize> = (0..elements.len()).filter(|&i| results[i].is_none()).collect();
         let next = AtomicUsize::new(0);
         let done = thread::scope(|scope| {
-            let workers: Vec<_> = (0..self.max_parallel.min(elements.len()))
+            let workers: Vec<_> = (0..self.max_parallel.min(to_call.len()))
                 .map(|_| {
                     thread::Builder::new()
                         .name("lote-element".to_string())
                         .spawn_scoped(scope, || {
                             let mut mine = Vec::new();
                             loop {
-                                let index = next.fetch_add(1, Ordering::Relaxed);
-                                let Some(element) = elements.get(index) else { break };
+                                let Some(&index) = to_call.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                    break;
+                                };
+                                let element = &elements[index];
                                 let element_ctx =
                                     CallContext::new(element, ctx.attempt(), ctx.deadline(), ctx.stop_handle());
-                                mine.push((index, guarded(self.each.as_ref(), &element_ctx, element)));
+                                let result = guarded(self.each.as_ref(), &element_ctx, element);
+                                if let (Some(p), Ok(output)) = (progress, &result) {
+                                    p.store.record(&item.id, &p.node, &index.to_string(), output);
+                                }
+                                mine.push((index, result));
                             }
                             mine
                         })
@@ -331,6 +390,9 @@ impl Handler for FanOut {
             }
         }
         failures.into_result()?;
+        if let Some(p) = progress {
+            p.store.forget(&item.id, &p.node);
+        }
         Ok(format!("[{}]", out.join(",")))
     }
 

@@ -57,6 +57,9 @@ pub struct HandlerAt<'a> {
     pub timeout: Option<Duration>,
     /// The node's dotted path: `handler`, `handler.branches.sales`, …
     pub path: &'a str,
+    /// Under `qos: exactly_once`, the file where composites record which
+    /// parts answered ([`super::progress::Progress`]); else `None`.
+    pub progress: Option<&'a Path>,
 }
 
 impl HandlerAt<'_> {

@@ -22,6 +22,7 @@ pub mod http;
 mod kind;
 pub mod node;
 mod noop;
+pub mod progress;
 mod walk_away;
 
 pub use batch::{batch_fn, batch_key, BatchFn, BatchHandler, BatchReply, ItemReply};

@@ -10,6 +10,10 @@ use crate::policy::{BatchKeys, Qos, RetryPolicy};
 use crate::session::BatchConfig;
 use crate::spec::{Check, Result, MAX_DURATION};
 
+/// Under `qos: exactly_once`, where composites record which of their
+/// parts answered, in `state_dir`.
+pub const PROGRESS_FILE: &str = "progress.db";
+
 /// Most items one batch call may carry: a bound on what a worker holds.
 const MAX_BATCH_ITEMS: u64 = 100_000;
 
@@ -30,7 +34,14 @@ impl Check<'_> {
             );
         }
         let qos = p.qos.unwrap_or_default();
-        let mut policy = node::policy(self, "handler", p, state_dir, true)?;
+        let progress = state_dir.join(PROGRESS_FILE);
+        let at = HandlerAt {
+            state_dir,
+            timeout: None,
+            path: "handler",
+            progress: (qos == Qos::ExactlyOnce).then_some(progress.as_path()),
+        };
+        let mut policy = node::policy(self, p, &at, true)?;
         if qos == Qos::AtMostOnce && p.retry.as_ref().is_some_and(|r| r.attempts.is_some_and(|a| a > 1)) {
             self.warnings.push(
                 "handler.retry: `qos: at_most_once` never retries, so `retry.attempts` has no effect".to_string(),
@@ -49,9 +60,8 @@ impl Check<'_> {
         }
         let batch = self.batch(p.batch.as_ref())?;
         let at = HandlerAt {
-            state_dir,
             timeout: policy.timeout,
-            path: "handler",
+            ..at
         };
         let spec = HandlerSpec::build(raw, &at, self)?;
         // What `lote run` builds, built here too (it changes nothing): the

@@ -2,12 +2,14 @@
 //! `sequence` and `fan_out`, each holding child nodes read by
 //! `handler::node` with their own policies.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_yaml::{Mapping, Value};
 
 use super::{Branch, FanOut, OnElementFailure, Parallel, Sequence};
 use crate::handler::node::{build_node, NodeSpec, Nodes};
+use crate::handler::progress::{self, NodeProgress};
 use crate::handler::{handler_keys, Handler, HandlerAt, HandlerKind};
 use crate::spec::effective::{map, spelled};
 use crate::spec::{self, Check, MAX_CAPACITY, MAX_THREADS};
@@ -46,6 +48,8 @@ handler_keys! {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParallelConfig {
     pub branches: Vec<(String, NodeSpec)>,
+    /// Under `qos: exactly_once`: where the branches' answers are recorded.
+    pub progress: Option<Progress>,
 }
 
 /// `kind: sequence`: each step's output is the next step's payload.
@@ -62,6 +66,31 @@ pub struct FanOutConfig {
     pub max_elements: usize,
     pub on_element_failure: OnElementFailure,
     pub each: Box<NodeSpec>,
+    /// Under `qos: exactly_once`: where the elements' answers are recorded.
+    pub progress: Option<Progress>,
+}
+
+/// Where a composite records its parts' answers: the file and its node path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub file: PathBuf,
+    pub node: String,
+}
+
+impl Progress {
+    fn of(at: &HandlerAt) -> Option<Progress> {
+        at.progress.map(|file| Progress {
+            file: file.to_path_buf(),
+            node: at.path.to_string(),
+        })
+    }
+
+    fn start(&self) -> NodeProgress {
+        NodeProgress {
+            store: Arc::new(progress::Progress::new(&self.file)),
+            node: self.node.clone(),
+        }
+    }
 }
 
 impl HandlerKind for ParallelConfig {
@@ -82,9 +111,12 @@ impl HandlerKind for ParallelConfig {
                 );
             };
             let path = at.key(&format!("branches.{name}"));
-            branches.push((name.to_string(), build_node(check, value, &path, at.state_dir, true)?));
+            branches.push((name.to_string(), build_node(check, value, &path, at, true)?));
         }
-        Ok(ParallelConfig { branches })
+        Ok(ParallelConfig {
+            branches,
+            progress: Progress::of(at),
+        })
     }
 
     fn effective(&self) -> Value {
@@ -102,7 +134,11 @@ impl HandlerKind for ParallelConfig {
             let branch = Branch::new(name.as_str(), node.start(nodes)?);
             branches.push(if node.optional { branch.optional() } else { branch });
         }
-        Ok(Arc::new(Parallel::new(branches)?))
+        let parallel = Parallel::new(branches)?;
+        Ok(Arc::new(match &self.progress {
+            Some(p) => parallel.with_progress(p.start()),
+            None => parallel,
+        }))
     }
 
     fn tree(&self, depth: usize, out: &mut Vec<String>) {
@@ -126,7 +162,7 @@ impl HandlerKind for SequenceConfig {
         let mut steps = Vec::with_capacity(written.len());
         for (i, value) in written.iter().enumerate() {
             let path = at.key(&format!("steps.{i}"));
-            steps.push(build_node(check, value, &path, at.state_dir, false)?);
+            steps.push(build_node(check, value, &path, at, false)?);
         }
         Ok(SequenceConfig { steps })
     }
@@ -170,13 +206,14 @@ impl HandlerKind for FanOutConfig {
                 "is missing; expected the handler to call per element, e.g. `each: {kind: http, url: …}`",
             );
         };
-        let each = build_node(check, &each, &at.key("each"), at.state_dir, false)?;
+        let each = build_node(check, &each, &at.key("each"), at, false)?;
         Ok(FanOutConfig {
             split,
             max_parallel: max_parallel as usize,
             max_elements: max_elements as usize,
             on_element_failure: keys.on_element_failure.unwrap_or_default(),
             each: Box::new(each),
+            progress: Progress::of(at),
         })
     }
 
@@ -193,13 +230,17 @@ impl HandlerKind for FanOutConfig {
 
     fn start(&self, nodes: &mut Nodes) -> Result<Arc<dyn Handler>, String> {
         let each = self.each.start(nodes)?;
-        Ok(Arc::new(FanOut::new(
+        let fan_out = FanOut::new(
             self.split.clone(),
             each,
             self.max_parallel,
             self.on_element_failure,
             self.max_elements,
-        )?))
+        )?;
+        Ok(Arc::new(match &self.progress {
+            Some(p) => fan_out.with_progress(p.start()),
+            None => fan_out,
+        }))
     }
 
     fn tree(&self, depth: usize, out: &mut Vec<String>) {

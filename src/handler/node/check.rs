@@ -3,7 +3,6 @@
 //! Every error names the key by the node's dotted path
 //! (`handler.branches.sales.retry.attempts`) at its place in the file.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_yaml::Value;
@@ -29,7 +28,7 @@ pub fn build_node(
     check: &mut Check,
     value: &Value,
     path: &str,
-    state_dir: &Path,
+    parent: &HandlerAt,
     may_be_optional: bool,
 ) -> Result<NodeSpec> {
     let names = KINDS.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
@@ -72,11 +71,15 @@ pub fn build_node(
         }
     }
     let optional = p.optional.unwrap_or(false);
-    let policy = policy(check, path, p, state_dir, false)?;
-    let at = HandlerAt {
-        state_dir,
-        timeout: policy.timeout,
+    let site = HandlerAt {
         path,
+        timeout: None,
+        ..*parent
+    };
+    let policy = policy(check, p, &site, false)?;
+    let at = HandlerAt {
+        timeout: policy.timeout,
+        ..site
     };
     let kind = HandlerSpec::build(keys, &at, check)?;
     let node = NodeSpec {
@@ -94,8 +97,8 @@ pub fn build_node(
 
 /// A node's policy keys, checked (`qos` and `batch` are the top's, read by
 /// the config). `top`: the `handler:` section itself.
-pub fn policy(check: &mut Check, path: &str, p: &PolicyKeys, state_dir: &Path, top: bool) -> Result<NodePolicy> {
-    let key = |k: &str| format!("{path}.{k}");
+pub fn policy(check: &mut Check, p: &PolicyKeys, at: &HandlerAt, top: bool) -> Result<NodePolicy> {
+    let key = |k: &str| at.key(k);
     let timeout = check.opt_at_most(&key("timeout"), p.timeout.map(|t| t.0), MAX_DURATION)?;
     if timeout == Some(Duration::ZERO) {
         return check.err(
@@ -203,7 +206,7 @@ pub fn policy(check: &mut Check, path: &str, p: &PolicyKeys, state_dir: &Path, t
                 check,
                 handler,
                 &key("fallback.handler"),
-                state_dir,
+                at,
                 false,
             )?))),
         },

@@ -61,7 +61,9 @@ impl NodeStats {
             s.latency = counts.latency.snapshot();
         }
         if let Some(cache) = &self.cache {
-            s.cache_hits = cache.stats().hits.load(Ordering::Relaxed);
+            // A caller that waited on another's call for its key got an answer
+            // without a call of its own: a hit too.
+            s.cache_hits = cache.stats().hits.load(Ordering::Relaxed) + cache.stats().shared.load(Ordering::Relaxed);
             s.cache_misses = cache.stats().misses.load(Ordering::Relaxed);
         }
         s.bulkhead_rejected = self.bulkhead.as_ref().map_or(0, |b| b.rejected());
