@@ -288,6 +288,7 @@ impl ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handler::node::FallbackSpec;
     use crate::policy::WhenOpen;
     use crate::queue::WhenFull;
     use crate::session::Qos;
@@ -393,6 +394,35 @@ mod tests {
         let SourceSpec::Lines(l) = &stdin.source else { panic!() };
         assert_eq!((l.path.clone(), l.format), (None, LinesFormat::Ndjson));
         round_trip(&stdin);
+    }
+
+    #[test]
+    fn a_handler_tree_with_every_policy_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = load(
+            dir.path(),
+            "source: {kind: lines, path: x}\n\
+             handler:\n  kind: parallel\n  qos: exactly_once\n  timeout: 5s\n  timeout_mode: walk_away\n  \
+             max_abandoned: 3\n  fallback: {handler: {kind: noop, cache: {ttl: 1s}}}\n  branches:\n    \
+             a: {kind: noop, optional: true, bulkhead: {max_parallel: 2}, breaker: {failures: 2}}\n    \
+             b:\n      kind: sequence\n      retry: {attempts: 2}\n      steps:\n        - {kind: noop, \
+             fallback: {value: {x: 1}}}\n        - kind: fan_out\n          split: /items\n          \
+             on_element_failure: drop\n          each: {kind: noop, cache: {key: \"{/id}\", refresh_ahead: 0.5}}\n",
+        )
+        .unwrap();
+        let HandlerSpec::Parallel(p) = &tree.handler else { panic!() };
+        assert_eq!(p.branches.len(), 2);
+        assert!(p.branches[0].1.optional && p.progress.is_some());
+        let b = &p.branches[1].1;
+        assert_eq!((b.path.as_str(), b.policy.retry.attempts), ("handler.branches.b", 2));
+        let HandlerSpec::Sequence(seq) = &b.kind else { panic!() };
+        assert_eq!(seq.steps[1].path, "handler.branches.b.steps.1");
+        assert!(matches!(&seq.steps[0].policy.fallback, Some(FallbackSpec::Value(v)) if v == "{\"x\":1}"));
+        assert_eq!(tree.policy.walk_away, Some(3));
+        assert!(matches!(&tree.policy.fallback, Some(FallbackSpec::Node(n)) if n.policy.cache.is_some()));
+        assert_eq!(tree.policy.call_policy().retry.attempts, 1, "with a fallback the node retries itself");
+        assert_eq!(tree.handler_tree().len(), 7, "{:?}", tree.handler_tree());
+        round_trip(&tree);
     }
 
     #[test]
