@@ -191,8 +191,8 @@ impl Config {
     /// `lote check` changes nothing on disk).
     pub fn create_dirs(&self) -> Result<(), String> {
         let files = [
-            Some(self.sink.path()),
-            self.dead_letter.as_ref().map(SinkSpec::path),
+            self.sink.path(),
+            self.dead_letter.as_ref().and_then(SinkSpec::path),
             self.metrics.textfile.as_deref(),
         ];
         let dirs =
