@@ -490,7 +490,7 @@ mod tests {
         assert_eq!(l.path, Some(state.join("in.txt")));
         assert_eq!(
             config.sink.path(),
-            elsewhere.path().join("db/outcomes.db"),
+            Some(elsewhere.path().join("db/outcomes.db").as_path()),
             "absolute stays"
         );
         assert!(elsewhere.path().join("db").is_dir());
