@@ -3,7 +3,8 @@
 //! of a run arrive in the stream with the record's fields; `MAXLEN ~` trims
 //! it; with redis-server down nothing is acknowledged (the spool's files stay
 //! where they are) and once it is back everything is written and
-//! acknowledged; dead letters in a stream are listed and requeued; a fleet
+//! acknowledged; the password comes from `password_file`; dead letters in
+//! a stream are listed and requeued; a fleet
 //! reads one stream and writes its outcomes to another; `lote check` refuses
 //! what this sink cannot do.
 
@@ -155,6 +156,29 @@ fn with_redis_down_a_run_acknowledges_nothing_and_the_next_one_writes_it_all() {
     assert_eq!(files_in(&setup.path("state/spool/done")), ["a", "b", "c"]);
     let ids: HashSet<String> = by_id(&redis, "lote:outcomes").into_keys().collect();
     assert_eq!(ids, HashSet::from(["a".into(), "b".into(), "c".into()]));
+}
+
+#[test]
+fn the_password_comes_from_password_file() {
+    let redis = RedisServer::start_with_password("s3cret-pw");
+    let setup = Setup::new();
+    spool_config(&setup, &redis, NOOP, "  password_file: redis.pw\n  max_retries: 0\n");
+    drop_items(&setup, &[("a", b"1")]);
+
+    fs::write(setup.path("state/redis.pw"), "wrong\n").unwrap();
+    let out = setup.run(&["run", "--once", "-c", "config.yaml"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(files_in(&setup.path("state/spool")), ["a"], "{}", text(&out));
+    assert!(
+        !text(&out).contains("wrong") && !text(&out).contains("s3cret"),
+        "{}",
+        text(&out)
+    );
+
+    fs::write(setup.path("state/redis.pw"), "s3cret-pw\n").unwrap();
+    let out = setup.run(&["run", "--once", "-c", "config.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(by_id(&redis, "lote:outcomes")["a"]["status"], "done");
 }
 
 /// A `lote run` daemon, SIGKILLed when dropped.

@@ -21,13 +21,29 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
+    /// `--requirepass`, if the test asked for one.
+    password: Option<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// A server that asks every client for `password` (AUTH).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        RedisServer::start_with(Some(password.into()))
+    }
+
+    fn start_with(password: Option<String>) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { dir, port, child: None };
+        let mut server = RedisServer {
+            dir,
+            port,
+            child: None,
+            password,
+        };
         server.spawn();
         server
     }
@@ -39,6 +55,7 @@ impl RedisServer {
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
             .stdout(log)
             .stderr(Stdio::null())
             .spawn();
@@ -51,7 +68,11 @@ impl RedisServer {
         };
         self.child = Some(child);
         let started = Instant::now();
-        while redis::Client::open(self.url()).unwrap().get_connection().is_err() {
+        while redis::Client::open(self.client_url())
+            .unwrap()
+            .get_connection()
+            .is_err()
+        {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "redis-server did not come up"
@@ -79,8 +100,19 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The test's own URL: with the password in it, which lote refuses.
+    fn client_url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => self.url(),
+        }
+    }
+
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        redis::Client::open(self.client_url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 
     /// Adds entries `(id, payload)` to `stream`, one pipeline.
