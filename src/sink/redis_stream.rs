@@ -185,7 +185,7 @@ impl SinkKind for RedisStreamSinkConfig {
     }
 
     fn records(&self) -> Result<Vec<Record>, String> {
-        let mut sink = RedisStreamSink::open(self.clone()).map_err(|e| e.to_string())?;
+        let mut sink = RedisStreamSink::unconnected(self.clone()).map_err(|e| e.to_string())?;
         sink.records().map_err(|e| e.to_string())
     }
 
@@ -223,12 +223,7 @@ impl RedisStreamSink {
     /// holds: another type is refused at once; a server that does not answer
     /// is not (outcomes wait in the writer, which retries).
     pub fn open(config: RedisStreamSinkConfig) -> Result<Self, SinkError> {
-        let place = PathBuf::from(format!("redis {} {}", describe_url(&config.url), config.stream));
-        let target = config
-            .target()
-            .map_err(|why| SinkError::corrupt(&place, format!("url {why}")))?;
-        let link = Link::new(target, READ_TIMEOUT, Arc::new(LinkStats::default()));
-        let mut sink = RedisStreamSink { config, link, place };
+        let mut sink = RedisStreamSink::unconnected(config)?;
         let stream = sink.config.stream.clone();
         match sink
             .link
@@ -241,6 +236,17 @@ impl RedisStreamSink {
             Err(e) => return Err(sink.failed("asking what the stream's key holds", e)),
         }
         Ok(sink)
+    }
+
+    /// A sink that connects on its first call (whose error then says why
+    /// the server cannot be reached: `dead-letter list` shows it).
+    fn unconnected(config: RedisStreamSinkConfig) -> Result<Self, SinkError> {
+        let place = PathBuf::from(format!("redis {} {}", describe_url(&config.url), config.stream));
+        let target = config
+            .target()
+            .map_err(|why| SinkError::corrupt(&place, format!("url {why}")))?;
+        let link = Link::new(target, READ_TIMEOUT, Arc::new(LinkStats::default()));
+        Ok(RedisStreamSink { config, link, place })
     }
 
     fn not_a_stream(&self, kind: &str) -> SinkError {
