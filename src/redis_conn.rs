@@ -102,6 +102,17 @@ impl Target {
     }
 }
 
+/// A stream, group or consumer name: not empty, no spaces or control
+/// characters (they would be hard to type into redis-cli).
+pub fn check_name(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{value}` is empty or has spaces or control characters; expected a name like lote:work"
+        ));
+    }
+    Ok(())
+}
+
 /// What a [`Link`] counts, shared with the metrics.
 #[derive(Debug, Default)]
 pub struct LinkStats {

@@ -45,18 +45,7 @@ impl Check<'_> {
 
         let dead_letter = self.dead_letter(raw.dead_letter, &state_dir)?;
         if let Some(dead) = &dead_letter {
-            if dead.path() == sink.path() {
-                return Err(self.doc.error_at(
-                    "dead_letter.path",
-                    &["dead_letter.path", "sink.path", "dead_letter"],
-                    format!(
-                        "is the sink's file too ({}); two sinks in one file would fight over it (and the JSONL \
-                         lock); expected another path, e.g. {}",
-                        dead.path().display(),
-                        self.default_dead_letter_file(dead.kind(), &state_dir)
-                    ),
-                ));
-            }
+            self.sinks_apart(&sink, dead, &state_dir)?;
         }
         let writer = WriterConfig {
             done_lookups: qos == Qos::ExactlyOnce || source.resumes_from_sink(),
@@ -85,9 +74,15 @@ impl Check<'_> {
         // creates the directories, `Config::create_dirs`): what `lote run`
         // would refuse at start.
         self.creatable_dir("state_dir", &["state_dir"], &state_dir, None)?;
-        self.writable_file("sink.path", sink.path())?;
+        if let Some(file) = sink.path() {
+            self.writable_file("sink.path", file)?;
+        }
+        sink.on_disk(&self)?;
         if let Some(dead) = &dead_letter {
-            self.writable_file("dead_letter.path", dead.path())?;
+            if let Some(file) = dead.path() {
+                self.writable_file("dead_letter.path", file)?;
+            }
+            dead.on_disk(&self)?;
         }
         if let Some(textfile) = &metrics.textfile {
             self.writable_file("metrics.textfile", textfile)?;
@@ -285,6 +280,40 @@ impl Check<'_> {
         Ok((spec, writer))
     }
 
+    /// Refuses a dead-letter sink in the sink's own file, or in its own
+    /// Redis stream: two sinks there would fight over it (and the JSONL
+    /// lock), and dead letters mixed with outcomes could not be requeued.
+    fn sinks_apart(&self, sink: &SinkSpec, dead: &SinkSpec, state_dir: &Path) -> Result<()> {
+        if let (Some(file), Some(dead_file)) = (sink.path(), dead.path()) {
+            if file == dead_file {
+                return Err(self.doc.error_at(
+                    "dead_letter.path",
+                    &["dead_letter.path", "sink.path", "dead_letter"],
+                    format!(
+                        "is the sink's file too ({}); two sinks in one file would fight over it (and the JSONL \
+                         lock); expected another path, e.g. {}",
+                        dead_file.display(),
+                        self.default_dead_letter_file(dead.kind(), state_dir)
+                    ),
+                ));
+            }
+        }
+        if let (SinkSpec::RedisStream(s), SinkSpec::RedisStream(d)) = (sink, dead) {
+            if s.url == d.url && s.stream == d.stream {
+                return Err(self.doc.error_at(
+                    "dead_letter.stream",
+                    &["dead_letter.stream", "sink.stream", "dead_letter"],
+                    format!(
+                        "is the sink's stream too ({}); dead letters mixed with outcomes could not be listed or \
+                         requeued; expected another stream, e.g. {}:dead-letters",
+                        d.stream, s.stream
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The file name a dead-letter sink of `kind` has by default
     /// (`dead-letter.db`), for an example in an error.
     fn default_dead_letter_file(&self, kind: &str, state_dir: &Path) -> String {
@@ -294,7 +323,11 @@ impl Check<'_> {
         };
         SinkKeys::empty(kind)
             .and_then(|keys| SinkSpec::build(keys, &at, self).ok())
-            .and_then(|(spec, _)| spec.path().file_name().map(|f| f.to_string_lossy().into_owned()))
+            .and_then(|(spec, _)| {
+                spec.path()
+                    .and_then(Path::file_name)
+                    .map(|f| f.to_string_lossy().into_owned())
+            })
             .unwrap_or_else(|| "dead-letter".into())
     }
 

@@ -167,8 +167,8 @@ impl Config {
     /// `lote check` changes nothing on disk).
     pub fn create_dirs(&self) -> Result<(), String> {
         let files = [
-            Some(self.sink.path()),
-            self.dead_letter.as_ref().map(SinkSpec::path),
+            self.sink.path(),
+            self.dead_letter.as_ref().and_then(SinkSpec::path),
             self.metrics.textfile.as_deref(),
         ];
         let dirs =
@@ -507,7 +507,7 @@ mod tests {
         assert_eq!(l.path, Some(state.join("in.txt")));
         assert_eq!(
             config.sink.path(),
-            elsewhere.path().join("db/outcomes.db"),
+            Some(elsewhere.path().join("db/outcomes.db").as_path()),
             "absolute stays"
         );
         assert!(elsewhere.path().join("db").is_dir());

@@ -136,8 +136,8 @@ impl SinkKind for JsonlConfig {
         ])
     }
 
-    fn path(&self) -> &Path {
-        &self.path
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
     }
 
     fn open(&self, _table_ack: Option<TableAck>) -> Result<Box<dyn Sink>, String> {

@@ -25,8 +25,15 @@ pub trait SinkKind: Sized {
     fn build(keys: Self::Keys, at: &Place, check: &Check) -> spec::Result<(Self, WriterKeys)>;
     /// Its section of the effective config (`lote check`), `kind` first.
     fn effective(&self) -> Value;
-    /// The file it writes.
-    fn path(&self) -> &Path;
+    /// The file it writes; `None` for a sink that writes no file (a Redis
+    /// stream): no directory to create, no file to share with a source.
+    fn path(&self) -> Option<&Path>;
+    /// What `lote run` would refuse at start that only the disk can tell,
+    /// besides a writable `path` (which the config checks for every kind):
+    /// a password file that cannot be read.
+    fn on_disk(&self, _check: &Check) -> spec::Result<()> {
+        Ok(())
+    }
     /// Whether it can mark a work table of its own file in the transaction
     /// that writes the outcomes ([`TableAck`]): a source in that file is
     /// then acknowledged with its outcomes, at once.
@@ -212,9 +219,15 @@ macro_rules! sink_kinds {
                 }
             }
 
-            pub fn path(&self) -> &std::path::Path {
+            pub fn path(&self) -> Option<&std::path::Path> {
                 match self {
                     $(SinkSpec::$Variant(c) => SinkKind::path(c),)*
+                }
+            }
+
+            pub fn on_disk(&self, check: &$crate::spec::Check) -> $crate::spec::Result<()> {
+                match self {
+                    $(SinkSpec::$Variant(c) => SinkKind::on_disk(c, check),)*
                 }
             }
 

@@ -1,5 +1,5 @@
-//! Sinks: where outcomes become durable. `sqlite` and `jsonl`, one file each;
-//! both also serve as the dead-letter sink.
+//! Sinks: where outcomes become durable. `sqlite`, `jsonl` and
+//! `redis_stream`, one file each; each also serves as the dead-letter sink.
 //!
 //! One [`Sink`] value is owned by the write-behind thread, the only writer.
 //! Readers on other threads (the exactly-once check, `dead-letter list`) go
@@ -9,7 +9,7 @@
 //!
 //! # Records
 //!
-//! Both kinds store the same fields (SPEC §3.6): `id, status, attempts,
+//! Every kind stores the same fields (SPEC §3.6): `id, status, attempts,
 //! output, error, started_at, finished_at, duration_ms`, timestamps as RFC
 //! 3339 UTC with milliseconds. A dead-letter sink ([`Role::DeadLetter`]) also
 //! keeps `priority` and the payload, so the item can be requeued: `payload`
@@ -18,18 +18,21 @@
 //! # Invariants
 //!
 //! - `write` is all or nothing: after `Ok`, every record of the batch is on
-//!   disk (a committed transaction; an fsynced file); after `Err`, the batch
-//!   may be written again in full and the result is the same (upsert by id in
-//!   SQLite; in JSONL the last line for an id wins).
+//!   disk (a committed transaction; an fsynced file) or in the Redis stream
+//!   (an answered `EXEC`); after `Err`, the batch may be written again in
+//!   full and the result is the same (upsert by id in SQLite; in JSONL and in
+//!   a stream the last record for an id wins).
 //! - `Skipped` outcomes are never written: the item's `done` record is already
 //!   there, and overwriting it would lose its output.
 
 mod jsonl;
 mod kind;
+mod redis_stream;
 mod sqlite;
 
 pub use jsonl::{JsonlConfig, JsonlSink};
 pub use kind::{Place, SinkKind, WriterKeys};
+pub use redis_stream::{RedisStreamSink, RedisStreamSinkConfig};
 pub use sqlite::{SqliteConfig, SqliteSink, Synchronous, TableAck};
 
 use kind::{sink_keys, sink_kinds};
@@ -38,6 +41,7 @@ use kind::{sink_keys, sink_kinds};
 sink_kinds! {
     Sqlite(SqliteConfig),
     Jsonl(JsonlConfig),
+    RedisStream(RedisStreamSinkConfig),
 }
 
 /// The kind an absent `sink:` section means.

@@ -157,8 +157,8 @@ impl SinkKind for SqliteConfig {
         ])
     }
 
-    fn path(&self) -> &Path {
-        &self.path
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
     }
 
     fn acks_in_transaction(&self) -> bool {

@@ -81,8 +81,8 @@ pub struct Run<'a> {
     pub resume: bool,
     /// `handler.qos: exactly_once`.
     pub exactly_once: bool,
-    /// The sink's file.
-    pub sink_path: &'a Path,
+    /// The sink's file (`None`: a sink that writes no file).
+    pub sink_path: Option<&'a Path>,
     /// [`SourceKind::shares_sink_file`] was true when the config was loaded.
     pub in_sink_file: bool,
 }

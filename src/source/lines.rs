@@ -642,7 +642,15 @@ impl SourceKind for LinesConfig {
                     .into(),
             );
         }
-        let sink = run.sink_path;
+        // The config refuses a sink without a file for a lines source
+        // (`done_records_survive`); this is the backstop for the library.
+        let Some(sink) = run.sink_path else {
+            return Err(
+                "a lines source resumes from the sink's file, and this sink writes none; expected sink.kind: \
+                 sqlite or jsonl"
+                    .into(),
+            );
+        };
         let mut identity_file = sink.as_os_str().to_owned();
         identity_file.push(".lines-file");
         let source = LinesSource::open(self.clone()).map_err(|e| failed(&e))?;

@@ -516,7 +516,7 @@ impl SourceKind for SqliteSourceConfig {
     }
 
     fn shares_sink_file(&self, sink: &SinkSpec) -> bool {
-        sink.acks_in_transaction() && same_file(&self.path, sink.path())
+        sink.acks_in_transaction() && sink.path().is_some_and(|file| same_file(&self.path, file))
     }
 
     fn open(&self, stream: bool) -> Result<Arc<dyn Source>, String> {

@@ -54,8 +54,10 @@ impl SourceKind for InboxConfig {
                 check.path("source.path", &path)?;
                 absolute(at.state_dir, &path)
             }
-            None if at.sink.acks_in_transaction() => at.sink.path().to_path_buf(),
-            None => at.state_dir.join(DEFAULT_FILE),
+            None => match at.sink.path().filter(|_| at.sink.acks_in_transaction()) {
+                Some(sink_file) => sink_file.to_path_buf(),
+                None => at.state_dir.join(DEFAULT_FILE),
+            },
         };
         let d = InboxConfig::new(file);
         let capacity = k.capacity.unwrap_or(d.capacity);
@@ -115,7 +117,7 @@ impl SourceKind for InboxConfig {
     }
 
     fn shares_sink_file(&self, sink: &SinkSpec) -> bool {
-        sink.acks_in_transaction() && same_file(&self.path, sink.path())
+        sink.acks_in_transaction() && sink.path().is_some_and(|file| same_file(&self.path, file))
     }
 
     fn open(&self, stream: bool) -> Result<Arc<dyn Source>, String> {

@@ -101,15 +101,9 @@ fn host_name() -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-/// A stream, group or consumer name: not empty, no spaces or control
-/// characters (they would be hard to type into redis-cli).
+/// A stream, group or consumer name ([`crate::redis_conn::check_name`]).
 fn name(check: &Check, key: &str, value: String) -> spec::Result<String> {
-    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return check.err(
-            key,
-            format!("`{value}` is empty or has spaces or control characters; expected a name like lote:work"),
-        );
-    }
+    crate::redis_conn::check_name(&value).or_else(|why| check.err(key, why))?;
     Ok(value)
 }
 
