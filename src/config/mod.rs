@@ -410,7 +410,9 @@ mod tests {
              on_element_failure: drop\n          each: {kind: noop, cache: {key: \"{/id}\", refresh_ahead: 0.5}}\n",
         )
         .unwrap();
-        let HandlerSpec::Parallel(p) = &tree.handler else { panic!() };
+        let HandlerSpec::Parallel(p) = &tree.handler else {
+            panic!()
+        };
         assert_eq!(p.branches.len(), 2);
         assert!(p.branches[0].1.optional && p.progress.is_some());
         let b = &p.branches[1].1;
@@ -420,7 +422,11 @@ mod tests {
         assert!(matches!(&seq.steps[0].policy.fallback, Some(FallbackSpec::Value(v)) if v == "{\"x\":1}"));
         assert_eq!(tree.policy.walk_away, Some(3));
         assert!(matches!(&tree.policy.fallback, Some(FallbackSpec::Node(n)) if n.policy.cache.is_some()));
-        assert_eq!(tree.policy.call_policy().retry.attempts, 1, "with a fallback the node retries itself");
+        assert_eq!(
+            tree.policy.call_policy().retry.attempts,
+            1,
+            "with a fallback the node retries itself"
+        );
         assert_eq!(tree.handler_tree().len(), 7, "{:?}", tree.handler_tree());
         round_trip(&tree);
     }
