@@ -63,7 +63,7 @@ fn run(command: Command) -> Result<u8, String> {
             }
             print!("{}", loaded.effective_yaml());
             let tree = loaded.handler_tree();
-            if tree.len() > 1 {
+            if tree.len() > 1 || loaded.policy.wraps() {
                 eprintln!(
                     "{}: handler tree (outermost policy first: fallback, cache, retry, bulkhead, breaker, timeout):",
                     path.display()

@@ -523,3 +523,27 @@ fn under_exactly_once_the_run_after_a_crash_calls_only_the_branches_that_did_not
         "sales answered before the crash; the next run must not call it again"
     );
 }
+
+#[test]
+fn the_seed_004_example_configs_are_accepted_and_print_their_tree() {
+    let setup = Setup::new();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/seed-004");
+    for (name, node) in [
+        ("dashboard", "handler.branches.inventory (http; optional)"),
+        ("order", "handler.steps.1.branches.shipping (http; fallback value)"),
+        ("top-customers", "handler.steps.1.each (http; timeout 2s, bulkhead 4+8)"),
+        (
+            "cached",
+            "handler (http; timeout 2s, 3 attempts, cache 1m, fallback value)",
+        ),
+    ] {
+        let file = examples.join(format!("{name}.yaml"));
+        let out = setup.run(&["check", "-c", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(node),
+            "{name}: {}",
+            text(&out)
+        );
+    }
+}

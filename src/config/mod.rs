@@ -429,6 +429,17 @@ mod tests {
         );
         assert_eq!(tree.handler_tree().len(), 7, "{:?}", tree.handler_tree());
         round_trip(&tree);
+        // YAML reads an unquoted null as no value; here it names the policy.
+        let fan_out = load(
+            dir.path(),
+            "source: {kind: lines, path: x}\nhandler: {kind: fan_out, on_element_failure: null, each: {kind: noop}}\n",
+        )
+        .unwrap();
+        let HandlerSpec::FanOut(f) = &fan_out.handler else {
+            panic!()
+        };
+        assert_eq!(f.on_element_failure, crate::handler::compose::OnElementFailure::Null);
+        round_trip(&fan_out);
     }
 
     #[test]

@@ -94,7 +94,9 @@ macro_rules! handler_keys {
                     #[serde(default)]
                     #[allow(dead_code)]
                     kind: serde::de::IgnoredAny,
-                    $($(#[$fmeta])* $field: $ty,)*
+                    // Every key may be left out (a kind's own check says
+                    // which it needs, with its own words).
+                    $($(#[$fmeta])* #[serde(default)] $field: $ty,)*
                     /// `at_most_once`, `at_least_once` (default), `exactly_once`.
                     qos: Option<$crate::policy::Qos>,
                     /// Per-call (per-attempt) deadline. Default none (http: 30s).

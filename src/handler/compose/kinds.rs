@@ -39,8 +39,30 @@ handler_keys! {
         split: Option<String>,
         max_parallel: Option<u64>,
         max_elements: Option<u64>,
-        on_element_failure: Option<OnElementFailure>,
+        on_element_failure: ElementFailureKey,
         each: Option<Value>,
+    }
+}
+
+/// `on_element_failure` as written. Its own type because YAML reads an
+/// unquoted `null` as no value: `on_element_failure: null` must mean the
+/// `null` policy, not the default `fail`.
+#[derive(Debug, Default)]
+pub enum ElementFailureKey {
+    #[default]
+    Unset,
+    Set(OnElementFailure),
+}
+
+impl<'de> serde::Deserialize<'de> for ElementFailureKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["fail", "null", "drop"];
+        match Option::<String>::deserialize(d)?.as_deref() {
+            None | Some("null") => Ok(ElementFailureKey::Set(OnElementFailure::Null)),
+            Some("fail") => Ok(ElementFailureKey::Set(OnElementFailure::Fail)),
+            Some("drop") => Ok(ElementFailureKey::Set(OnElementFailure::Drop)),
+            Some(other) => Err(serde::de::Error::unknown_variant(other, NAMES)),
+        }
     }
 }
 
@@ -211,7 +233,10 @@ impl HandlerKind for FanOutConfig {
             split,
             max_parallel: max_parallel as usize,
             max_elements: max_elements as usize,
-            on_element_failure: keys.on_element_failure.unwrap_or_default(),
+            on_element_failure: match keys.on_element_failure {
+                ElementFailureKey::Unset => OnElementFailure::default(),
+                ElementFailureKey::Set(policy) => policy,
+            },
             each: Box::new(each),
             progress: Progress::of(at),
         })

@@ -146,6 +146,12 @@ impl NodePolicy {
         }
     }
 
+    /// Whether it carries a policy beyond the session's own (retry,
+    /// breaker, timeout): a fallback, a cache, a bulkhead or walk-away.
+    pub fn wraps(&self) -> bool {
+        self.fallback.is_some() || self.cache.is_some() || self.bulkhead.is_some() || self.walk_away.is_some()
+    }
+
     /// The policies a node carries, for `lote check`'s tree: `; timeout 2s,
     /// retry ×3, …` (empty when none).
     pub fn brief(&self, optional: bool) -> String {
