@@ -340,10 +340,7 @@ impl Handler for FanOut {
                         .name("lote-element".to_string())
                         .spawn_scoped(scope, || {
                             let mut mine = Vec::new();
-                            loop {
-                                let Some(&index) = to_call.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                                    break;
-                                };
+                            while let Some(&index) = to_call.get(next.fetch_add(1, Ordering::Relaxed)) {
                                 let element = &elements[index];
                                 let element_ctx =
                                     CallContext::new(element, ctx.attempt(), ctx.deadline(), ctx.stop_handle());
