@@ -59,6 +59,13 @@ impl Check<'_> {
             );
         }
         let batch = self.batch(p.batch.as_ref())?;
+        if batch.is_some() && policy.wraps() {
+            return self.err(
+                "handler.batch",
+                "is set with a bulkhead, fallback, cache or walk-away timeout, which wrap one item's call; \
+                 expected one or the other",
+            );
+        }
         let at = HandlerAt {
             timeout: policy.timeout,
             ..at

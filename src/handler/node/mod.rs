@@ -275,8 +275,33 @@ fn start(
     nodes: &mut Nodes,
 ) -> Result<Arc<dyn Handler>, String> {
     let slot = nodes.len();
-    let mut handler = kind.start(nodes)?;
-    let mut stats = NodeStats::new(path, kind.kind());
+    let handler = kind.start(nodes)?;
+    wrap_at(slot, path, kind.kind(), handler, policy, whole, nodes)
+}
+
+/// `handler` (a closure, a composite of the library, any `Handler`) inside
+/// every policy of `policy`, in the order above, as a node named `path`
+/// whose counters join `nodes`. What the config does for its nodes, for
+/// the library.
+pub fn wrap(
+    path: &str,
+    handler: Arc<dyn Handler>,
+    policy: &NodePolicy,
+    nodes: &mut Nodes,
+) -> Result<Arc<dyn Handler>, String> {
+    wrap_at(nodes.len(), path, "closure", handler, policy, true, nodes)
+}
+
+fn wrap_at(
+    slot: usize,
+    path: &str,
+    kind: &'static str,
+    mut handler: Arc<dyn Handler>,
+    policy: &NodePolicy,
+    whole: bool,
+    nodes: &mut Nodes,
+) -> Result<Arc<dyn Handler>, String> {
+    let mut stats = NodeStats::new(path, kind);
     if let (Some(max), Some(timeout)) = (policy.walk_away, policy.timeout) {
         let walk_away = Arc::new(WalkAway::new(handler, timeout, max).map_err(|e| format!("{path}: {e}"))?);
         stats.walk_away = Some(Arc::clone(&walk_away));
@@ -319,3 +344,6 @@ fn start(
     nodes.insert(slot, stats);
     Ok(handler)
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::super::{CallContext, Failure, Handler};
+use super::super::{BatchHandler, CallContext, Failure, Handler};
 use crate::item::Item;
 use crate::metrics::Histogram;
 use crate::policy::{Breaker, RetryPolicy, Transition};
@@ -66,6 +66,11 @@ impl Handler for Counted {
 
     fn kill_running(&self) {
         self.inner.kill_running();
+    }
+
+    /// The kind's batches, uncounted here (the session counts batch calls).
+    fn as_batch(&self) -> Option<&dyn BatchHandler> {
+        self.inner.as_batch()
     }
 }
 
