@@ -13,7 +13,7 @@ use crate::{ms, verdict, Latencies};
 
 /// Every tenth item (index 0, 10, 20, …) is the slow one.
 fn slow(item: &Item) -> bool {
-    index(&item.id) % 10 == 0
+    index(&item.id).is_multiple_of(10)
 }
 
 pub fn run(items: usize, rate: usize) {
