@@ -115,17 +115,20 @@ pub fn run() {
         .rev()
         .find(|(_, t)| *t == Transition::Closed)
         .map(|(at, _)| *at);
+    let recovered = opened.is_some_and(|at| at >= down_from)
+        && closed.is_some_and(|at| at >= down_to)
+        && from_fallback > 0
+        && done == items;
     println!(
         "opened {} after the outage began; closed {} after it ended; now {}: {}",
         opened.map_or("never".into(), |at| ms(at.saturating_sub(down_from))),
         closed.map_or("never".into(), |at| ms(at.saturating_sub(down_to))),
         breaker.state().as_str(),
-        verdict(
-            opened.is_some_and(|at| at >= down_from)
-                && closed.is_some_and(|at| at >= down_to)
-                && from_fallback > 0
-                && done == items
-        )
+        verdict(recovered)
     );
     println!();
+    assert!(
+        recovered,
+        "the breaker opened, the fallback answered, the breaker closed again"
+    );
 }

@@ -135,4 +135,12 @@ pub fn run(items: usize) {
         verdict(after == base_threads)
     );
     println!();
+    assert!(
+        done == items && complete == items,
+        "every item done with all its elements"
+    );
+    assert!(
+        peak <= bound && after == base_threads,
+        "threads bounded, none left over"
+    );
 }

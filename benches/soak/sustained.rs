@@ -189,4 +189,10 @@ pub fn run(secs: usize, rate: usize, synchronous: &str) {
         verdict(stopped.is_some())
     );
     println!();
+    // What is not a matter of speed fails the run (CI): a lost item, a hang.
+    assert!(
+        rows.len() == accepted && not_done == 0,
+        "every accepted item has a done outcome"
+    );
+    assert!(stopped.is_some(), "the daemon ends within 10 s of SIGTERM");
 }
