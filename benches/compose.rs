@@ -14,6 +14,8 @@
 //! (the table shows means and p99 too): on a 2-core box shared with other
 //! work, a mean also holds the moments another process had the core. Every figure includes one
 //! `Instant::now()` pair (about 40 ns here), the same for the reference.
+//! Two rows without lote show what starting threads costs on the box: the
+//! floor under the walk-away and the parallel node.
 //! No logger is installed: the fallback's warning costs only its level
 //! check, as in a daemon logging at `error`.
 //!
@@ -41,6 +43,31 @@ fn noop(_: &CallContext<'_>, _: &Item) -> Result<String, Failure> {
 
 fn failing(_: &CallContext<'_>, _: &Item) -> Result<String, Failure> {
     Err(Failure::retryable("down"))
+}
+
+/// What starting threads costs here, without lote: three scoped threads
+/// calling the noop closure, joined (the floor of a 3-branch parallel node).
+fn raw_three_threads(ctx: &CallContext<'_>, item: &Item) -> Result<String, Failure> {
+    thread::scope(|scope| {
+        let running: Vec<_> = (0..3).map(|_| scope.spawn(|| noop(ctx, item))).collect();
+        running
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map(|outputs| outputs.concat())
+}
+
+/// One spawned thread calling the noop closure, joined (the floor of a
+/// walk-away call).
+fn raw_one_thread(_: &CallContext<'_>, item: &Item) -> Result<String, Failure> {
+    let item = item.clone();
+    thread::spawn(move || {
+        let stop = StopHandle::new();
+        noop(&CallContext::new(&item, 1, None, &stop), &item)
+    })
+    .join()
+    .unwrap()
 }
 
 fn one_ms(_: &CallContext<'_>, _: &Item) -> Result<String, Failure> {
@@ -279,6 +306,12 @@ fn main() {
     );
 
     let thread_iters = (iters / 10).max(ROUNDS);
+    row(
+        "raw: thread::spawn + join (no lote)",
+        "noop",
+        compare(thread_iters, &noop, &raw_one_thread, &item),
+        Target::None,
+    );
     let walk_away = WalkAway::new(Arc::new(noop), Duration::from_secs(1), 4).unwrap();
     row(
         "walk-away timeout, pass-through",
@@ -304,6 +337,12 @@ fn main() {
         )
         .unwrap()
     };
+    row(
+        "raw: 3 scoped threads (no lote)",
+        "noop",
+        compare(thread_iters, &noop, &raw_three_threads, &item),
+        Target::None,
+    );
     row(
         "parallel, 3 noop branches",
         "noop",
