@@ -34,6 +34,7 @@ pub fn run(secs: usize, rate: usize, synchronous: &str) {
     let (peak_threads, peak_rss) = (AtomicUsize::new(0), AtomicUsize::new(0));
 
     let start_delay = Duration::from_millis(100);
+    let (daemon_cpu0, own_cpu0) = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
     let t0 = Instant::now() + start_delay;
     let sys0 = SystemTime::now() + start_delay;
     let (codes, lag) = thread::scope(|scope| {
@@ -107,6 +108,8 @@ pub fn run(secs: usize, rate: usize, synchronous: &str) {
     while count() < accepted && waiting.elapsed() < Duration::from_secs(60) {
         thread::sleep(Duration::from_millis(100));
     }
+    let daemon_cpu = cpu_seconds(&pid.to_string()) - daemon_cpu0;
+    let own_cpu = cpu_seconds("self") - own_cpu0;
     let stopped = daemon.terminate(Duration::from_secs(10));
     let exit = daemon.child.try_wait().ok().flatten();
 
@@ -176,6 +179,12 @@ pub fn run(secs: usize, rate: usize, synchronous: &str) {
         );
     }
     println!(
+        "CPU time: the daemon {daemon_cpu:.1} s = {:.0} µs per item (one core's worth: {:.0} items/s); this load generator {own_cpu:.1} s = {:.0} µs per item",
+        daemon_cpu * 1e6 / accepted.max(1) as f64,
+        accepted as f64 / daemon_cpu.max(0.01),
+        own_cpu * 1e6 / accepted.max(1) as f64
+    );
+    println!(
         "daemon: peak {} threads, peak RSS {:.1} MB; SIGTERM → exit in {} ({:?})",
         peak_threads.load(Ordering::Relaxed),
         peak_rss.load(Ordering::Relaxed) as f64 / 1024.0,
@@ -195,4 +204,19 @@ pub fn run(secs: usize, rate: usize, synchronous: &str) {
         "every accepted item has a done outcome"
     );
     assert!(stopped.is_some(), "the daemon ends within 10 s of SIGTERM");
+}
+
+/// User + system CPU time of a process so far (`self` or a pid), from
+/// /proc/<pid>/stat, in seconds (clock ticks of 10 ms).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime: fields 14 and 15 of the whole line, 12 and 13 here.
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
