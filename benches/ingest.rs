@@ -17,18 +17,16 @@
 //! (`LOTE_BENCH_ITEMS` overrides the 20 000 single-item POSTs; the batch
 //! case sends 10× as many items).
 
-use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use lote::source::{InboxConfig, Intake};
 use lote::JsonItem;
+
+mod common;
+use common::daemon::{free_port, Daemon, Stream, Target};
 
 const CONNECTIONS: usize = 32;
 const BATCH: usize = 100;
@@ -37,152 +35,14 @@ fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn lote_binary() -> PathBuf {
-    let lote = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/lote");
-    assert!(lote.exists(), "{}: run `cargo build --release` first", lote.display());
-    lote
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Where a client connects.
-#[derive(Clone)]
-enum Target {
-    Tcp(String),
-    Unix(PathBuf),
-}
-
-/// One keep-alive connection speaking just enough HTTP/1.1.
-enum Stream {
-    Tcp(BufReader<TcpStream>),
-    Unix(BufReader<UnixStream>),
-}
-
-impl Stream {
-    fn connect(target: &Target) -> Stream {
-        match target {
-            Target::Tcp(addr) => {
-                let s = TcpStream::connect(addr).unwrap();
-                s.set_nodelay(true).unwrap();
-                Stream::Tcp(BufReader::new(s))
-            }
-            Target::Unix(path) => Stream::Unix(BufReader::new(UnixStream::connect(path).unwrap())),
-        }
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.get_mut().write_all(bytes),
-            Stream::Unix(s) => s.get_mut().write_all(bytes),
-        }
-    }
-
-    fn reader(&mut self) -> &mut dyn BufRead {
-        match self {
-            Stream::Tcp(s) => s,
-            Stream::Unix(s) => s,
-        }
-    }
-
-    /// Sends one request and reads the answer; returns its status code.
-    fn request(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> u16 {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: lote\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body);
-        self.write_all(&request).unwrap();
-        let reader = self.reader();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let code: u16 = line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        code
-    }
-}
-
-/// A running daemon over a temporary directory.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(listen: &str, source_extra: &str, handler: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.yaml");
-        fs::write(
-            &config,
-            format!(
-                "state_dir: {state}\nlog: error\nsession:\n  threads: 2\n  chunk: 100\n\
-                 source:\n  kind: inbox\n  synchronous: full\n{source_extra}\
-                 handler:\n{handler}\
-                 sink:\n  kind: sqlite\n  path: outcomes.db\n  batch: 1000\n\
-                 http:\n  listen: \"{listen}\"\n  max_connections: 512\n",
-                state = dir.path().join("state").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(lote_binary())
-            .args(["run", "-c"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon { child, dir };
-        let started = Instant::now();
-        while !daemon.dir.path().join("state/status.json").exists() {
-            assert!(started.elapsed() < Duration::from_secs(20), "the daemon did not start");
-            thread::sleep(Duration::from_millis(20));
-        }
-        thread::sleep(Duration::from_millis(200));
-        daemon
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Daemon {
-    /// SIGTERM; a second one (hurry: exec children killed) if the first
-    /// has not ended it within 3 s.
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let asked = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() {
-            if asked.elapsed() > Duration::from_secs(3) {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                let _ = self.child.wait();
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
+fn start_daemon(listen: &str, source_extra: &str, handler: &str) -> Daemon {
+    Daemon::start(&format!(
+        "log: error\nsession:\n  threads: 2\n  chunk: 100\n\
+         source:\n  kind: inbox\n  synchronous: full\n{source_extra}\
+         handler:\n{handler}\
+         sink:\n  kind: sqlite\n  path: outcomes.db\n  batch: 1000\n\
+         http:\n  listen: \"{listen}\"\n  max_connections: 512\n"
+    ))
 }
 
 const NOOP: &str = "  kind: noop\n";
@@ -319,7 +179,7 @@ fn main() {
     println!("raw group commit (Intake, no HTTP):   1 item/push {raw_single:>9.0} rows/s   {BATCH} items/push {raw_batch:>9.0} rows/s");
 
     let port = free_port();
-    let daemon = Daemon::start(&format!("127.0.0.1:{port}"), "  capacity: 100000000\n", NOOP);
+    let daemon = start_daemon(&format!("127.0.0.1:{port}"), "  capacity: 100000000\n", NOOP);
     let tcp = Target::Tcp(format!("127.0.0.1:{port}"));
     let run = load(&tcp, requests, "application/json", single);
     let rate = run.count(202) as f64 / run.elapsed.as_secs_f64();
@@ -396,7 +256,7 @@ fn main() {
 
     let socket = tempfile::tempdir().unwrap();
     let path = socket.path().join("ingest.sock");
-    let daemon = Daemon::start(&format!("unix:{}", path.display()), "  capacity: 100000000\n", NOOP);
+    let daemon = start_daemon(&format!("unix:{}", path.display()), "  capacity: 100000000\n", NOOP);
     let run = load(&Target::Unix(path), requests, "application/json", single);
     let rate = run.count(202) as f64 / run.elapsed.as_secs_f64();
     println!(
@@ -409,7 +269,7 @@ fn main() {
 
     // A full inbox: 100 items, a handler that holds the first for a minute.
     let port = free_port();
-    let daemon = Daemon::start(
+    let daemon = start_daemon(
         &format!("127.0.0.1:{port}"),
         "  capacity: 100\n",
         "  kind: exec\n  command: [\"/bin/sleep\", \"60\"]\n",

@@ -1,7 +1,9 @@
 //! What the end-to-end benches share: a source that makes its items on the
 //! fly and counts acknowledgements, so no bookkeeping is measured instead
-//! of lote.
+//! of lote; and ([`daemon`]) the real daemon with a client for its listener.
 #![allow(dead_code)]
+
+pub mod daemon;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
