@@ -47,8 +47,8 @@ impl Progress {
 
     fn open(&self) -> Result<Connection, String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
-        let conn = Connection::open(sqlite_path(&self.path)).map_err(|e| fail("opening", &e))?;
-        set_busy_timeout(&conn, BUSY).map_err(|e| fail("setting the busy timeout", &e))?;
+        let mut conn = Connection::open(sqlite_path(&self.path)).map_err(|e| fail("opening", &e))?;
+        set_busy_timeout(&mut conn, BUSY).map_err(|e| fail("setting the busy timeout", &e))?;
         switch_to_wal(&conn, BUSY).map_err(|e| fail("switching to WAL", &e))?;
         conn.execute_batch(
             "PRAGMA synchronous = FULL;

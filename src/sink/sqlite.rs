@@ -309,7 +309,7 @@ impl SqliteSink {
         let at = path.as_path();
         let fail = |doing: &'static str| move |e| sql_error(at, doing, e);
 
-        set_busy_timeout(&conn, config.busy_timeout).map_err(fail("setting the busy timeout"))?;
+        set_busy_timeout(&mut conn, config.busy_timeout).map_err(fail("setting the busy timeout"))?;
         // Before anything writes to the file: a damaged one is left as it is
         // for a person to look at.
         quick_check(&conn, at)?;
@@ -471,7 +471,7 @@ impl Sink for SqliteSink {
         let path = &self.config.path;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(sqlite_path(path), flags)
-            .and_then(|conn| set_busy_timeout(&conn, self.config.busy_timeout).map(|()| conn))
+            .and_then(|mut conn| set_busy_timeout(&mut conn, self.config.busy_timeout).map(|()| conn))
             .map_err(|e| sql_error(path, "opening a reader", e))?;
         let reader: Reader = Arc::new(Mutex::new(Some(conn)));
         self.readers

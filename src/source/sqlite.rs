@@ -124,9 +124,9 @@ impl SqliteSource {
                 &"the database file does not exist; create the work table first (see the README)",
             ));
         }
-        let conn =
+        let mut conn =
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| fail("opening", &e))?;
-        set_busy_timeout(&conn, config.busy_timeout).map_err(|e| fail("setting the busy timeout", &e))?;
+        set_busy_timeout(&mut conn, config.busy_timeout).map_err(|e| fail("setting the busy timeout", &e))?;
         switch_to_wal(&conn, config.busy_timeout).map_err(|e| fail("switching to WAL", &e))?;
         let columns = columns(&conn, &config.table).map_err(|e| fail("reading the table's columns", &e))?;
         if columns.is_empty() {

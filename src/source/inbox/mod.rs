@@ -137,8 +137,8 @@ pub(crate) fn open_db(config: &InboxConfig) -> Result<Connection, String> {
         std::fs::create_dir_all(parent).map_err(|e| fail(&format!("creating {}", parent.display()), &e))?;
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(sqlite_path(path), flags).map_err(|e| fail("opening", &e))?;
-    set_busy_timeout(&conn, config.busy_timeout).map_err(|e| fail("setting the busy timeout", &e))?;
+    let mut conn = Connection::open_with_flags(sqlite_path(path), flags).map_err(|e| fail("opening", &e))?;
+    set_busy_timeout(&mut conn, config.busy_timeout).map_err(|e| fail("setting the busy timeout", &e))?;
     let mode = switch_to_wal(&conn, config.busy_timeout).map_err(|e| fail("switching to WAL", &e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(fail(
