@@ -52,6 +52,9 @@ static BUSY_LIMIT_MS: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// When this thread's current wait for a lock began.
     static BUSY_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The busy timeout last given on this thread, which is the one its
+    /// waits keep to (a connection is mostly used where it was set up).
+    static BUSY_LIMIT: Cell<Option<Duration>> = const { Cell::new(None) };
 }
 
 /// Makes `conn` wait for a lock held by another connection (of this
@@ -60,9 +63,11 @@ thread_local! {
 /// between looks: in-process writers that share a file (the inbox's intake,
 /// the session's claim, the sink) hold the lock for well under a
 /// millisecond, so its sleeps, not the lock, made the latency (the soak
-/// bench's p99). A process's connections share one limit, the longest
-/// `busy_timeout` given to any (they come from one config); the wait is
-/// timed from its first look, per thread.
+/// bench's p99). SQLite gives the callback no connection, so the limit is
+/// the one last set on the waiting thread, else (a connection set up on one
+/// thread and used on another, like the sink's on the writer thread) the
+/// longest any connection of the process was given: they come from one
+/// config. The wait is timed from its first look, per thread.
 pub fn set_busy_timeout(conn: &mut Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
     // Capped at the most SQLite's own setting takes (`i32::MAX` ms).
     let ms = busy_timeout.min(Duration::from_millis(i32::MAX as u64)).as_millis() as u64;
@@ -70,6 +75,7 @@ pub fn set_busy_timeout(conn: &mut Connection, busy_timeout: Duration) -> rusqli
         return conn.busy_timeout(Duration::ZERO);
     }
     BUSY_LIMIT_MS.fetch_max(ms, Ordering::Relaxed);
+    BUSY_LIMIT.with(|limit| limit.set(Some(Duration::from_millis(ms))));
     conn.busy_handler(Some(busy_wait))
 }
 
@@ -83,7 +89,9 @@ fn busy_wait(tries: i32) -> bool {
         }
         since.get().unwrap_or(now)
     });
-    let limit = Duration::from_millis(BUSY_LIMIT_MS.load(Ordering::Relaxed));
+    let limit = BUSY_LIMIT
+        .with(Cell::get)
+        .unwrap_or_else(|| Duration::from_millis(BUSY_LIMIT_MS.load(Ordering::Relaxed)));
     if now.duration_since(since) >= limit {
         return false;
     }
