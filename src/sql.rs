@@ -4,7 +4,6 @@
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode};
@@ -45,16 +44,9 @@ pub fn sqlite_path(path: &Path) -> PathBuf {
     }
 }
 
-/// The longest busy timeout any connection of this process was given, in
-/// milliseconds: what [`busy_wait`] waits at most.
-static BUSY_LIMIT_MS: AtomicU64 = AtomicU64::new(0);
-
 thread_local! {
     /// When this thread's current wait for a lock began.
     static BUSY_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// The busy timeout last given on this thread, which is the one its
-    /// waits keep to (a connection is mostly used where it was set up).
-    static BUSY_LIMIT: Cell<Option<Duration>> = const { Cell::new(None) };
 }
 
 /// Makes `conn` wait for a lock held by another connection (of this
@@ -63,25 +55,65 @@ thread_local! {
 /// between looks: in-process writers that share a file (the inbox's intake,
 /// the session's claim, the sink) hold the lock for well under a
 /// millisecond, so its sleeps, not the lock, made the latency (the soak
-/// bench's p99). SQLite gives the callback no connection, so the limit is
-/// the one last set on the waiting thread, else (a connection set up on one
-/// thread and used on another, like the sink's on the writer thread) the
-/// longest any connection of the process was given: they come from one
-/// config. The wait is timed from its first look, per thread.
+/// bench's p99: 270 ms → 16 ms). SQLite hands the callback no state, so the
+/// limit is in the function itself: one per value of a 1-2-5 series of
+/// milliseconds, the busy timeout rounded down to it (1s, 5s, 50ms exactly;
+/// 4s waits 2s).
 pub fn set_busy_timeout(conn: &mut Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
     // Capped at the most SQLite's own setting takes (`i32::MAX` ms).
     let ms = busy_timeout.min(Duration::from_millis(i32::MAX as u64)).as_millis() as u64;
     if ms == 0 {
         return conn.busy_timeout(Duration::ZERO);
     }
-    BUSY_LIMIT_MS.fetch_max(ms, Ordering::Relaxed);
-    BUSY_LIMIT.with(|limit| limit.set(Some(Duration::from_millis(ms))));
-    conn.busy_handler(Some(busy_wait))
+    conn.busy_handler(Some(handler_for(ms)))
 }
 
-/// SQLite's busy callback: `tries` is how often it was called for this
-/// lock already. True = look again.
-fn busy_wait(tries: i32) -> bool {
+/// The busy callback that waits at most the largest step of the series at
+/// or below `ms` (≥ 1).
+fn handler_for(ms: u64) -> fn(i32) -> bool {
+    macro_rules! series {
+        ($($step:literal),*) => {
+            $(if ms >= $step {
+                return wait_up_to::<$step>;
+            })*
+        };
+    }
+    series!(
+        2_000_000_000,
+        1_000_000_000,
+        500_000_000,
+        200_000_000,
+        100_000_000,
+        50_000_000,
+        20_000_000,
+        10_000_000,
+        5_000_000,
+        2_000_000,
+        1_000_000,
+        500_000,
+        200_000,
+        100_000,
+        50_000,
+        20_000,
+        10_000,
+        5_000,
+        2_000,
+        1_000,
+        500,
+        200,
+        100,
+        50,
+        20,
+        10,
+        5,
+        2
+    );
+    wait_up_to::<1>
+}
+
+/// SQLite's busy callback for a limit of `MS` milliseconds: `tries` is how
+/// often it was called for this lock already. True = look again.
+fn wait_up_to<const MS: u64>(tries: i32) -> bool {
     let now = Instant::now();
     let since = BUSY_SINCE.with(|since| {
         if tries == 0 || since.get().is_none() {
@@ -89,10 +121,7 @@ fn busy_wait(tries: i32) -> bool {
         }
         since.get().unwrap_or(now)
     });
-    let limit = BUSY_LIMIT
-        .with(Cell::get)
-        .unwrap_or_else(|| Duration::from_millis(BUSY_LIMIT_MS.load(Ordering::Relaxed)));
-    if now.duration_since(since) >= limit {
+    if now.duration_since(since) >= Duration::from_millis(MS) {
         return false;
     }
     let pause = if tries < 50 {
@@ -133,6 +162,30 @@ pub fn switch_to_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Res
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_wait_keeps_to_its_timeout_rounded_down_to_the_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.db");
+        let holder = Connection::open(&path).unwrap();
+        holder
+            .execute_batch("CREATE TABLE t (x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        for (timeout, at_least, below) in [(100, 100, 600), (450, 200, 400)] {
+            let mut waiter = Connection::open(&path).unwrap();
+            set_busy_timeout(&mut waiter, Duration::from_millis(timeout)).unwrap();
+            let started = Instant::now();
+            let err = waiter.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
+            let took = started.elapsed();
+            assert_eq!(err.sqlite_error_code(), Some(ErrorCode::DatabaseBusy), "{err}");
+            assert!(
+                took >= Duration::from_millis(at_least),
+                "{timeout} ms: gave up after {took:?}"
+            );
+            assert!(took < Duration::from_millis(below), "{timeout} ms: waited {took:?}");
+        }
+        holder.execute_batch("COMMIT").unwrap();
+    }
 
     #[test]
     fn only_plain_names_are_identifiers() {
