@@ -117,6 +117,12 @@ impl Setup {
         path
     }
 
+    /// A script that notes each call in `<name>.log` and answers `answer`.
+    fn logged(&self, name: &str, answer: &str) -> PathBuf {
+        let log = self.path(&format!("{name}.log"));
+        self.script(name, &format!("echo call >> {}; echo {answer}", log.display()))
+    }
+
     /// Items in the spool, one file each.
     fn spool(&self, items: &[(&str, &str)]) {
         fs::create_dir_all(self.path("spool")).unwrap();
@@ -420,10 +426,7 @@ fn a_fallback_answers_once_the_retries_are_exhausted() {
 #[test]
 fn under_exactly_once_a_retry_calls_only_the_branches_that_did_not_answer() {
     let setup = Setup::new();
-    let sales = setup.script(
-        "sales",
-        &format!("echo call >> {}; echo 1", setup.path("sales.log").display()),
-    );
+    let sales = setup.logged("sales", "1");
     // Fails on its first call, answers afterwards.
     let stock = setup.script(
         "stock",
@@ -475,10 +478,7 @@ fn under_exactly_once_a_retry_calls_only_the_branches_that_did_not_answer() {
 #[test]
 fn under_exactly_once_the_run_after_a_crash_calls_only_the_branches_that_did_not_answer() {
     let setup = Setup::new();
-    let sales = setup.script(
-        "sales",
-        &format!("echo call >> {}; echo 1", setup.path("sales.log").display()),
-    );
+    let sales = setup.logged("sales", "1");
     // The first call hangs (the daemon is killed during it); later ones answer.
     let stock = setup.script(
         "stock",

@@ -15,6 +15,8 @@
 //!   before it that answers differently on a retry does not change it).
 //! - A failure to read or write the file costs the saving, never the item:
 //!   it is logged and the part is called as without progress.
+//! - The answers of an item that never succeeds (failed for good) are
+//!   removed when the file is opened 35 days after they were recorded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +25,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::sql::{set_busy_timeout, sqlite_path, switch_to_wal};
 use crate::sync::Mutex;
+
+/// How long answers are kept for an item that has not succeeded: longer
+/// than any retry policy lote accepts waits (a month), and a requeue soon
+/// after still finds them.
+const KEEP: Duration = Duration::from_secs(35 * 24 * 3600);
 
 /// How long a write waits for another lote's lock on the file.
 const BUSY: Duration = Duration::from_secs(5);
@@ -54,9 +61,17 @@ impl Progress {
             "PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS progress (
                  item TEXT NOT NULL, node TEXT NOT NULL, part TEXT NOT NULL,
-                 output TEXT NOT NULL, PRIMARY KEY (item, node, part));",
+                 output TEXT NOT NULL, at INTEGER NOT NULL DEFAULT (unixepoch()),
+                 PRIMARY KEY (item, node, part));",
         )
         .map_err(|e| fail("creating its table", &e))?;
+        // An item that failed for good never succeeds to forget its
+        // answers: they go once they are older than anyone retries.
+        conn.execute(
+            "DELETE FROM progress WHERE at < unixepoch() - ?1",
+            [KEEP.as_secs() as i64],
+        )
+        .map_err(|e| fail("removing old answers", &e))?;
         Ok(conn)
     }
 
@@ -151,5 +166,22 @@ mod tests {
         assert_eq!(p.recall("a", "handler", "sales"), None);
         assert_eq!(p.recall("a", "handler.each", "0").as_deref(), Some("1"));
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn answers_older_than_any_retry_go_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.db");
+        let p = Progress::new(&path);
+        p.record("old", "handler", "a", "1");
+        p.record("new", "handler", "a", "2");
+        let conn = Connection::open(&path).unwrap();
+        let old = 36 * 24 * 3600;
+        conn.execute("UPDATE progress SET at = unixepoch() - ?1 WHERE item = 'old'", [old])
+            .unwrap();
+        drop((p, conn));
+        let p = Progress::new(&path);
+        assert_eq!(p.recall("old", "handler", "a"), None);
+        assert_eq!(p.recall("new", "handler", "a").as_deref(), Some("2"));
     }
 }

@@ -141,6 +141,11 @@ impl Handler for WalkAway {
             }
         }
     }
+
+    /// An exec child under an abandoned call is killed with the rest.
+    fn kill_running(&self) {
+        self.handler.kill_running();
+    }
 }
 
 #[cfg(test)]
