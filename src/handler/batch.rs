@@ -108,10 +108,19 @@ pub fn batch_key(items: &[Item]) -> String {
     let digest = hash.finish();
     let mut key = String::with_capacity(38);
     key.push_str("batch-");
-    for byte in &digest.as_ref()[..16] {
-        key.push_str(&format!("{byte:02x}"));
-    }
+    push_hex(&mut key, &digest.as_ref()[..16]);
     key
+}
+
+/// Appends `bytes` as lowercase hex, two digits each, with no allocation
+/// (the batch key; the cache's payload-hash key, on every call).
+pub(super) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
 }
 
 /// The request body: one NDJSON line per item.
@@ -236,6 +245,9 @@ mod tests {
 
     #[test]
     fn the_key_depends_on_the_set_of_ids_only() {
+        let mut hex = String::from("x");
+        push_hex(&mut hex, &[0x00, 0xab, 0x7f, 0x10]);
+        assert_eq!(hex, "x00ab7f10");
         let a = batch_key(&items(&["1", "2", "3"]));
         assert_eq!(a, batch_key(&items(&["3", "1", "2"])));
         assert_ne!(a, batch_key(&items(&["1", "2"])));

@@ -40,7 +40,9 @@ impl CacheKey {
         match self {
             CacheKey::PayloadHash => {
                 let digest = ring::digest::digest(&ring::digest::SHA256, &item.payload);
-                Some(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+                let mut key = String::new();
+                super::batch::push_hex(&mut key, digest.as_ref());
+                Some(key)
             }
             CacheKey::Template(template) => {
                 let mut key = String::with_capacity(template.len());
