@@ -33,7 +33,6 @@ impl NodeStatus {
             .iter()
             .map(|node| {
                 let s = node.snapshot();
-                let [cache, bulkhead, fallback, walk_away] = node.has();
                 NodeStatus {
                     path: node.path.clone(),
                     kind: node.kind.to_string(),
@@ -41,11 +40,11 @@ impl NodeStatus {
                     failures: s.failures,
                     latency: Latency::from(&s.latency),
                     latency_sum_seconds: s.latency.sum.as_secs_f64(),
-                    cache_hits: cache.then_some(s.cache_hits),
-                    cache_misses: cache.then_some(s.cache_misses),
-                    bulkhead_rejected: bulkhead.then_some(s.bulkhead_rejected),
-                    fallbacks: fallback.then_some(s.fallbacks),
-                    walked_away: walk_away.then_some(s.walked_away),
+                    cache_hits: s.cache_hits,
+                    cache_misses: s.cache_misses,
+                    bulkhead_rejected: s.bulkhead_rejected,
+                    fallbacks: s.fallbacks,
+                    walked_away: s.walked_away,
                 }
             })
             .collect()

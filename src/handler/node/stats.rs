@@ -22,7 +22,8 @@ pub struct NodeStats {
     pub(super) walk_away: Option<Arc<WalkAway>>,
 }
 
-/// A node's counters at one moment.
+/// A node's counters at one moment. A policy's counters are `None` when
+/// the node does not carry that policy.
 #[derive(Clone, Debug, Default)]
 pub struct NodeSnapshot {
     /// Calls of the node's kind (each attempt is one).
@@ -30,14 +31,14 @@ pub struct NodeSnapshot {
     pub failures: u64,
     /// How long the calls took.
     pub latency: HistogramSnapshot,
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub bulkhead_rejected: u64,
-    pub fallbacks: u64,
-    /// Walk-away calls abandoned at their deadline, and refused because
-    /// too many were abandoned already.
-    pub walked_away: u64,
-    pub walk_away_refused: u64,
+    /// A caller that waited on another's call for its key got an answer
+    /// without a call of its own: a hit too.
+    pub cache_hits: Option<u64>,
+    pub cache_misses: Option<u64>,
+    pub bulkhead_rejected: Option<u64>,
+    pub fallbacks: Option<u64>,
+    /// Walk-away calls abandoned at their deadline.
+    pub walked_away: Option<u64>,
 }
 
 impl NodeStats {
@@ -54,35 +55,26 @@ impl NodeStats {
     }
 
     pub fn snapshot(&self) -> NodeSnapshot {
-        let mut s = NodeSnapshot::default();
-        if let Some(counts) = &self.counts {
-            s.calls = counts.calls.load(Ordering::Relaxed);
-            s.failures = counts.failures.load(Ordering::Relaxed);
-            s.latency = counts.latency.snapshot();
+        let (calls, failures, latency) = self.counts.as_ref().map_or_else(Default::default, |c| {
+            (
+                c.calls.load(Ordering::Relaxed),
+                c.failures.load(Ordering::Relaxed),
+                c.latency.snapshot(),
+            )
+        });
+        NodeSnapshot {
+            calls,
+            failures,
+            latency,
+            cache_hits: self
+                .cache
+                .as_ref()
+                .map(|c| c.stats().hits.load(Ordering::Relaxed) + c.stats().shared.load(Ordering::Relaxed)),
+            cache_misses: self.cache.as_ref().map(|c| c.stats().misses.load(Ordering::Relaxed)),
+            bulkhead_rejected: self.bulkhead.as_ref().map(|b| b.rejected()),
+            fallbacks: self.fallback.as_ref().map(|f| f.answered()),
+            walked_away: self.walk_away.as_ref().map(|w| w.walked_away()),
         }
-        if let Some(cache) = &self.cache {
-            // A caller that waited on another's call for its key got an answer
-            // without a call of its own: a hit too.
-            s.cache_hits = cache.stats().hits.load(Ordering::Relaxed) + cache.stats().shared.load(Ordering::Relaxed);
-            s.cache_misses = cache.stats().misses.load(Ordering::Relaxed);
-        }
-        s.bulkhead_rejected = self.bulkhead.as_ref().map_or(0, |b| b.rejected());
-        s.fallbacks = self.fallback.as_ref().map_or(0, |f| f.answered());
-        if let Some(w) = &self.walk_away {
-            s.walked_away = w.walked_away();
-            s.walk_away_refused = w.refused();
-        }
-        s
-    }
-
-    /// Whether the node carries a cache, a bulkhead, a fallback, walk-away.
-    pub fn has(&self) -> [bool; 4] {
-        [
-            self.cache.is_some(),
-            self.bulkhead.is_some(),
-            self.fallback.is_some(),
-            self.walk_away.is_some(),
-        ]
     }
 }
 
